@@ -1,0 +1,11 @@
+//! Shared building blocks of Damselfly: identifiers and digests, piece arithmetic, byte sizes,
+//! TLS identities and the QUIC transport, and the piece upload protocol that both the supernode
+//! and every dfdaemon serve.
+
+pub mod id;
+pub mod piece;
+pub mod size;
+pub mod telemetry;
+pub mod tls;
+pub mod transport;
+pub mod upload;

@@ -1,0 +1,1250 @@
+//! TLS identities and QUIC crypto configurations for the supernode and the dfdaemons.
+//!
+//! # Trust model
+//!
+//! A **cluster CA**, owned by the supernode, is the root of trust. The supernode keeps
+//! `ca.crt` / `ca.key` (PEM) in a directory and generates them on first start
+//! ([`ClusterCa::load_or_generate`]). It issues itself a leaf certificate whose only SAN is the DNS
+//! name [`SUPERNODE_SERVER_NAME`] ([`ClusterCa::issue_supernode_identity`]).
+//!
+//! A dfdaemon **enrolls**: it generates its own key pair and a CSR ([`PeerKeyRequest`]), sends
+//! the CSR over a QUIC connection to the supernode (the server authenticated against the CA) and
+//! the supernode signs a peer leaf certificate ([`ClusterCa::sign_peer_csr`]) whose only SAN is
+//! [`PEER_SERVER_NAME`] and whose CN is the peer id the supernode assigns. Every name the CSR asks
+//! for is ignored, so a peer can never obtain a certificate for the supernode's name. The
+//! private key never leaves the host.
+//!
+//! Afterwards peers use **mutual TLS** between each other ([`peer_server_config`] +
+//! [`client_config`] with an identity: both sides verify the other's chain against the CA) and
+//! present their client certificate to the supernode ([`supernode_server_config`] verifies it
+//! when present; [`has_client_identity`] tells the application whether it was).
+//!
+//! # How a dfdaemon learns the CA
+//!
+//! - **Strict**: the operator gives the CA certificate file ([`load_ca_cert`]).
+//! - **Trust on first use**: on first contact ([`tofu_client_config`]) the dfdaemon accepts the
+//!   CA certificate the supernode presents as the *last* certificate of its chain, but still
+//!   verifies the leaf fully against that CA (webpki chain building, validity, server name
+//!   [`SUPERNODE_SERVER_NAME`], the TLS handshake signature). Only after that succeeds does
+//!   [`TofuCapture::captured_ca`] return the CA; the caller pins it to disk ([`save_ca_cert`]) and
+//!   every later connection uses only the pinned CA through [`client_config`].
+//!
+//! No verifier that accepts any certificate exists in this module.
+//!
+//! # Conventions
+//!
+//! Every configuration negotiates TLS 1.3 only (QUIC requires it), uses ALPN [`ALPN`] and the
+//! *ring* crypto provider explicitly, so nothing depends on a process-wide default provider.
+//! Transport parameters (timeouts, flow-control windows) are left to the caller. Keys are ECDSA
+//! P-256. Leaf validity starts one hour in the past to tolerate clock skew between hosts.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+    UnixTime,
+};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// ALPN protocol identifier of every Damselfly QUIC connection.
+pub const ALPN: &[u8] = b"damselfly/1";
+
+/// DNS name in the supernode's certificate; clients pass it to `connect` for a supernode.
+pub const SUPERNODE_SERVER_NAME: &str = "supernode.damselfly.internal";
+
+/// DNS name in every peer certificate; clients pass it to `connect` for a peer.
+pub const PEER_SERVER_NAME: &str = "peer.damselfly.internal";
+
+/// Common name of the cluster CA certificate.
+const CA_COMMON_NAME: &str = "Damselfly cluster CA";
+/// Common name of the supernode's leaf certificate.
+const SUPERNODE_COMMON_NAME: &str = "Damselfly supernode";
+/// Lifetime of the cluster CA: ten years.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Lifetime of supernode and peer leaf certificates: one year.
+const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Certificates start being valid this long before they are issued, for hosts whose clocks lag.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+/// Longest peer id accepted as a certificate CN (X.520 upper bound for commonName).
+const MAX_PEER_ID_LEN: usize = 64;
+/// File names of the cluster CA inside its directory.
+const CA_CERT_FILE: &str = "ca.crt";
+const CA_KEY_FILE: &str = "ca.key";
+
+/// Everything that can go wrong while creating, storing or using TLS identities.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file or directory could not be read or written.
+    #[error("cannot access {path}: {source}; check that it exists and that this user may read and write it")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Generating a key pair or a certificate failed.
+    #[error("cannot generate a key or certificate: {0}; this is a bug, please report it")]
+    Generate(#[source] rcgen::Error),
+    /// A file does not hold the PEM content expected.
+    #[error("{path} does not hold {expected} ({detail}); replace it with a valid PEM file")]
+    BadPem {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the file should hold, e.g. "a PEM certificate".
+        expected: &'static str,
+        /// Why it was rejected.
+        detail: String,
+    },
+    /// The private key on disk does not belong to the certificate next to it.
+    #[error("the private key in {key} does not belong to the certificate in {cert}; restore the matching pair")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// Only one of a certificate/key pair exists on disk.
+    #[error("{present} exists but {missing} does not; restore {missing}, or remove {present} to start over (a new cluster CA means every peer must enroll again)")]
+    Incomplete {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// A certificate signing request could not be parsed or its signature is wrong.
+    #[error("invalid certificate signing request: {0}; the peer must send a DER PKCS#10 request signed by its own key and without extensions other than SAN, key usage and EKU")]
+    BadCsr(#[source] rcgen::Error),
+    /// A peer id cannot be used as a certificate common name.
+    #[error("peer id {peer_id:?} cannot be put in a certificate: {reason}")]
+    InvalidPeerId {
+        /// The rejected peer id.
+        peer_id: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// Signing a certificate with the cluster CA failed.
+    #[error("cannot sign a certificate with the cluster CA: {0}; check that ca.key is an ECDSA, Ed25519 or RSA key")]
+    Sign(#[source] rcgen::Error),
+    /// A rustls or quinn configuration could not be built from the given certificates.
+    #[error("cannot build the {what}: {detail}; check that the identity's certificate and key belong together and that the CA certificate is valid")]
+    Config {
+        /// Which configuration was being built.
+        what: &'static str,
+        /// The error reported by rustls or quinn.
+        detail: String,
+    },
+}
+
+/// The cluster certificate authority: its certificate and the key that signs every leaf.
+pub struct ClusterCa {
+    /// The self-signed CA certificate, handed to every verifier as the only root.
+    cert: CertificateDer<'static>,
+    /// Subject, key identifier and signing key used to issue leaves.
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_len", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Generates a new CA: ECDSA P-256, CN "Damselfly cluster CA", valid for ten years, allowed
+    /// to sign leaf certificates only (path length 0).
+    pub fn generate() -> Result<Self, TlsError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name(CA_COMMON_NAME);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, CA_LIFETIME);
+        let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads `dir/ca.crt` and `dir/ca.key`, or generates and stores a new CA when neither
+    /// exists. Creates `dir` if needed; the key file gets mode 0600. Fails when only one of the
+    /// two files exists, rather than silently replacing the cluster's root of trust.
+    pub fn load_or_generate(dir: &Path) -> Result<Self, TlsError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        if pair_exists(&cert_path, &key_path)? {
+            return Self::load(&cert_path, &key_path);
+        }
+        let ca = Self::generate()?;
+        create_dir(dir)?;
+        let key_pem = ca.issuer.key().serialize_pem();
+        write_atomic(&key_path, key_pem.as_bytes(), true)?;
+        // The certificate is written last: its presence implies the key's.
+        save_ca_cert(&cert_path, &ca.cert)?;
+        Ok(ca)
+    }
+
+    /// Loads a CA from a PEM certificate and a PEM PKCS#8 private key, checking that they belong
+    /// together.
+    pub fn load(cert_pem: &Path, key_pem: &Path) -> Result<Self, TlsError> {
+        let cert = load_ca_cert(cert_pem)?;
+        let key_der = read_private_key(key_pem)?;
+        let bad_key = |detail: String| TlsError::BadPem {
+            path: key_pem.to_path_buf(),
+            expected: "a PKCS#8 private key (convert with `openssl pkcs8 -topk8 -nocrypt`)",
+            detail,
+        };
+        let key = KeyPair::try_from(&key_der).map_err(|e| bad_key(e.to_string()))?;
+        check_key_matches(std::slice::from_ref(&cert), &key_der, cert_pem, key_pem)?;
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| TlsError::BadPem {
+            path: cert_pem.to_path_buf(),
+            expected: "a CA certificate",
+            detail: e.to_string(),
+        })?;
+        Ok(Self { cert, issuer })
+    }
+
+    /// The CA certificate (DER), to hand to verifiers or to peers.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert.clone()
+    }
+
+    /// Issues the supernode's identity: a fresh key pair and a one-year leaf whose only SAN is
+    /// [`SUPERNODE_SERVER_NAME`]. The chain is `[leaf, ca]`.
+    pub fn issue_supernode_identity(&self) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
+        let params = leaf_params(SUPERNODE_SERVER_NAME, SUPERNODE_COMMON_NAME)?;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(TlsError::Sign)?;
+        Ok(Identity {
+            chain: vec![leaf.der().clone(), self.cert.clone()],
+            key: pkcs8_key(&key),
+        })
+    }
+
+    /// Signs a peer's CSR (DER PKCS#10). The certificate's only SAN is [`PEER_SERVER_NAME`] and
+    /// its CN is `peer_id`; every name and extension requested in the CSR is ignored, only its
+    /// public key is used (after checking the CSR's self-signature). Valid for one year, usable
+    /// for both server and client authentication.
+    pub fn sign_peer_csr(
+        &self,
+        csr_der: &[u8],
+        peer_id: &str,
+    ) -> Result<CertificateDer<'static>, TlsError> {
+        validate_peer_id(peer_id)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(TlsError::BadCsr)?;
+        let params = leaf_params(PEER_SERVER_NAME, peer_id)?;
+        let leaf = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(TlsError::Sign)?;
+        Ok(leaf.der().clone())
+    }
+
+    /// For tests and embedded use: a peer identity without a CSR round trip (same certificate
+    /// as [`ClusterCa::sign_peer_csr`] would issue).
+    pub fn issue_peer_identity(&self, peer_id: &str) -> Result<Identity, TlsError> {
+        let request = PeerKeyRequest::new()?;
+        let leaf = self.sign_peer_csr(request.csr_der(), peer_id)?;
+        Ok(request.into_identity(leaf, self.cert_der()))
+    }
+}
+
+/// A certificate chain and its private key: what a node presents in TLS handshakes.
+pub struct Identity {
+    /// `chain[0]` is the leaf, the last certificate is the cluster CA.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Writes `dir/{name}.crt` (PEM chain) and `dir/{name}.key` (PEM, mode 0600), each
+    /// atomically (temporary file + rename). Creates `dir` if needed.
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), TlsError> {
+        create_dir(dir)?;
+        let (cert_path, key_path) = identity_paths(dir, name);
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        let key_pem = pem_encode(label, self.key.secret_der());
+        write_atomic(&key_path, key_pem.as_bytes(), true)?;
+        let chain_pem: String = self
+            .chain
+            .iter()
+            .map(|cert| pem_encode("CERTIFICATE", cert))
+            .collect();
+        write_atomic(&cert_path, chain_pem.as_bytes(), false)
+    }
+
+    /// Loads an identity saved by [`Identity::save`]; `Ok(None)` when neither file exists.
+    /// Fails when only one exists, when the chain has no CA after the leaf, or when the key
+    /// does not belong to the leaf.
+    pub fn load(dir: &Path, name: &str) -> Result<Option<Self>, TlsError> {
+        let (cert_path, key_path) = identity_paths(dir, name);
+        if !pair_exists(&cert_path, &key_path)? {
+            return Ok(None);
+        }
+        let chain = read_certs(&cert_path)?;
+        if chain.len() < 2 {
+            return Err(TlsError::BadPem {
+                path: cert_path,
+                expected: "a certificate chain ending with the cluster CA",
+                detail: format!("found {} certificate(s), need at least 2", chain.len()),
+            });
+        }
+        let key = read_private_key(&key_path)?;
+        check_key_matches(&chain, &key, &cert_path, &key_path)?;
+        Ok(Some(Self { chain, key }))
+    }
+}
+
+/// A fresh key pair and the CSR a dfdaemon sends to the supernode to enroll.
+pub struct PeerKeyRequest {
+    /// The peer's new key pair; it never leaves this process except into the [`Identity`].
+    key: KeyPair,
+    /// DER PKCS#10 request signed by `key`.
+    csr: Vec<u8>,
+}
+
+impl fmt::Debug for PeerKeyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerKeyRequest")
+            .field("csr_len", &self.csr.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerKeyRequest {
+    /// Generates an ECDSA P-256 key pair and a CSR for it (no SANs: the supernode decides the
+    /// names).
+    pub fn new() -> Result<Self, TlsError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name("Damselfly peer");
+        let csr = params.serialize_request(&key).map_err(TlsError::Generate)?;
+        Ok(Self {
+            key,
+            csr: csr.der().to_vec(),
+        })
+    }
+
+    /// The CSR (DER PKCS#10) to send to the supernode.
+    pub fn csr_der(&self) -> &[u8] {
+        &self.csr
+    }
+
+    /// Combines the key with the certificate the supernode issued and the CA into an identity
+    /// (chain `[leaf, ca]`). A leaf that does not match the key is detected when the identity is
+    /// used to build a configuration ([`TlsError::Config`]).
+    pub fn into_identity(
+        self,
+        leaf: CertificateDer<'static>,
+        ca: CertificateDer<'static>,
+    ) -> Identity {
+        Identity {
+            chain: vec![leaf, ca],
+            key: pkcs8_key(&self.key),
+        }
+    }
+}
+
+/// Reads the first certificate of a PEM file, e.g. a CA file given by the operator or pinned
+/// by trust on first use.
+pub fn load_ca_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    read_certs(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TlsError::BadPem {
+            path: path.to_path_buf(),
+            expected: "a PEM certificate",
+            detail: "no CERTIFICATE block found".to_owned(),
+        })
+}
+
+/// Writes a CA certificate as PEM, atomically (temporary file + rename). The parent directory
+/// must exist.
+pub fn save_ca_cert(path: &Path, ca: &CertificateDer<'_>) -> Result<(), TlsError> {
+    write_atomic(path, pem_encode("CERTIFICATE", ca).as_bytes(), false)
+}
+
+/// Server config for the supernode: client certs are verified against the CA when presented but
+/// optional (enrollment comes without one). Use [`has_client_identity`] to tell them apart.
+pub fn supernode_server_config(
+    identity: &Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(config_error("client certificate verifier"))?;
+    server_config(identity, verifier, provider)
+}
+
+/// Server config for a peer's upload endpoint: client certificate required and verified against
+/// the CA.
+pub fn peer_server_config(
+    identity: &Identity,
+    ca: &CertificateDer<'static>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .build()
+        .map_err(config_error("client certificate verifier"))?;
+    server_config(identity, verifier, provider)
+}
+
+/// Client config verifying the server against the CA (callers pass [`SUPERNODE_SERVER_NAME`] or
+/// [`PEER_SERVER_NAME`] to `connect`), presenting `identity` as client cert when given.
+pub fn client_config(
+    identity: Option<&Identity>,
+    ca: &CertificateDer<'static>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .build()
+        .map_err(config_error("server certificate verifier"))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error("client TLS config"))?
+        .with_webpki_verifier(verifier);
+    let tls = match identity {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(config_error("client TLS config"))?,
+        None => builder.with_no_client_auth(),
+    };
+    quic_client_config(tls)
+}
+
+/// Trust-on-first-use client config (no client cert) for first contact with a supernode.
+///
+/// The server's chain must end with a CA that verifies the leaf for the name passed to
+/// `connect` (use [`SUPERNODE_SERVER_NAME`]); see the module documentation. Once the handshake
+/// has succeeded, [`TofuCapture::captured_ca`] returns that CA for the caller to pin. Use one
+/// config per first contact.
+pub fn tofu_client_config() -> Result<(quinn::ClientConfig, Arc<TofuCapture>), TlsError> {
+    let provider = provider();
+    let capture = Arc::new(TofuCapture::default());
+    let verifier = Arc::new(TofuVerifier {
+        provider: provider.clone(),
+        capture: capture.clone(),
+    });
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error("trust-on-first-use TLS config"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok((quic_client_config(tls)?, capture))
+}
+
+/// Records the CA accepted by a trust-on-first-use handshake.
+#[derive(Debug, Default)]
+pub struct TofuCapture {
+    state: Mutex<TofuState>,
+}
+
+/// What the trust-on-first-use verifier has seen so far.
+#[derive(Debug, Default)]
+struct TofuState {
+    /// `(leaf, ca)` whose chain verified; promoted once the leaf's handshake signature verifies.
+    pending: Option<(CertificateDer<'static>, CertificateDer<'static>)>,
+    /// The CA of the last fully verified handshake.
+    captured: Option<CertificateDer<'static>>,
+}
+
+impl TofuCapture {
+    /// The CA certificate of the last handshake whose chain and signature verified, if any.
+    /// Read it after the connection is established.
+    pub fn captured_ca(&self) -> Option<CertificateDer<'static>> {
+        self.lock().captured.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TofuState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The chain `leaf` → `ca` verified: remember it until the handshake signature does too.
+    fn chain_verified(&self, leaf: &CertificateDer<'_>, ca: &CertificateDer<'_>) {
+        self.lock().pending = Some((leaf.clone().into_owned(), ca.clone().into_owned()));
+    }
+
+    /// The server proved possession of `leaf`'s key: its CA becomes the captured one.
+    fn signature_verified(&self, leaf: &CertificateDer<'_>) {
+        let mut state = self.lock();
+        if state.pending.as_ref().is_some_and(|(l, _)| l == leaf) {
+            state.captured = state.pending.take().map(|(_, ca)| ca);
+        }
+    }
+}
+
+/// Server certificate verifier for trust on first use: the last certificate of the presented
+/// chain is the only root, and everything else is verified by webpki as usual.
+#[derive(Debug)]
+struct TofuVerifier {
+    provider: Arc<CryptoProvider>,
+    capture: Arc<TofuCapture>,
+}
+
+impl ServerCertVerifier for TofuVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some((candidate, rest)) = intermediates.split_last() else {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(candidate.clone().into_owned())?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified =
+            verifier.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)?;
+        self.capture.chain_verified(end_entity, candidate);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        let valid = rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)?;
+        self.capture.signature_verified(cert);
+        Ok(valid)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        let valid = rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)?;
+        self.capture.signature_verified(cert);
+        Ok(valid)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// True when the connection's peer presented a client certificate (it was verified against the
+/// CA by the handshake).
+pub fn has_client_identity(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|chain| !chain.is_empty())
+}
+
+// ---- configuration helpers ----
+
+/// The *ring* provider, passed explicitly to every builder.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store holding only the cluster CA.
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(config_error("root store from the CA certificate"))?;
+    Ok(Arc::new(roots))
+}
+
+fn config_error<E: fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TlsError {
+    move |e| TlsError::Config {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+fn server_config(
+    identity: &Identity,
+    verifier: Arc<dyn ClientCertVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error("server TLS config"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(config_error("server TLS config"))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(config_error("QUIC server config"))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+fn quic_client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(config_error("QUIC client config"))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+// ---- certificate helpers ----
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, cn);
+    name
+}
+
+/// Parameters of a leaf certificate: `san` is its only name, usable for server and client auth.
+fn leaf_params(san: &str, cn: &str) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(vec![san.to_owned()]).map_err(TlsError::Generate)?;
+    params.distinguished_name = common_name(cn);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    set_validity(&mut params, LEAF_LIFETIME);
+    Ok(params)
+}
+
+/// Valid from [`CLOCK_SKEW`] ago until `lifetime` from now.
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = SystemTime::now();
+    params.not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now).into();
+    params.not_after = now.checked_add(lifetime).unwrap_or(now).into();
+}
+
+/// A random positive 128-bit serial, so re-enrolling with the same key gives a distinct serial.
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validate_peer_id(peer_id: &str) -> Result<(), TlsError> {
+    let reason = if peer_id.is_empty() {
+        "it is empty"
+    } else if peer_id.len() > MAX_PEER_ID_LEN {
+        "it is longer than 64 bytes"
+    } else if peer_id.chars().any(char::is_control) {
+        "it contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(TlsError::InvalidPeerId {
+        peer_id: peer_id.to_owned(),
+        reason,
+    })
+}
+
+fn pkcs8_key(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
+}
+
+// ---- file helpers ----
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn exists(path: &Path) -> Result<bool, TlsError> {
+    path.try_exists().map_err(io_error(path))
+}
+
+/// Whether a certificate/key pair is on disk: `false` when neither file exists, an error when
+/// only one does.
+fn pair_exists(cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    let (present, missing) = match (exists(cert)?, exists(key)?) {
+        (true, true) => return Ok(true),
+        (false, false) => return Ok(false),
+        (true, false) => (cert, key),
+        (false, true) => (key, cert),
+    };
+    Err(TlsError::Incomplete {
+        present: present.to_path_buf(),
+        missing: missing.to_path_buf(),
+    })
+}
+
+/// Checks that `key` (read from `key_path`) belongs to `chain[0]` (read from `cert_path`).
+fn check_key_matches(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'_>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
+    match rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider()) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+        }),
+        Err(e) => Err(TlsError::BadPem {
+            path: key_path.to_path_buf(),
+            expected: "an ECDSA, Ed25519 or RSA private key",
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn identity_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    )
+}
+
+/// Creates `dir` and its parents; new directories are private to this user (0700).
+fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io_error(dir))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
+            path: path.to_path_buf(),
+            expected: "PEM certificates",
+            detail: e.to_string(),
+        })
+}
+
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::BadPem {
+        path: path.to_path_buf(),
+        expected: "a PEM private key",
+        detail: e.to_string(),
+    })
+}
+
+/// Replaces `path` with `contents` atomically: a temporary file in the same directory is
+/// written, synced and renamed over `path`. `private` files get mode 0600.
+fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let Some(file_name) = path.file_name() else {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, "the path names no file");
+        return Err(io_error(path)(source));
+    };
+    let suffix: u64 = rand::random();
+    let tmp = dir.join(format!(
+        ".{}.{suffix:016x}.tmp",
+        file_name.to_string_lossy()
+    ));
+    let result = write_new_file(&tmp, contents, private).and_then(|()| fs::rename(&tmp, path));
+    if let Err(source) = result {
+        // Best effort: the temporary file is garbage whether or not removing it works.
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error(path)(source));
+    }
+    // Make the rename durable; not every platform can sync a directory, so this is best effort.
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn write_new_file(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if private { 0o600 } else { 0o644 });
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// PEM-encodes `der` under `label`, 64 base64 characters per line.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let body = base64_encode(der);
+    let mut out = String::with_capacity(body.len() + body.len() / 64 + 2 * label.len() + 40);
+    out.push_str(&format!("-----BEGIN {label}-----\n"));
+    for (i, c) in body.chars().enumerate() {
+        if i > 0 && i % 64 == 0 {
+            out.push('\n');
+        }
+        out.push(c);
+    }
+    out.push_str(&format!("\n-----END {label}-----\n"));
+    out
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Result of one handshake: whether each side succeeded, and what the server saw.
+    #[derive(Debug)]
+    struct Outcome {
+        client_ok: bool,
+        /// `Some(has_client_identity)` when the server side completed the handshake.
+        server: Option<bool>,
+    }
+
+    impl Outcome {
+        fn ok(&self) -> bool {
+            self.client_ok && self.server.is_some()
+        }
+    }
+
+    /// Runs one QUIC handshake between real endpoints on loopback.
+    async fn handshake(
+        server_config: quinn::ServerConfig,
+        client_config: quinn::ClientConfig,
+        server_name: &str,
+    ) -> Outcome {
+        let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server = quinn::Endpoint::server(server_config, localhost).expect("server endpoint");
+        let addr = server.local_addr().expect("server address");
+        let server_side = server.clone();
+        let mut accept = tokio::spawn(async move {
+            let incoming = server_side.accept().await.expect("incoming connection");
+            let conn = incoming.await.ok()?;
+            Some((has_client_identity(&conn), conn))
+        });
+        let mut client = quinn::Endpoint::client(localhost).expect("client endpoint");
+        client.set_default_client_config(client_config);
+        let connecting = client.connect(addr, server_name).expect("connect");
+        let verdict = async {
+            match connecting.await {
+                Err(_) => (false, accept.await),
+                // The server judges the client certificate after the client has finished, so
+                // the client only knows it was accepted once the server's side completes.
+                Ok(conn) => tokio::select! {
+                    _ = conn.closed() => (false, accept.await),
+                    joined = &mut accept => (joined.as_ref().is_ok_and(Option::is_some), joined),
+                },
+            }
+        };
+        let (client_ok, joined) = tokio::time::timeout(TIMEOUT, verdict)
+            .await
+            .expect("handshake timed out");
+        let server_conn = joined.expect("server task");
+        let server_saw = server_conn.as_ref().map(|(has_identity, _)| *has_identity);
+        if let Some((_, conn)) = server_conn {
+            conn.close(0u32.into(), b"done");
+        }
+        server.wait_idle().await;
+        client.wait_idle().await;
+        Outcome {
+            client_ok,
+            server: server_saw,
+        }
+    }
+
+    fn ca() -> ClusterCa {
+        ClusterCa::generate().expect("generate CA")
+    }
+
+    fn enroll(ca: &ClusterCa, peer_id: &str) -> Identity {
+        let request = PeerKeyRequest::new().expect("key request");
+        let leaf = ca
+            .sign_peer_csr(request.csr_der(), peer_id)
+            .expect("sign CSR");
+        request.into_identity(leaf, ca.cert_der())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supernode_is_verified_against_the_ca() {
+        let ca = ca();
+        let identity = ca.issue_supernode_identity().expect("supernode identity");
+        let server = || supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+
+        let client = client_config(None, &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, SUPERNODE_SERVER_NAME).await;
+        assert!(outcome.ok(), "{outcome:?}");
+        assert_eq!(
+            outcome.server,
+            Some(false),
+            "no client certificate was presented"
+        );
+
+        let other = ClusterCa::generate().expect("other CA");
+        let client = client_config(None, &other.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, SUPERNODE_SERVER_NAME).await;
+        assert!(
+            !outcome.client_ok && outcome.server.is_none(),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supernode_sees_enrolled_client_identity() {
+        let ca = ca();
+        let identity = ca.issue_supernode_identity().expect("supernode identity");
+        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+        let peer = enroll(&ca, "peer-1");
+        let client = client_config(Some(&peer), &ca.cert_der()).expect("client config");
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(outcome.ok(), "{outcome:?}");
+        assert_eq!(outcome.server, Some(true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supernode_rejects_client_certificate_of_another_ca() {
+        let ca = ca();
+        let identity = ca.issue_supernode_identity().expect("supernode identity");
+        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+        let stranger = ClusterCa::generate().expect("other CA");
+        let peer = enroll(&stranger, "intruder");
+        let client = client_config(Some(&peer), &ca.cert_der()).expect("client config");
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.ok(), "{outcome:?}");
+        assert_eq!(outcome.server, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peers_use_mutual_tls() {
+        let ca = ca();
+        let uploader = enroll(&ca, "uploader");
+        let server = || peer_server_config(&uploader, &ca.cert_der()).expect("server config");
+
+        let downloader = enroll(&ca, "downloader");
+        let client = client_config(Some(&downloader), &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, PEER_SERVER_NAME).await;
+        assert!(outcome.ok(), "{outcome:?}");
+        assert_eq!(outcome.server, Some(true));
+
+        let anonymous = client_config(None, &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), anonymous, PEER_SERVER_NAME).await;
+        assert!(!outcome.ok(), "{outcome:?}");
+        assert_eq!(
+            outcome.server, None,
+            "server must reject a client without identity"
+        );
+
+        let stranger = ClusterCa::generate().expect("other CA");
+        let forged = enroll(&stranger, "downloader");
+        // The forged client trusts the real CA, so only the server can catch it.
+        let client = client_config(Some(&forged), &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, PEER_SERVER_NAME).await;
+        assert!(!outcome.ok(), "{outcome:?}");
+        assert_eq!(
+            outcome.server, None,
+            "server must reject another CA's identity"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_cannot_obtain_the_supernode_name() {
+        let ca = ca();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params =
+            CertificateParams::new(vec![SUPERNODE_SERVER_NAME.to_owned()]).expect("params");
+        params.distinguished_name = common_name("impostor-cn");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = params.serialize_request(&key).expect("CSR");
+        let leaf = ca.sign_peer_csr(csr.der(), "peer-7").expect("sign");
+        let contains = |needle: &[u8]| leaf.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"peer-7") && contains(PEER_SERVER_NAME.as_bytes()));
+        assert!(!contains(b"impostor-cn") && !contains(SUPERNODE_SERVER_NAME.as_bytes()));
+        let impostor = Identity {
+            chain: vec![leaf, ca.cert_der()],
+            key: pkcs8_key(&key),
+        };
+        let server = || supernode_server_config(&impostor, &ca.cert_der()).expect("server");
+
+        let client = client_config(None, &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.client_ok, "{outcome:?}");
+
+        // Sanity: the same certificate is a valid peer certificate.
+        let client = client_config(None, &ca.cert_der()).expect("client config");
+        let outcome = handshake(server(), client, PEER_SERVER_NAME).await;
+        assert!(outcome.ok(), "{outcome:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tofu_captures_the_supernode_ca() {
+        let ca = ca();
+        let identity = ca.issue_supernode_identity().expect("supernode identity");
+        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+        let (client, capture) = tofu_client_config().expect("tofu config");
+        assert_eq!(capture.captured_ca(), None);
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(outcome.ok(), "{outcome:?}");
+        assert_eq!(capture.captured_ca(), Some(ca.cert_der()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tofu_rejects_a_chain_whose_last_certificate_did_not_sign_the_leaf() {
+        let ca = ca();
+        let other = ClusterCa::generate().expect("other CA");
+        let mut identity = ca.issue_supernode_identity().expect("supernode identity");
+        identity.chain = vec![identity.chain[0].clone(), other.cert_der()];
+        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+        let (client, capture) = tofu_client_config().expect("tofu config");
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.client_ok, "{outcome:?}");
+        assert_eq!(capture.captured_ca(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tofu_rejects_a_lone_leaf_and_a_wrong_name() {
+        let ca = ca();
+        let mut identity = ca.issue_supernode_identity().expect("supernode identity");
+        identity.chain.truncate(1);
+        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
+        let (client, capture) = tofu_client_config().expect("tofu config");
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.client_ok, "{outcome:?}");
+        assert_eq!(capture.captured_ca(), None);
+
+        // A peer certificate of the right CA is not a supernode certificate.
+        let peer = enroll(&ca, "peer-2");
+        let server = supernode_server_config(&peer, &ca.cert_der()).expect("server config");
+        let (client, capture) = tofu_client_config().expect("tofu config");
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.client_ok, "{outcome:?}");
+        assert_eq!(capture.captured_ca(), None);
+    }
+
+    #[test]
+    fn cluster_ca_round_trips_through_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("nested/ca");
+        let first = ClusterCa::load_or_generate(&ca_dir).expect("generate");
+        let second = ClusterCa::load_or_generate(&ca_dir).expect("load");
+        assert_eq!(first.cert_der(), second.cert_der());
+        assert_eq!(
+            load_ca_cert(&ca_dir.join(CA_CERT_FILE)).expect("ca"),
+            first.cert_der()
+        );
+        assert_key_mode(&ca_dir.join(CA_KEY_FILE));
+        // The reloaded CA signs certificates that chain to the original one.
+        let peer = second.issue_peer_identity("peer-3").expect("peer identity");
+        assert_eq!(peer.chain[1], first.cert_der());
+        verify_leaf(&first.cert_der(), &peer.chain[0], PEER_SERVER_NAME);
+    }
+
+    #[test]
+    fn cluster_ca_refuses_half_a_pair_and_a_foreign_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ClusterCa::load_or_generate(dir.path()).expect("generate");
+        let key = dir.path().join(CA_KEY_FILE);
+        let saved_key = fs::read(&key).expect("read key");
+        fs::remove_file(&key).expect("remove key");
+        let err = ClusterCa::load_or_generate(dir.path()).expect_err("half a pair");
+        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
+
+        let foreign = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        fs::write(&key, foreign.serialize_pem()).expect("write key");
+        let err = ClusterCa::load_or_generate(dir.path()).expect_err("foreign key");
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+
+        fs::write(&key, saved_key).expect("restore key");
+        fs::remove_file(dir.path().join(CA_CERT_FILE)).expect("remove cert");
+        let err = ClusterCa::load_or_generate(dir.path()).expect_err("half a pair");
+        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
+    }
+
+    #[test]
+    fn identity_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(Identity::load(dir.path(), "peer").expect("load").is_none());
+        let ca = ca();
+        let identity = ca.issue_peer_identity("peer-4").expect("identity");
+        identity.save(dir.path(), "peer").expect("save");
+        identity
+            .save(dir.path(), "peer")
+            .expect("save again over the old files");
+        let loaded = Identity::load(dir.path(), "peer")
+            .expect("load")
+            .expect("present");
+        assert_eq!(loaded.chain, identity.chain);
+        assert_eq!(loaded.key.secret_der(), identity.key.secret_der());
+        assert_key_mode(&dir.path().join("peer.key"));
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "temporary files left: {leftovers:?}");
+
+        fs::remove_file(dir.path().join("peer.crt")).expect("remove");
+        let err = Identity::load(dir.path(), "peer").expect_err("half a pair");
+        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
+    }
+
+    #[test]
+    fn ca_cert_file_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pinned-ca.crt");
+        let ca = ca();
+        save_ca_cert(&path, &ca.cert_der()).expect("save");
+        assert_eq!(load_ca_cert(&path).expect("load"), ca.cert_der());
+        fs::write(&path, "not a certificate").expect("write");
+        let err = load_ca_cert(&path).expect_err("garbage");
+        assert!(matches!(err, TlsError::BadPem { .. }), "{err}");
+        let err = load_ca_cert(&dir.path().join("missing.crt")).expect_err("missing");
+        assert!(matches!(err, TlsError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_csr_and_bad_peer_ids_are_rejected() {
+        let ca = ca();
+        let request = PeerKeyRequest::new().expect("request");
+        let err = ca
+            .sign_peer_csr(b"garbage", "peer")
+            .expect_err("garbage CSR");
+        assert!(matches!(err, TlsError::BadCsr(_)), "{err}");
+        let mut tampered = request.csr_der().to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x01;
+        assert!(ca.sign_peer_csr(&tampered, "peer").is_err());
+        for bad in ["", "a\nb", &"x".repeat(65)] {
+            let err = ca
+                .sign_peer_csr(request.csr_der(), bad)
+                .expect_err("bad id");
+            assert!(matches!(err, TlsError::InvalidPeerId { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn mismatched_leaf_and_key_are_a_config_error() {
+        let ca = ca();
+        let a = ca.issue_peer_identity("a").expect("a");
+        let b = ca.issue_peer_identity("b").expect("b");
+        let mixed = Identity {
+            chain: a.chain.clone(),
+            key: b.key.clone_key(),
+        };
+        let err = peer_server_config(&mixed, &ca.cert_der()).expect_err("mismatch");
+        assert!(matches!(err, TlsError::Config { .. }), "{err}");
+        let err = client_config(Some(&mixed), &ca.cert_der()).expect_err("mismatch");
+        assert!(matches!(err, TlsError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn pem_encoding_round_trips_through_the_parser() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        for len in [0usize, 1, 2, 3, 47, 48, 49, 200] {
+            let der: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let pem = pem_encode("CERTIFICATE", &der);
+            assert!(pem.lines().all(|line| line.len() <= 64));
+            let parsed = CertificateDer::from_pem_slice(pem.as_bytes()).expect("parse");
+            assert_eq!(parsed.as_ref(), der.as_slice());
+        }
+    }
+
+    /// Verifies `leaf` for `name` against `ca` as a TLS client would.
+    fn verify_leaf(ca: &CertificateDer<'static>, leaf: &CertificateDer<'_>, name: &str) {
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(roots(ca).expect("roots"), provider())
+                .build()
+                .expect("verifier");
+        let name = ServerName::try_from(name.to_owned()).expect("name");
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+            .expect("leaf verifies against the CA");
+    }
+
+    fn assert_key_mode(path: &Path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path).expect("metadata").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! QUIC transport: endpoint construction, transport parameters, framed messages on streams and
+//! a pool that keeps one connection per remote endpoint.
+//!
+//! Every request is one bidirectional stream on a long-lived connection; the first frame on the
+//! stream is a `damselfly.v1.Request` (see the `damselfly-proto` crate).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use damselfly_proto::{encode_frame, frame_len, FrameError, FRAME_PREFIX_LEN};
+use dashmap::DashMap;
+use prost::Message;
+use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig};
+
+/// How long a silent connection lives. Keep-alives run at a fraction of it, so only a dead or
+/// unreachable peer reaches it: that is how a kill -9'd parent is noticed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive interval on every connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Per-stream receive window: one piece of up to 16 MiB can be in flight without stalls.
+const STREAM_WINDOW: u32 = 16 << 20;
+/// Per-connection receive window (several pieces in parallel on one connection).
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// Errors moving frames and bytes over QUIC.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not bind the UDP socket.
+    #[error("cannot bind QUIC endpoint on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Connecting failed before the handshake finished.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Remote address.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: quinn::ConnectError,
+    },
+    /// The connection failed (handshake refused, peer gone, idle timeout).
+    #[error("connection to {addr} failed: {source}")]
+    Connection {
+        /// Remote address.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: quinn::ConnectionError,
+    },
+    /// Opening or using a stream failed because the connection broke.
+    #[error("stream failed: {0}")]
+    Stream(#[from] quinn::ConnectionError),
+    /// Reading from a stream failed.
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Reading an exact amount hit the end of the stream or failed.
+    #[error("read failed: {0}")]
+    ReadExact(#[from] quinn::ReadExactError),
+    /// Writing to a stream failed.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The peer sent a frame that is not a valid message.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+}
+
+/// Transport parameters used by every endpoint, client and server side.
+pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // The values are well inside quinn's VarInt range, so the conversions cannot fail.
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    t.send_window(u64::from(CONNECTION_WINDOW));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+/// Binds a QUIC endpoint on `addr`; with `server` it also accepts connections.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<ServerConfig>,
+) -> Result<Endpoint, TransportError> {
+    let server = server.map(|mut s| {
+        s.transport_config(transport_config());
+        s
+    });
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// Applies [`transport_config`] to a client config.
+pub fn with_transport(mut client: ClientConfig) -> ClientConfig {
+    client.transport_config(transport_config());
+    client
+}
+
+/// Writes one frame holding `msg`.
+pub async fn write_frame<M: Message>(send: &mut SendStream, msg: &M) -> Result<(), TransportError> {
+    send.write_chunk(encode_frame(msg)).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` when the stream ended cleanly before a new frame.
+pub async fn read_frame<M: Message + Default>(
+    recv: &mut RecvStream,
+) -> Result<Option<M>, TransportError> {
+    let mut prefix = [0u8; FRAME_PREFIX_LEN];
+    let mut got = 0;
+    while got < FRAME_PREFIX_LEN {
+        match recv.read(&mut prefix[got..]).await? {
+            Some(n) => got += n,
+            None if got == 0 => return Ok(None),
+            None => return Err(TransportError::Truncated),
+        }
+    }
+    let len = frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => TransportError::Truncated,
+        other => TransportError::ReadExact(other),
+    })?;
+    Ok(Some(
+        M::decode(Bytes::from(body)).map_err(FrameError::from)?,
+    ))
+}
+
+/// One connection per remote endpoint, opened on first use and replaced when it breaks.
+pub struct ConnectionPool {
+    endpoint: Endpoint,
+    client: ClientConfig,
+    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Connection>>>>,
+}
+
+impl ConnectionPool {
+    /// A pool that dials from `endpoint` with `client` (its transport config is set here).
+    pub fn new(endpoint: Endpoint, client: ClientConfig) -> Self {
+        Self {
+            endpoint,
+            client: with_transport(client),
+            conns: DashMap::new(),
+        }
+    }
+
+    /// The live connection to `addr` (verified as `server_name`), connecting if needed.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection, TransportError> {
+        let slot = self.conns.entry(addr).or_default().clone();
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, server_name)
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        let conn = connecting
+            .await
+            .map_err(|source| TransportError::Connection { addr, source })?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets (and closes) the connection to `addr`, e.g. after a protocol violation.
+    pub fn forget(&self, addr: &SocketAddr) {
+        if let Some((_, slot)) = self.conns.remove(addr) {
+            if let Ok(guard) = slot.try_lock() {
+                if let Some(conn) = guard.as_ref() {
+                    conn.close(0u32.into(), b"forgotten");
+                }
+            }
+        }
+    }
+
+    /// The endpoint the pool dials from.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}

@@ -1,0 +1,139 @@
+//! dfdaemon configuration: a TOML file (`--config FILE`) overridden by flags.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use damselfly_common::size::ByteSize;
+use serde::Deserialize;
+
+/// Everything a dfdaemon (or dfget's embedded peer) needs. Every field has a default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Supernodes (`HOST:PORT`), tried in order. Default none (then every download goes to the
+    /// origin directly, if `origin_fallback` allows).
+    pub supernodes: Vec<String>,
+    /// HTTP listen address: dfget API and registry mirror. Default `127.0.0.1:65001`.
+    pub proxy_listen: SocketAddr,
+    /// QUIC listen address for serving pieces to other peers. Default `0.0.0.0:65002`.
+    pub peer_listen: SocketAddr,
+    /// Address other peers reach this one at, when `peer_listen` is unspecified (0.0.0.0).
+    /// Default: the local address of the route to the supernode.
+    pub advertise_ip: Option<IpAddr>,
+    /// Cache, metadata and identity. Default `/var/lib/damselfly/dfdaemon`.
+    pub data_dir: PathBuf,
+    /// Upstream registry for mirror requests that name none. Default `https://registry-1.docker.io`.
+    pub registry: String,
+    /// Registries (`HOST:PORT`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Disk quota for cached content; `None`: unbounded.
+    pub cache_quota: Option<ByteSize>,
+    /// Cluster CA certificate (PEM). Without it the supernode's CA is pinned on first contact
+    /// (trust on first use) under `DATA_DIR/tls/ca.crt`.
+    pub ca_cert: Option<PathBuf>,
+    /// Longest time one piece transfer may take before it is failed and fetched elsewhere.
+    /// Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    /// Fetch from the origin directly when no supernode is reachable. Default true (dfget's
+    /// embedded peer turns it off: without a swarm it has nothing to add).
+    pub origin_fallback: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            supernodes: Vec::new(),
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 65001)),
+            peer_listen: SocketAddr::from(([0, 0, 0, 0], 65002)),
+            advertise_ip: None,
+            data_dir: PathBuf::from("/var/lib/damselfly/dfdaemon"),
+            registry: "https://registry-1.docker.io".into(),
+            insecure_registries: Vec::new(),
+            cache_quota: None,
+            ca_cert: None,
+            piece_timeout: Duration::from_secs(30),
+            origin_fallback: true,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl DaemonConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for s in &self.supernodes {
+            if !s.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "supernode {s:?} must be HOST:PORT"
+                )));
+            }
+        }
+        if self.piece_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "piece_timeout must be greater than zero".into(),
+            ));
+        }
+        url::Url::parse(&self.registry).map_err(|e| {
+            ConfigError::Invalid(format!("registry {:?} is not a URL: {e}", self.registry))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_validation() {
+        let c: DaemonConfig = toml::from_str(
+            "supernodes = [\"sn:8002\"]\npiece_timeout = \"3s\"\ncache_quota = \"1GiB\"",
+        )
+        .unwrap();
+        assert_eq!(c.piece_timeout, Duration::from_secs(3));
+        c.validate().unwrap();
+        let bad = DaemonConfig {
+            supernodes: vec!["nohost".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<DaemonConfig>("unknown = 1").is_err());
+    }
+}

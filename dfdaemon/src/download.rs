@@ -1,0 +1,443 @@
+//! The download of one task through the swarm: a control stream to the supernode, and piece
+//! fetches from the parents it assigns, several at once.
+//!
+//! Every piece is checked against the sha256 the supernode announced (never a digest a parent
+//! claims) before it is stored; a bad or failed piece is reported with the parent's id so the
+//! supernode assigns it elsewhere.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use damselfly_common::id::TaskId;
+use damselfly_common::tls;
+use damselfly_common::transport::{read_frame, write_frame, TransportError};
+use damselfly_proto as pb;
+use quinn::{Connection, SendStream};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, instrument, warn};
+
+use crate::storage::{LocalTask, PieceInfo, TaskFailure};
+use crate::Daemon;
+
+/// What a download needs besides the task id.
+#[derive(Clone, Debug)]
+pub struct DownloadRequest {
+    /// Origin URL.
+    pub url: url::Url,
+    /// `sha256:<hex>` when known.
+    pub digest: Option<String>,
+    /// Headers for the origin (credentials included; never logged).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a piece fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Bytes did not match the supernode's sha256 (or the parent sent the wrong size): the
+    /// parent is at fault and must be reported.
+    #[error("piece failed verification: {0}")]
+    Digest(String),
+    /// Connection, stream, refusal or timeout: another parent may well succeed.
+    #[error("transfer failed: {0}")]
+    Transfer(String),
+}
+
+impl From<TransportError> for FetchError {
+    fn from(e: TransportError) -> Self {
+        Self::Transfer(e.to_string())
+    }
+}
+
+/// Where a piece came from.
+#[derive(Clone, Debug)]
+struct Source {
+    /// Parent peer id; None for the supernode.
+    peer: Option<String>,
+    addr: Option<SocketAddr>,
+}
+
+struct Fetched {
+    piece: u32,
+    source: Source,
+    result: Result<Bytes, FetchError>,
+}
+
+/// Runs the download of `task` to its end (done or failed).
+#[instrument(skip_all, fields(task = %task.id))]
+pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest) {
+    daemon.metrics.tasks_running.inc();
+    let outcome = drive(&daemon, &task, &req).await;
+    daemon.metrics.tasks_running.dec();
+    match outcome {
+        Ok(()) => {
+            daemon.metrics.tasks_completed.inc();
+        }
+        Err(failure) => {
+            warn!(error = %failure.message, "download failed");
+            daemon.metrics.tasks_failed.inc();
+            daemon.store.fail(&task, failure);
+        }
+    };
+}
+
+async fn drive(
+    daemon: &Arc<Daemon>,
+    task: &Arc<LocalTask>,
+    req: &DownloadRequest,
+) -> Result<(), TaskFailure> {
+    let fail = |message: String| TaskFailure {
+        origin_status: None,
+        message,
+    };
+    let sn = daemon
+        .supernode_connection()
+        .await
+        .map_err(|e| fail(format!("supernode unreachable: {e:#}")))?;
+    let (mut send, recv) = sn
+        .open_bi()
+        .await
+        .map_err(|e| fail(format!("supernode connection broke: {e}")))?;
+    let register = pb::Register {
+        task_id: task.id.to_string(),
+        url: req.url.to_string(),
+        digest: req.digest.clone().unwrap_or_default(),
+        headers: req
+            .headers
+            .iter()
+            .map(|(n, v)| pb::Header {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        peer_id: daemon.identity.peer_id.to_string(),
+        peer_addr: daemon.advertise.to_string(),
+        have: Vec::new(),
+    };
+    let first = pb::Request {
+        kind: Some(pb::request::Kind::Control(pb::ControlUp {
+            kind: Some(pb::control_up::Kind::Register(register)),
+        })),
+    };
+    write_frame(&mut send, &first)
+        .await
+        .map_err(|e| fail(format!("cannot register with the supernode: {e}")))?;
+    let (down_tx, mut down_rx) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut recv = recv;
+        loop {
+            match read_frame::<pb::ControlDown>(&mut recv).await {
+                Ok(Some(m)) => {
+                    if down_tx.send(Ok(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = down_tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let mut state = Conductor {
+        daemon: daemon.clone(),
+        task: task.clone(),
+        sn,
+        send,
+        fetching: HashSet::new(),
+        fetches: JoinSet::new(),
+        complete: false,
+    };
+    let result = state.run(&mut down_rx).await;
+    reader.abort();
+    result
+}
+
+struct Conductor {
+    daemon: Arc<Daemon>,
+    task: Arc<LocalTask>,
+    sn: Connection,
+    send: SendStream,
+    fetching: HashSet<u32>,
+    fetches: JoinSet<Fetched>,
+    complete: bool,
+}
+
+type DownRx = mpsc::UnboundedReceiver<Result<pb::ControlDown, TransportError>>;
+
+impl Conductor {
+    async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), TaskFailure> {
+        let lost = |m: String| TaskFailure {
+            origin_status: None,
+            message: format!("lost the supernode: {m}"),
+        };
+        loop {
+            if self.complete && self.task.view().complete() {
+                let done = pb::ControlUp {
+                    kind: Some(pb::control_up::Kind::Done(pb::TaskDone {})),
+                };
+                let _ = write_frame(&mut self.send, &done).await;
+                let _ = self.send.finish();
+                self.task
+                    .update(|v| v.status = crate::storage::TaskStatus::Done);
+                return Ok(());
+            }
+            tokio::select! {
+                down = down_rx.recv() => match down {
+                    Some(Ok(msg)) => self.on_down(msg).await?,
+                    Some(Err(e)) => return Err(lost(e.to_string())),
+                    None => return Err(lost("control stream closed".into())),
+                },
+                Some(joined) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    match joined {
+                        Ok(f) => self.on_fetched(f).await.map_err(|e| lost(e.to_string()))?,
+                        Err(e) => return Err(TaskFailure { origin_status: None, message: format!("piece fetch panicked: {e}") }),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), TaskFailure> {
+        use pb::control_down::Kind;
+        match msg.kind {
+            Some(Kind::TaskInfo(info)) => self
+                .task
+                .set_info(info.content_length, info.piece_size)
+                .map_err(|e| TaskFailure {
+                    origin_status: None,
+                    message: format!("cannot size the content file: {e}"),
+                })?,
+            Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(|m| {
+                let sha: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
+                Some((
+                    m.number,
+                    PieceInfo {
+                        offset: m.offset,
+                        size: m.size,
+                        sha256: sha,
+                    },
+                ))
+            })),
+            Some(Kind::Assign(a)) => {
+                for assignment in a.assignments {
+                    self.start_fetch(assignment);
+                }
+            }
+            Some(Kind::Complete(c)) => {
+                self.task.update(|v| {
+                    v.total_pieces = Some(c.total_pieces);
+                    v.content_length = Some(c.content_length);
+                    v.pieces.resize(c.total_pieces as usize, None);
+                    v.have.resize(c.total_pieces as usize, false);
+                });
+                if c.content_length == 0 {
+                    self.task.set_info(Some(0), 0).map_err(|e| TaskFailure {
+                        origin_status: None,
+                        message: e.to_string(),
+                    })?;
+                }
+                self.complete = true;
+            }
+            Some(Kind::Failed(f)) => {
+                let origin_status = (f.status != 0).then_some(f.status as u16);
+                return Err(TaskFailure {
+                    origin_status,
+                    message: f.message,
+                });
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn start_fetch(&mut self, a: pb::Assignment) {
+        let piece = a.piece;
+        let view = self.task.view();
+        if view.has(piece) || !self.fetching.insert(piece) {
+            return;
+        }
+        let parent = a.parent.unwrap_or_default();
+        let source = if parent.peer_id.is_empty() {
+            Source {
+                peer: None,
+                addr: None,
+            }
+        } else {
+            Source {
+                peer: Some(parent.peer_id),
+                addr: parent.addr.parse().ok(),
+            }
+        };
+        let info = view.piece(piece).cloned();
+        let (daemon, sn, task_id) = (self.daemon.clone(), self.sn.clone(), self.task.id.clone());
+        self.fetches.spawn(async move {
+            let result = match info {
+                None => Err(FetchError::Transfer(format!(
+                    "piece {piece} assigned before it was announced"
+                ))),
+                Some(info) => {
+                    let timeout = daemon.config.piece_timeout;
+                    match tokio::time::timeout(
+                        timeout,
+                        fetch_from(&daemon, &sn, &source, &task_id, piece, &info),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
+                    }
+                }
+            };
+            Fetched {
+                piece,
+                source,
+                result,
+            }
+        });
+    }
+
+    async fn on_fetched(&mut self, f: Fetched) -> Result<(), TransportError> {
+        self.fetching.remove(&f.piece);
+        let source_label = if f.source.peer.is_some() {
+            "peer"
+        } else {
+            "supernode"
+        };
+        let up = match f.result {
+            Ok(bytes) => {
+                let len = bytes.len() as u64;
+                let offset = self
+                    .task
+                    .view()
+                    .piece(f.piece)
+                    .map(|p| p.offset)
+                    .unwrap_or(0);
+                match self.task.store_piece(f.piece, offset, bytes).await {
+                    Ok(()) => {
+                        self.daemon.metrics.downloaded(source_label, len);
+                        pb::control_up::Kind::PieceDone(pb::PieceDone { piece: f.piece })
+                    }
+                    Err(e) => failed(
+                        f.piece,
+                        &f.source,
+                        pb::FailReason::Transfer,
+                        format!("cannot store piece: {e}"),
+                    ),
+                }
+            }
+            Err(FetchError::Digest(detail)) => {
+                warn!(piece = f.piece, parent = ?f.source.peer, %detail, "bad piece from parent");
+                self.daemon.metrics.bad_pieces.inc();
+                failed(f.piece, &f.source, pb::FailReason::Digest, detail)
+            }
+            Err(FetchError::Transfer(detail)) => {
+                debug!(piece = f.piece, parent = ?f.source.peer, %detail, "piece transfer failed");
+                self.daemon.metrics.failed_transfers.inc();
+                if let Some(addr) = f.source.addr {
+                    self.daemon.pool.forget(&addr);
+                }
+                failed(f.piece, &f.source, pb::FailReason::Transfer, detail)
+            }
+        };
+        write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) }).await
+    }
+}
+
+fn failed(
+    piece: u32,
+    source: &Source,
+    reason: pb::FailReason,
+    detail: String,
+) -> pb::control_up::Kind {
+    pb::control_up::Kind::PieceFailed(pb::PieceFailed {
+        piece,
+        parent_id: source.peer.clone().unwrap_or_default(),
+        reason: reason as i32,
+        detail,
+    })
+}
+
+async fn fetch_from(
+    daemon: &Daemon,
+    sn: &Connection,
+    source: &Source,
+    task: &TaskId,
+    piece: u32,
+    info: &PieceInfo,
+) -> Result<Bytes, FetchError> {
+    let conn = match (&source.peer, source.addr) {
+        (None, _) => sn.clone(),
+        (Some(_), Some(addr)) => daemon.pool.get(addr, tls::PEER_SERVER_NAME).await?,
+        (Some(p), None) => {
+            return Err(FetchError::Transfer(format!(
+                "parent {p} has no valid address"
+            )))
+        }
+    };
+    fetch_piece(&conn, task, piece, info).await
+}
+
+/// Fetches one piece on a new stream of `conn` and verifies it against `info.sha256`.
+pub async fn fetch_piece(
+    conn: &Connection,
+    task: &TaskId,
+    piece: u32,
+    info: &PieceInfo,
+) -> Result<Bytes, FetchError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
+    let req = pb::Request {
+        kind: Some(pb::request::Kind::Piece(pb::PieceRequest {
+            task_id: task.to_string(),
+            piece,
+        })),
+    };
+    write_frame(&mut send, &req).await?;
+    let _ = send.finish();
+    let resp: pb::PieceResponse = read_frame(&mut recv)
+        .await?
+        .ok_or_else(|| FetchError::Transfer("parent closed the stream".into()))?;
+    if resp.error != pb::PieceError::None as i32 {
+        return Err(FetchError::Transfer(format!(
+            "parent refused: {}",
+            resp.message
+        )));
+    }
+    if resp.size != info.size {
+        return Err(FetchError::Digest(format!(
+            "parent announced {} bytes, the piece has {}",
+            resp.size, info.size
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(info.size as usize);
+    let mut hasher = Sha256::new();
+    while buf.len() < info.size as usize {
+        let want = info.size as usize - buf.len();
+        let chunk = recv
+            .read_chunk(want, true)
+            .await
+            .map_err(TransportError::from)?;
+        let Some(chunk) = chunk else {
+            return Err(FetchError::Transfer(format!(
+                "stream ended after {} of {} bytes",
+                buf.len(),
+                info.size
+            )));
+        };
+        hasher.update(&chunk.bytes);
+        buf.extend_from_slice(&chunk.bytes);
+    }
+    let got: [u8; 32] = hasher.finalize().into();
+    if got != info.sha256 {
+        return Err(FetchError::Digest(format!(
+            "sha256 {} does not match the supernode's {}",
+            hex::encode(got),
+            hex::encode(info.sha256)
+        )));
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,247 @@
+//! The daemon's HTTP side on the proxy port: `/healthz`, `/metrics`, and the dfget API
+//! `POST /api/v1/download`, which streams a task's bytes in order as its pieces arrive.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use damselfly_common::id::{Sha256Digest, TaskId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::download::DownloadRequest;
+use crate::storage::{LocalTask, TaskStatus, TaskView};
+use crate::{Daemon, ShutdownSignal};
+
+/// Largest chunk a response body yields at once.
+const BODY_CHUNK: usize = 1 << 20;
+
+/// Body of `POST /api/v1/download`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DownloadBody {
+    /// URL to download.
+    pub url: String,
+    /// Expected `sha256:<hex>` digest, if known.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Headers for the origin request (name, value).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// Error body of the API.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+    /// The origin's HTTP status, when the origin answered with an error.
+    #[serde(default)]
+    pub origin_status: Option<u16>,
+}
+
+/// Header naming the task id on download responses.
+pub const TASK_HEADER: &str = "x-damselfly-task";
+
+/// The routes.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/download", post(download))
+        .with_state(daemon)
+}
+
+/// Serves until shutdown.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: ShutdownSignal,
+) {
+    let result = axum::serve(listener, router(daemon))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        daemon.metrics.render(),
+    )
+}
+
+fn error(status: StatusCode, error: String, origin_status: Option<u16>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error,
+            origin_status,
+        }),
+    )
+        .into_response()
+}
+
+async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBody>) -> Response {
+    let url = match url::Url::parse(&body.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        Ok(u) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported scheme {:?}", u.scheme()),
+                None,
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid url: {e}"), None),
+    };
+    let digest = match body
+        .digest
+        .as_deref()
+        .map(str::parse::<Sha256Digest>)
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), None),
+    };
+    let task_id = TaskId::for_url(&url, digest.as_ref());
+    let headers = body
+        .headers
+        .into_iter()
+        .map(|(n, v)| (n, v.into_bytes()))
+        .collect();
+    let req = DownloadRequest {
+        url,
+        digest: digest.map(|d| d.to_string()),
+        headers,
+    };
+    let task = match daemon.download(&task_id, req) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("local storage error: {e}"),
+                None,
+            )
+        }
+    };
+    stream_task(task).await
+}
+
+/// Answers with the task's bytes, streamed in order as pieces arrive. Errors before the first
+/// byte become an error status; later ones break the body off (the client sees a short body).
+pub async fn stream_task(task: Arc<LocalTask>) -> Response {
+    let mut rx = task.subscribe();
+    let started = rx
+        .wait_for(|v| v.status != TaskStatus::Pending || v.complete())
+        .await
+        .map(|v| v.clone());
+    let view = match started {
+        Ok(v) => v,
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "download vanished".into(),
+                None,
+            )
+        }
+    };
+    if let TaskStatus::Failed(f) = &view.status {
+        let status = match f.origin_status {
+            Some(404) => StatusCode::NOT_FOUND,
+            Some(401) => StatusCode::UNAUTHORIZED,
+            Some(403) => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        return error(status, f.message.clone(), f.origin_status);
+    }
+    let task_id = task.id.to_string();
+    let stream = futures_util::stream::unfold(
+        Reader {
+            task,
+            rx,
+            piece: 0,
+            offset_in_piece: 0,
+            finished: false,
+        },
+        Reader::next,
+    );
+    let mut resp = Response::new(Body::from_stream(stream));
+    if let Some(len) = view.content_length {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&task_id) {
+        resp.headers_mut().insert(TASK_HEADER, v);
+    }
+    resp
+}
+
+/// Reads a task front to back, waiting for each piece.
+struct Reader {
+    task: Arc<LocalTask>,
+    rx: watch::Receiver<TaskView>,
+    piece: u32,
+    offset_in_piece: u32,
+    finished: bool,
+}
+
+impl Reader {
+    async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        if self.finished {
+            return None;
+        }
+        let n = self.piece;
+        let ready = self
+            .rx
+            .wait_for(|v| {
+                v.has(n)
+                    || matches!(v.status, TaskStatus::Failed(_))
+                    || v.total_pieces.is_some_and(|t| n >= t)
+            })
+            .await
+            .map(|v| (v.status.clone(), v.total_pieces, v.piece(n).cloned()));
+        let (status, total, info) = match ready {
+            Ok(r) => r,
+            Err(_) => return Some((Err(std::io::Error::other("download vanished")), self.stop())),
+        };
+        if let TaskStatus::Failed(f) = status {
+            return Some((Err(std::io::Error::other(f.message)), self.stop()));
+        }
+        if total.is_some_and(|t| n >= t) {
+            return None;
+        }
+        let info = info?;
+        let len = ((info.size - self.offset_in_piece) as usize).min(BODY_CHUNK);
+        let chunk = self
+            .task
+            .read_at(info.offset + u64::from(self.offset_in_piece), len)
+            .await;
+        self.offset_in_piece += len as u32;
+        if self.offset_in_piece >= info.size {
+            self.piece += 1;
+            self.offset_in_piece = 0;
+        }
+        Some((chunk, self))
+    }
+
+    /// After an error the next poll ends the stream.
+    fn stop(mut self) -> Self {
+        self.finished = true;
+        self
+    }
+}

@@ -1,0 +1,197 @@
+//! The Damselfly dfdaemon: the per-host peer.
+//!
+//! It downloads tasks piece by piece from parents the supernode assigns ([`download`]), keeps
+//! them in its local [`storage`], serves every piece it holds to other peers over QUIC, and
+//! exposes an HTTP API on the proxy port for dfget ([`http`]). dfget's embedded mode runs the
+//! same [`Daemon`] in-process.
+
+pub mod config;
+pub mod download;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod storage;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use damselfly_common::id::TaskId;
+use damselfly_common::tls;
+use damselfly_common::transport::{bind_endpoint, read_frame, ConnectionPool};
+use damselfly_common::upload::serve_piece;
+use damselfly_proto as pb;
+use quinn::{Connection, Endpoint};
+use tracing::{debug, info};
+
+pub use config::DaemonConfig;
+use download::DownloadRequest;
+use identity::PeerIdentity;
+use storage::{LocalTask, Store};
+
+/// A shutdown signal: stop when it turns `true`.
+pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
+
+/// The running daemon, shared by its HTTP handlers, downloads and uploads.
+pub struct Daemon {
+    /// Configuration in force.
+    pub config: DaemonConfig,
+    /// Identity in the cluster.
+    pub identity: PeerIdentity,
+    /// Where other peers reach this one.
+    pub advertise: SocketAddr,
+    /// Local tasks.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Connections to parents and the supernode.
+    pub pool: ConnectionPool,
+    supernode: SocketAddr,
+}
+
+impl Daemon {
+    /// The connection to the supernode (reconnects when broken).
+    pub async fn supernode_connection(&self) -> anyhow::Result<Connection> {
+        Ok(self
+            .pool
+            .get(self.supernode, tls::SUPERNODE_SERVER_NAME)
+            .await?)
+    }
+
+    /// Starts (or joins) the download of `task`; returns its local entry at once.
+    pub fn download(
+        self: &Arc<Self>,
+        task: &TaskId,
+        req: DownloadRequest,
+    ) -> std::io::Result<Arc<LocalTask>> {
+        let (entry, fresh) = self.store.get_or_create(task)?;
+        if fresh {
+            tokio::spawn(download::run(self.clone(), entry.clone(), req));
+        }
+        Ok(entry)
+    }
+}
+
+/// Addresses a started daemon listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// HTTP (proxy / API) address.
+    pub proxy: SocketAddr,
+    /// QUIC peer address as advertised.
+    pub peer: SocketAddr,
+}
+
+/// Starts the daemon: enrolls if needed, binds both listeners; returns once it serves.
+pub async fn start(
+    config: DaemonConfig,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<(Bound, Arc<Daemon>, tokio::task::JoinHandle<()>)> {
+    config.validate()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let supernode = resolve_supernode(&config).await?;
+    let endpoint = bind_endpoint(config.peer_listen, None)?;
+    let identity = identity::load_or_enroll(&config, &endpoint, supernode).await?;
+    endpoint.set_server_config(Some(server_config(&identity)?));
+    let local = endpoint.local_addr()?;
+    let advertise = SocketAddr::new(advertise_ip(&config, local, supernode)?, local.port());
+    let client = tls::client_config(Some(&identity.identity), &identity.ca)?;
+    let daemon = Arc::new(Daemon {
+        store: Store::open(&config.data_dir)?,
+        metrics: metrics::Metrics::new(),
+        pool: ConnectionPool::new(endpoint.clone(), client),
+        identity,
+        advertise,
+        supernode,
+        config,
+    });
+    let listener = tokio::net::TcpListener::bind(daemon.config.proxy_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", daemon.config.proxy_listen))?;
+    let bound = Bound {
+        proxy: listener.local_addr()?,
+        peer: advertise,
+    };
+    info!(proxy = %bound.proxy, peer = %bound.peer, id = %daemon.identity.peer_id, "dfdaemon listening");
+    let d = daemon.clone();
+    let handle = tokio::spawn(async move {
+        let uploads = tokio::spawn(serve_uploads(d.clone(), endpoint.clone()));
+        http::serve(d, listener, shutdown).await;
+        uploads.abort();
+        endpoint.close(0u32.into(), b"shutdown");
+    });
+    Ok((bound, daemon, handle))
+}
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn run(config: DaemonConfig, shutdown: ShutdownSignal) -> anyhow::Result<()> {
+    let (_, _, handle) = start(config, shutdown).await?;
+    handle.await?;
+    Ok(())
+}
+
+fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
+    let mut server = tls::peer_server_config(&id.identity, &id.ca)?;
+    server.transport_config(damselfly_common::transport::transport_config());
+    Ok(server)
+}
+
+async fn resolve_supernode(config: &DaemonConfig) -> anyhow::Result<SocketAddr> {
+    let Some(first) = config.supernodes.first() else {
+        bail!("no supernode configured: pass --supernode HOST:PORT");
+    };
+    let mut addrs = tokio::net::lookup_host(first.as_str())
+        .await
+        .with_context(|| format!("cannot resolve supernode {first}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("supernode {first} resolves to no address"))
+}
+
+/// The IP other peers should dial: the listen IP, `--advertise-ip`, or the local side of the
+/// route to the supernode (found by connecting a UDP socket, which sends nothing).
+fn advertise_ip(
+    config: &DaemonConfig,
+    local: SocketAddr,
+    supernode: SocketAddr,
+) -> anyhow::Result<IpAddr> {
+    if let Some(ip) = config.advertise_ip {
+        return Ok(ip);
+    }
+    if !local.ip().is_unspecified() {
+        return Ok(local.ip());
+    }
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
+    probe.connect(supernode)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// Serves piece requests from other peers (mutual TLS: only cluster members get here).
+async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return debug!(error = %e, "peer handshake failed"),
+            };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    let Ok(Some(req)) = read_frame::<pb::Request>(&mut recv).await else {
+                        return;
+                    };
+                    if let Some(pb::request::Kind::Piece(p)) = req.kind {
+                        match serve_piece(&daemon.store, &p, &mut send).await {
+                            Ok(n) => {
+                                daemon.metrics.upload_bytes.inc_by(n);
+                            }
+                            Err(e) => debug!(error = %e, "upload failed"),
+                        }
+                    }
+                });
+            }
+        });
+    }
+}

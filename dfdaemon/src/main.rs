@@ -1,0 +1,98 @@
+//! `dfdaemon`: parses flags, loads config, starts tracing and runs [`dfdaemon::run`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use damselfly_common::size::{parse_size, ByteSize};
+use dfdaemon::DaemonConfig;
+
+/// Damselfly dfdaemon: the per-host peer, registry mirror and dfget API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Supernode HOST:PORT; repeatable (tried in order).
+    #[arg(long = "supernode")]
+    supernodes: Vec<String>,
+    /// HTTP listen address (dfget API, registry mirror) [default: 127.0.0.1:65001].
+    #[arg(long)]
+    proxy_listen: Option<SocketAddr>,
+    /// QUIC listen address for serving pieces [default: 0.0.0.0:65002].
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// IP other peers dial when --peer-listen is unspecified.
+    #[arg(long)]
+    advertise_ip: Option<IpAddr>,
+    /// Data directory (cache, metadata, identity).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Upstream registry for mirror requests that name none.
+    #[arg(long)]
+    registry: Option<String>,
+    /// Registry reached over plain HTTP (HOST:PORT); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Disk quota for the cache, e.g. 20GiB.
+    #[arg(long, value_parser = parse_size)]
+    cache_quota: Option<ByteSize>,
+    /// Cluster CA certificate (PEM); without it the supernode's CA is pinned on first use.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+}
+
+fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
+    let mut c = match &args.config {
+        Some(path) => DaemonConfig::load(path)?,
+        None => DaemonConfig::default(),
+    };
+    if !args.supernodes.is_empty() {
+        c.supernodes = args.supernodes;
+    }
+    if let Some(v) = args.proxy_listen {
+        c.proxy_listen = v;
+    }
+    if let Some(v) = args.peer_listen {
+        c.peer_listen = v;
+    }
+    if args.advertise_ip.is_some() {
+        c.advertise_ip = args.advertise_ip;
+    }
+    if let Some(v) = args.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = args.registry {
+        c.registry = v;
+    }
+    c.insecure_registries.extend(args.insecure_registries);
+    if args.cache_quota.is_some() {
+        c.cache_quota = args.cache_quota;
+    }
+    if args.ca_cert.is_some() {
+        c.ca_cert = args.ca_cert;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    damselfly_common::telemetry::init_tracing("info");
+    let config = config_from(Args::parse())?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = tx.send(true);
+    });
+    dfdaemon::run(config, rx).await
+}

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Damselfly demo: three hosts pull every blob of an image through the swarm at once, and the
+# registry serves each blob about once.
+#
+#   bash scripts/demo.sh                   # as root on Debian 12 (installs what it needs)
+#   LAYERS=256MiB,64MiB,8MiB bash scripts/demo.sh
+#   SKIP_BUILD=1 BIN_DIR=target/debug KEEP=1 bash scripts/demo.sh
+#
+# What it does: starts a real docker-registry on a free 127.0.0.1 port, builds the release
+# binaries, pushes a generated multi-layer OCI image (scripts/make-image.py + skopeo), starts a
+# supernode on 127.0.0.1 and DAEMONS dfdaemons on 127.0.0.2, .3, ..., runs one dfget per blob
+# per daemon all at once, checks every file's sha256, and prints the supernode's origin vs upload
+# bytes, each daemon's download bytes by source, and the blob bytes the registry served (from
+# its access log). Every process it started is stopped on exit (KEEP=1 keeps the work dir).
+#
+# Knobs: LAYERS (layer sizes, default 64MiB,32MiB,16MiB,4MiB,1KiB), DAEMONS (default 3),
+# SKIP_BUILD=1, BIN_DIR (default target/release), KEEP=1, RUST_LOG (default info).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+LAYERS="${LAYERS:-64MiB,32MiB,16MiB,4MiB,1KiB}"
+DAEMONS="${DAEMONS:-3}"
+BIN_DIR="${BIN_DIR:-target/release}"
+export RUST_LOG="${RUST_LOG:-info}"
+REPO=demo/app
+TAG=v1
+
+WORK="$(mktemp -d -t damselfly-demo.XXXXXX)"
+PIDS=()
+NAMES=()
+LOGS=()
+
+say() { echo "==== [$(date +%H:%M:%S)] $*"; }
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 ]]; then
+        echo
+        say "demo FAILED (exit $rc); last lines of each process log:"
+        local i
+        for i in "${!LOGS[@]}"; do
+            echo "--- ${NAMES[$i]}: ${LOGS[$i]}"
+            tail -n 20 "${LOGS[$i]}" 2>/dev/null || true
+        done
+    fi
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${KEEP:-}" == 1 ]]; then
+        echo "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME LOG CMD...: runs CMD in the background with its output in LOG.
+start() {
+    local name="$1" log="$2"
+    shift 2
+    "$@" >>"$log" 2>&1 &
+    PIDS+=("$!")
+    NAMES+=("$name")
+    LOGS+=("$log")
+}
+
+# free_port IP tcp|udp: a port that was free on IP a moment ago.
+free_port() {
+    python3 - "$1" "$2" <<'PY'
+import socket, sys
+kind = socket.SOCK_STREAM if sys.argv[2] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.bind((sys.argv[1], 0))
+print(s.getsockname()[1])
+PY
+}
+
+# wait_http URL NAME: waits up to 30 s for URL to answer 200.
+wait_http() {
+    local url="$1" name="$2"
+    for _ in $(seq 300); do
+        if curl -fsS -o /dev/null --noproxy '*' "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$name did not answer 200 on $url within 30 s" >&2
+    return 1
+}
+
+# metric PAGE NAME [LABEL_FILTER]: sum of the samples of NAME (with or without _total) on a
+# Prometheus page, optionally only those whose labels contain LABEL_FILTER (e.g. source="peer").
+metric() {
+    awk -v want="$2" -v filter="${3:-}" '
+        /^#/ || NF == 0 { next }
+        {
+            line = $0
+            sub(/ # .*$/, "", line)  # OpenMetrics exemplar
+            b = index(line, "{")
+            if (b > 0) {
+                match(line, /[}][^}]*$/)
+                name = substr(line, 1, b - 1)
+                labels = substr(line, b, RSTART - b + 1)
+                rest = substr(line, RSTART + 1)
+            } else {
+                name = $1; labels = ""; rest = substr(line, length($1) + 1)
+            }
+            split(rest, f, " ")
+            if ((name == want || name == want "_total") &&
+                (filter == "" || index(labels, filter) > 0)) sum += f[1]
+        }
+        END { printf "%.0f\n", sum }' <<<"$1"
+}
+
+human() { numfmt --to=iec-i --suffix=B "$1"; }
+
+say "setup"
+bash scripts/setup.sh
+
+if [[ "${SKIP_BUILD:-}" != 1 ]]; then
+    say "cargo build --release --bins"
+    cargo build --release --bins
+fi
+for bin in supernode dfdaemon dfget; do
+    [[ -x "$BIN_DIR/$bin" ]] || { echo "missing $BIN_DIR/$bin" >&2; exit 1; }
+done
+
+say "registry"
+REG_PORT="$(free_port 127.0.0.1 tcp)"
+REG="127.0.0.1:$REG_PORT"
+mkdir -p "$WORK/registry"
+cat >"$WORK/registry.yml" <<YML
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry
+http:
+  addr: $REG
+YML
+start registry "$WORK/registry.log" docker-registry serve "$WORK/registry.yml"
+wait_http "http://$REG/v2/" registry
+
+say "image: layers $LAYERS"
+python3 scripts/make-image.py --out "$WORK/oci" --tag "$TAG" --layers "$LAYERS" >/dev/null
+skopeo copy --quiet --dest-tls-verify=false --preserve-digests \
+    "oci:$WORK/oci:$TAG" "docker://$REG/$REPO:$TAG"
+MANIFEST="$(curl -fsS --noproxy '*' \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$REG/v2/$REPO/manifests/$TAG")"
+mapfile -t DIGESTS < <(jq -r '.config.digest, .layers[].digest' <<<"$MANIFEST")
+IMAGE_BYTES="$(jq '[.config.size, .layers[].size] | add' <<<"$MANIFEST")"
+echo "pushed $REG/$REPO:$TAG: ${#DIGESTS[@]} blobs, $(human "$IMAGE_BYTES")"
+
+say "supernode"
+SN_HTTP="127.0.0.1:$(free_port 127.0.0.1 tcp)"
+SN_QUIC="127.0.0.1:$(free_port 127.0.0.1 udp)"
+start supernode "$WORK/supernode.log" "$BIN_DIR/supernode" \
+    --quic-listen "$SN_QUIC" --http-listen "$SN_HTTP" --data-dir "$WORK/sn" \
+    --insecure-registry "$REG"
+wait_http "http://$SN_HTTP/healthz" supernode
+CA="$WORK/sn/tls/ca.crt"
+
+say "$DAEMONS dfdaemons"
+DAEMON_URLS=()
+for n in $(seq "$DAEMONS"); do
+    ip="127.0.0.$((n + 1))"
+    proxy="$ip:$(free_port "$ip" tcp)"
+    peer="$ip:$(free_port "$ip" udp)"
+    start "dfdaemon d$n" "$WORK/d$n.log" "$BIN_DIR/dfdaemon" \
+        --supernode "$SN_QUIC" --proxy-listen "$proxy" --peer-listen "$peer" \
+        --data-dir "$WORK/d$n" --ca-cert "$CA" --insecure-registry "$REG"
+    DAEMON_URLS+=("http://$proxy")
+done
+for n in $(seq "$DAEMONS"); do
+    wait_http "${DAEMON_URLS[$((n - 1))]}/healthz" "dfdaemon d$n"
+done
+
+say "pull: ${#DIGESTS[@]} blobs x $DAEMONS daemons, all at once"
+LOG_LINES_BEFORE="$(wc -l <"$WORK/registry.log")"
+PULL_START="$(date +%s.%N)"
+DFGET_PIDS=()
+for n in $(seq "$DAEMONS"); do
+    mkdir -p "$WORK/out/d$n"
+    for digest in "${DIGESTS[@]}"; do
+        "$BIN_DIR/dfget" "http://$REG/v2/$REPO/blobs/$digest" \
+            -O "$WORK/out/d$n/${digest#sha256:}" --digest "$digest" \
+            --daemon "${DAEMON_URLS[$((n - 1))]}" --no-progress \
+            >"$WORK/out/d$n/${digest#sha256:}.log" 2>&1 &
+        DFGET_PIDS+=("$!")
+    done
+done
+FAILED=0
+for pid in "${DFGET_PIDS[@]}"; do
+    wait "$pid" || FAILED=$((FAILED + 1))
+done
+PULL_SECONDS="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" \
+    "$PULL_START" "$(date +%s.%N)")"
+if [[ $FAILED -gt 0 ]]; then
+    echo "$FAILED dfget runs failed:" >&2
+    tail -n 5 "$WORK"/out/d*/*.log >&2
+    exit 1
+fi
+echo "all $((DAEMONS * ${#DIGESTS[@]})) downloads finished in ${PULL_SECONDS}s"
+
+say "verify sha256"
+for n in $(seq "$DAEMONS"); do
+    for digest in "${DIGESTS[@]}"; do
+        file="$WORK/out/d$n/${digest#sha256:}"
+        actual="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
+        if [[ "$actual" != "$digest" ]]; then
+            echo "d$n: $file has $actual, expected $digest" >&2
+            exit 1
+        fi
+    done
+done
+echo "all $((DAEMONS * ${#DIGESTS[@]})) files match their digests"
+
+say "bytes moved (image: $IMAGE_BYTES bytes = $(human "$IMAGE_BYTES"))"
+SN_METRICS="$(curl -fsS --noproxy '*' "http://$SN_HTTP/metrics")"
+printf '%-34s %14s\n' "supernode origin bytes" \
+    "$(metric "$SN_METRICS" damselfly_supernode_origin_bytes)"
+printf '%-34s %14s\n' "supernode upload bytes" \
+    "$(metric "$SN_METRICS" damselfly_supernode_upload_bytes)"
+printf '%-10s %14s %14s %14s %14s\n' daemon "from peers" "from supernode" "from origin" uploaded
+for n in $(seq "$DAEMONS"); do
+    page="$(curl -fsS --noproxy '*' "${DAEMON_URLS[$((n - 1))]}/metrics")"
+    printf '%-10s %14s %14s %14s %14s\n' "d$n" \
+        "$(metric "$page" damselfly_dfdaemon_download_bytes 'source="peer"')" \
+        "$(metric "$page" damselfly_dfdaemon_download_bytes 'source="supernode"')" \
+        "$(metric "$page" damselfly_dfdaemon_download_bytes 'source="origin"')" \
+        "$(metric "$page" damselfly_dfdaemon_upload_bytes)"
+done
+
+# Access log lines look like: 127.0.0.1 - - [date] "GET /v2/demo/app/blobs/sha256:... HTTP/1.1"
+# 200 67112960 "" "ua". Count GET blob responses logged since the pull began.
+REGISTRY_BLOB_BYTES="$(tail -n +"$((LOG_LINES_BEFORE + 1))" "$WORK/registry.log" | awk '
+    match($0, /"GET [^ ]*\/blobs\/sha256:[0-9a-f]+[^"]*" [0-9]+ [0-9]+/) {
+        split(substr($0, RSTART, RLENGTH), f, "\" "); split(f[2], s, " ")
+        if (s[1] ~ /^2/) { bytes += s[2]; n++ }
+    }
+    END { printf "%.0f %d\n", bytes, n }')"
+read -r REG_BYTES REG_REQUESTS <<<"$REGISTRY_BLOB_BYTES"
+printf '%-34s %14s  (%s GET requests, %s of the image)\n' "registry blob bytes served" \
+    "$REG_BYTES" "$REG_REQUESTS" \
+    "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}x')" \
+        "$REG_BYTES" "$IMAGE_BYTES")"
+echo "(without P2P each daemon would fetch the image itself: $((DAEMONS * IMAGE_BYTES)) bytes)"
+say "demo done"

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The one test command (README and CI call it):
+#   bash scripts/test.sh
+# Installs missing Debian packages, then: fmt check, one build of everything, clippy, nextest,
+# doc tests. Runs every step it can even after a failure, prints a summary, exits non-zero when
+# any step failed. With CI set, nextest uses the `ci` profile of .config/nextest.toml.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+START=$SECONDS
+LOG_DIR="$(mktemp -d -t damselfly-test.XXXXXX)"
+trap 'rm -rf "$LOG_DIR"' EXIT
+FAILED=()
+SUMMARY=()
+
+# step NAME CMD...: runs CMD with a header, records its time and result; never exits.
+step() {
+    local name="$1"
+    shift
+    local t0=$SECONDS
+    local shown=("$@")
+    if [[ "$1" == tee_log ]]; then
+        shown=("${@:3}")
+    fi
+    echo
+    echo "==== [$(date +%H:%M:%S)] ${name}: ${shown[*]} ===="
+    local rc=0
+    "$@" || rc=$?
+    local took=$((SECONDS - t0))
+    if [[ $rc -eq 0 ]]; then
+        SUMMARY+=("ok      ${took}s  ${name}")
+    else
+        SUMMARY+=("FAILED  ${took}s  ${name} (exit ${rc})")
+        FAILED+=("$name")
+    fi
+    return 0
+}
+
+skip() {
+    SUMMARY+=("skipped     $1 ($2)")
+    FAILED+=("$1")
+}
+
+# Runs a test command, keeping a copy of its output to count passed and failed tests.
+tee_log() {
+    local log="$1"
+    shift
+    "$@" 2>&1 | tee "$log"
+}
+
+NEXTEST_PROFILE=()
+if [[ -n "${CI:-}" ]]; then
+    NEXTEST_PROFILE=(--profile ci)
+fi
+
+step "setup" bash scripts/setup.sh
+step "fmt" cargo fmt --all -- --check
+step "build" cargo build --workspace --all-targets --locked
+if [[ " ${FAILED[*]} " == *" build "* ]]; then
+    skip "clippy" "build failed"
+    skip "tests" "build failed"
+    skip "doc tests" "build failed"
+else
+    step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+    step "tests" tee_log "$LOG_DIR/nextest.log" \
+        cargo nextest run --workspace --locked --no-fail-fast "${NEXTEST_PROFILE[@]}"
+    step "doc tests" tee_log "$LOG_DIR/doctest.log" cargo test --workspace --doc --locked
+fi
+
+# Count tests over both runners: nextest's "Summary ... N tests run: N passed, N failed" and
+# libtest's "test result: ok. N passed; N failed;".
+count() {
+    local what="$1"
+    cat "$LOG_DIR"/*.log 2>/dev/null |
+        grep -E '^ *Summary \[|^test result:' |
+        grep -oE "[0-9]+ ${what}" |
+        awk '{ n += $1 } END { print n + 0 }'
+}
+PASSED=$(count passed)
+FAILED_TESTS=$(count failed)
+
+echo
+echo "==== summary ===="
+printf '%s\n' "${SUMMARY[@]}"
+ELAPSED=$((SECONDS - START))
+printf 'total elapsed: %dm%02ds\n' $((ELAPSED / 60)) $((ELAPSED % 60))
+echo "tests: ${PASSED} passed, ${FAILED_TESTS} failed"
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    echo "FAILED: ${FAILED[*]}"
+    exit 1
+fi
+echo "all steps passed"

@@ -1,0 +1,153 @@
+//! Supernode configuration: a TOML file (`--config FILE`) overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use damselfly_common::size::ByteSize;
+use serde::Deserialize;
+
+/// Everything the supernode needs to run. Every field has a default; see each field for it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupernodeConfig {
+    /// QUIC listen address for peers (control streams and pieces). Default `0.0.0.0:8002`.
+    pub quic_listen: SocketAddr,
+    /// HTTP listen address for the REST API, `/healthz` and `/metrics`. Default `0.0.0.0:8001`.
+    pub http_listen: SocketAddr,
+    /// Where cached content, metadata and the cluster CA live. Default `/var/lib/damselfly/supernode`.
+    pub data_dir: PathBuf,
+    /// Disk quota for cached content (enforced by the cache GC); `None`: unbounded.
+    pub cache_quota: Option<ByteSize>,
+    /// Registries (`HOST:PORT`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Origins (`HOST` or `HOST:PORT`) the supernode may fetch from; empty: any.
+    pub allow_origins: Vec<String>,
+    /// Cluster CA certificate (PEM). Default: `DATA_DIR/tls/ca.crt`, generated on first start.
+    pub ca_cert: Option<PathBuf>,
+    /// Cluster CA key (PEM), with `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// Time allowed to connect to an origin. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub origin_connect_timeout: Duration,
+    /// Longest pause between two chunks of an origin body before the fetch fails. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub origin_read_timeout: Duration,
+}
+
+impl Default for SupernodeConfig {
+    fn default() -> Self {
+        Self {
+            quic_listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8001)),
+            data_dir: PathBuf::from("/var/lib/damselfly/supernode"),
+            cache_quota: None,
+            insecure_registries: Vec::new(),
+            allow_origins: Vec::new(),
+            ca_cert: None,
+            ca_key: None,
+            origin_connect_timeout: Duration::from_secs(10),
+            origin_read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl SupernodeConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "ca_cert and ca_key must be given together".into(),
+            ));
+        }
+        if self.origin_connect_timeout.is_zero() || self.origin_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "origin timeouts must be greater than zero".into(),
+            ));
+        }
+        for o in self.allow_origins.iter().chain(&self.insecure_registries) {
+            if o.is_empty() || o.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "{o:?} is not HOST or HOST:PORT (no scheme, no path)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when `url`'s host (or host:port) is allowed as an origin.
+    pub fn origin_allowed(&self, url: &url::Url) -> bool {
+        if self.allow_origins.is_empty() {
+            return true;
+        }
+        let host = url.host_str().unwrap_or_default();
+        let host_port = match url.port_or_known_default() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        self.allow_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&host_port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_validation() {
+        let c: SupernodeConfig = toml::from_str(
+            "quic_listen = \"127.0.0.1:9002\"\ncache_quota = \"20GiB\"\norigin_read_timeout = \"5s\"\nallow_origins = [\"registry.local:5000\"]",
+        )
+        .unwrap();
+        assert_eq!(c.quic_listen.port(), 9002);
+        assert_eq!(c.cache_quota.unwrap().as_u64(), 20 << 30);
+        assert_eq!(c.origin_read_timeout, Duration::from_secs(5));
+        c.validate().unwrap();
+        assert!(c.origin_allowed(&url::Url::parse("http://registry.local:5000/v2/").unwrap()));
+        assert!(!c.origin_allowed(&url::Url::parse("http://evil.example/x").unwrap()));
+        assert!(toml::from_str::<SupernodeConfig>("bogus = 1").is_err());
+        let bad = SupernodeConfig {
+            ca_cert: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

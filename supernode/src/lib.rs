@@ -1,0 +1,182 @@
+//! The Damselfly supernode: the regional seed and scheduler.
+//!
+//! It accepts QUIC connections from peers (enrollment, one control stream per task, piece
+//! requests), fetches each task's origin URL exactly once into its cache, and runs the
+//! [`scheduler`] — a pure state machine — to tell every peer which piece to fetch from whom.
+//! This crate's async shell only moves events into the scheduler and its actions out to the
+//! peers' control streams.
+
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod origin;
+pub mod quic;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use damselfly_common::id::{PeerId, TaskId};
+use damselfly_common::tls::ClusterCa;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+pub use config::SupernodeConfig;
+use scheduler::{Action, Down, Event, Scheduler, SchedulerConfig};
+
+/// A shutdown signal that many tasks wait on: stop when it turns `true`.
+pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
+
+/// State shared by every connection, the origin fetchers and the HTTP API.
+pub struct Shared {
+    /// Configuration in force.
+    pub config: SupernodeConfig,
+    /// Content cache.
+    pub cache: cache::Cache,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Client for origin fetches.
+    pub http: reqwest::Client,
+    /// The cluster CA (signs peer certificates).
+    pub ca: ClusterCa,
+    started: Instant,
+    core: Mutex<Core>,
+}
+
+/// The scheduler and the routes to the peers' control streams. Actions are dispatched while the
+/// lock is held so that messages to one peer keep the order the scheduler produced them in.
+struct Core {
+    scheduler: Scheduler,
+    routes: HashMap<(PeerId, TaskId), mpsc::UnboundedSender<Down>>,
+}
+
+impl Shared {
+    /// Feeds one event to the scheduler and dispatches its actions.
+    pub fn handle(&self, event: Event) {
+        let now = self.started.elapsed();
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let actions = core.scheduler.on_event(now, event);
+        for action in actions {
+            match action {
+                Action::Send { peer, task, msg } => {
+                    if let Some(tx) = core.routes.get(&(peer, task)) {
+                        let _ = tx.send(msg);
+                    }
+                }
+                Action::PeerReported {
+                    peer,
+                    task,
+                    strikes,
+                } => {
+                    warn!(peer = %peer, task = %task, strikes, "peer reported bad: no longer used as a parent");
+                    self.metrics.bad_peers.inc();
+                }
+                Action::TaskIdle { .. } => {}
+            }
+        }
+        self.metrics.tasks.set(core.scheduler.tasks().len() as i64);
+        self.metrics.peers.set(core.scheduler.peer_count() as i64);
+    }
+
+    /// Routes the scheduler's messages for (`peer`, `task`) to `tx`.
+    pub fn attach(&self, peer: &PeerId, task: &TaskId, tx: mpsc::UnboundedSender<Down>) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.routes.insert((peer.clone(), task.clone()), tx);
+    }
+
+    /// Removes the route for (`peer`, `task`).
+    pub fn detach(&self, peer: &PeerId, task: &TaskId) {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.routes.remove(&(peer.clone(), task.clone()));
+    }
+
+    /// Runs `f` on the scheduler (read-only views for the API).
+    pub fn with_scheduler<R>(&self, f: impl FnOnce(&Scheduler) -> R) -> R {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        f(&core.scheduler)
+    }
+}
+
+/// A running supernode's bound addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    /// QUIC address actually bound.
+    pub quic: std::net::SocketAddr,
+    /// HTTP address actually bound.
+    pub http: std::net::SocketAddr,
+}
+
+/// Starts the supernode; returns once it listens. It stops when `shutdown` turns true.
+pub async fn start(
+    config: SupernodeConfig,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<(Bound, tokio::task::JoinHandle<()>)> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let ca = match (&config.ca_cert, &config.ca_key) {
+        (Some(c), Some(k)) => ClusterCa::load(c, k)?,
+        _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
+    };
+    let http = origin_client(&config)?;
+    let shared = Arc::new(Shared {
+        cache: cache::Cache::open(&config.data_dir)?,
+        metrics: metrics::Metrics::new(),
+        http,
+        ca,
+        started: Instant::now(),
+        core: Mutex::new(Core {
+            scheduler: Scheduler::new(SchedulerConfig::default()),
+            routes: HashMap::new(),
+        }),
+        config,
+    });
+    let endpoint = quic::bind(&shared)?;
+    let listener = tokio::net::TcpListener::bind(shared.config.http_listen).await?;
+    let bound = Bound {
+        quic: endpoint.local_addr()?,
+        http: listener.local_addr()?,
+    };
+    info!(quic = %bound.quic, http = %bound.http, data_dir = %shared.config.data_dir.display(), "supernode listening");
+
+    let handle = tokio::spawn(async move {
+        let ticker = tokio::spawn(tick_loop(shared.clone()));
+        let quic_task = tokio::spawn(quic::serve(
+            shared.clone(),
+            endpoint.clone(),
+            shutdown.clone(),
+        ));
+        let http_task = tokio::spawn(http::serve(shared.clone(), listener, shutdown.clone()));
+        let _ = http_task.await;
+        let _ = quic_task.await;
+        ticker.abort();
+        endpoint.close(0u32.into(), b"shutdown");
+        endpoint.wait_idle().await;
+    });
+    Ok((bound, handle))
+}
+
+/// Runs the supernode until `shutdown` turns true.
+pub async fn run(config: SupernodeConfig, shutdown: ShutdownSignal) -> anyhow::Result<()> {
+    let (_, handle) = start(config, shutdown).await?;
+    handle.await?;
+    Ok(())
+}
+
+async fn tick_loop(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        interval.tick().await;
+        shared.handle(Event::Tick);
+    }
+}
+
+fn origin_client(config: &SupernodeConfig) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .connect_timeout(config.origin_connect_timeout)
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .user_agent(concat!("damselfly-supernode/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}

@@ -1,0 +1,95 @@
+//! `supernode`: parses flags, loads config, starts tracing and runs [`supernode::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use damselfly_common::size::{parse_size, ByteSize};
+use supernode::SupernodeConfig;
+
+/// Damselfly supernode: regional seed and piece scheduler.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// QUIC listen address for peers [default: 0.0.0.0:8002].
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
+    /// HTTP listen address (API, /healthz, /metrics) [default: 0.0.0.0:8001].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Data directory (cache, metadata, cluster CA).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Disk quota for the cache, e.g. 20GiB.
+    #[arg(long, value_parser = parse_size)]
+    cache_quota: Option<ByteSize>,
+    /// Registry reached over plain HTTP (HOST:PORT); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Origin the supernode may fetch from (HOST or HOST:PORT); repeatable; default any.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// Cluster CA certificate (PEM) instead of DATA_DIR/tls/ca.crt.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Cluster CA private key (PEM), with --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
+    let mut c = match &args.config {
+        Some(path) => SupernodeConfig::load(path)?,
+        None => SupernodeConfig::default(),
+    };
+    if let Some(v) = args.quic_listen {
+        c.quic_listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        c.http_listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        c.data_dir = v;
+    }
+    if args.cache_quota.is_some() {
+        c.cache_quota = args.cache_quota;
+    }
+    c.insecure_registries.extend(args.insecure_registries);
+    c.allow_origins.extend(args.allow_origins);
+    if args.ca_cert.is_some() {
+        c.ca_cert = args.ca_cert;
+        c.ca_key = args.ca_key;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    damselfly_common::telemetry::init_tracing("info");
+    let config = config_from(Args::parse())?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    });
+    supernode::run(config, rx).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The supernode's Prometheus metrics, all in one place (`damselfly_supernode_*`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges the supernode exports on `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    /// Body bytes received from origins.
+    pub origin_bytes: Counter,
+    /// Origin fetches started (one per task, however many peers asked).
+    pub origin_fetches: Counter,
+    /// Origin fetches that failed.
+    pub origin_failures: Counter,
+    /// Piece bytes uploaded by the supernode to peers.
+    pub upload_bytes: Counter,
+    /// Pieces uploaded to peers.
+    pub upload_pieces: Counter,
+    /// Tasks known to the scheduler.
+    pub tasks: Gauge,
+    /// Peers connected.
+    pub peers: Gauge,
+    /// Piece failures reported by peers (bad digest or transfer).
+    pub piece_failure_reports: Counter,
+    /// Peers reported as bad (no longer used as parents).
+    pub bad_peers: Counter,
+    /// Peers enrolled (certificates issued).
+    pub enrollments: Counter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut m = Self::default();
+        let r = &mut m.registry;
+        r.register(
+            "damselfly_supernode_origin_bytes",
+            "Body bytes received from origins",
+            m.origin_bytes.clone(),
+        );
+        r.register(
+            "damselfly_supernode_origin_fetches",
+            "Origin fetches started",
+            m.origin_fetches.clone(),
+        );
+        r.register(
+            "damselfly_supernode_origin_failures",
+            "Origin fetches that failed",
+            m.origin_failures.clone(),
+        );
+        r.register(
+            "damselfly_supernode_upload_bytes",
+            "Piece bytes uploaded to peers",
+            m.upload_bytes.clone(),
+        );
+        r.register(
+            "damselfly_supernode_upload_pieces",
+            "Pieces uploaded to peers",
+            m.upload_pieces.clone(),
+        );
+        r.register(
+            "damselfly_supernode_tasks",
+            "Tasks known to the scheduler",
+            m.tasks.clone(),
+        );
+        r.register(
+            "damselfly_supernode_peers",
+            "Peers connected",
+            m.peers.clone(),
+        );
+        r.register(
+            "damselfly_supernode_piece_failure_reports",
+            "Piece failures reported by peers",
+            m.piece_failure_reports.clone(),
+        );
+        r.register(
+            "damselfly_supernode_bad_peers",
+            "Peers reported as bad",
+            m.bad_peers.clone(),
+        );
+        r.register(
+            "damselfly_supernode_enrollments",
+            "Peer certificates issued",
+            m.enrollments.clone(),
+        );
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

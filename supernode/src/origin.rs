@@ -1,0 +1,331 @@
+//! Origin fetch: one HTTP(S) GET per task, cut into pieces as the body arrives.
+//!
+//! Each piece is written at its offset, hashed, recorded in the cache (servable from then on)
+//! and announced to the scheduler before the next one is complete. The whole body is hashed as
+//! it streams and checked against the task's digest at the end; a mismatch, a short body or an
+//! HTTP error fails the task and removes its content.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use damselfly_common::id::{Sha256Digest, TaskId};
+use damselfly_common::piece::piece_size;
+use futures_util::StreamExt;
+use sha2::{Digest as _, Sha256};
+use tracing::{info, instrument, warn};
+
+use crate::cache::{CacheState, CachedTask};
+use crate::scheduler::{Event, PieceMeta};
+use crate::Shared;
+
+/// What to fetch.
+pub struct OriginRequest {
+    /// The task.
+    pub task: TaskId,
+    /// Origin URL.
+    pub url: url::Url,
+    /// Expected content digest, if known.
+    pub digest: Option<Sha256Digest>,
+    /// Headers the requesting peer asked to forward (credentials included; never logged).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why an origin fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The origin answered with a non-success status.
+    #[error("origin answered HTTP {status} for {url}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// URL without credentials.
+        url: String,
+    },
+    /// Could not reach the origin or the body broke off.
+    #[error("origin request to {url} failed: {message}")]
+    Request {
+        /// URL without credentials.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The body is shorter or longer than its `Content-Length`.
+    #[error("origin sent {got} bytes but announced {expected}")]
+    Length {
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The content does not match the task's digest.
+    #[error("content digest {got} does not match the expected {expected}")]
+    Digest {
+        /// Digest of what arrived.
+        got: Sha256Digest,
+        /// Digest asked for.
+        expected: Sha256Digest,
+    },
+    /// Writing to the cache failed (disk full, I/O error).
+    #[error("cannot write cached content: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+impl OriginError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the fetch to its end, reporting every step to the scheduler.
+#[instrument(skip_all, fields(task = %req.task))]
+pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest) {
+    shared.metrics.origin_fetches.inc();
+    let url = damselfly_common::id::normalise_url(&req.url);
+    info!(url = %url, "origin fetch started");
+    match fetch(&shared, &entry, &req).await {
+        Ok((len, pieces)) => {
+            entry.set_state(CacheState::Complete, Some(len));
+            info!(bytes = len, pieces, "origin fetch complete");
+            shared.handle(Event::OriginComplete {
+                task: req.task,
+                total_pieces: pieces,
+                content_length: len,
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "origin fetch failed");
+            shared.metrics.origin_failures.inc();
+            shared.cache.fail(&entry);
+            shared.handle(Event::OriginFailed {
+                task: req.task,
+                status: e.status(),
+                message: e.to_string(),
+            });
+        }
+    }
+}
+
+async fn fetch(
+    shared: &Shared,
+    entry: &CachedTask,
+    req: &OriginRequest,
+) -> Result<(u64, u32), OriginError> {
+    let url_text = damselfly_common::id::normalise_url(&req.url);
+    let request_err = |e: reqwest::Error| OriginError::Request {
+        url: url_text.clone(),
+        message: e.without_url().to_string(),
+    };
+    let mut builder = shared.http.get(req.url.clone());
+    for (name, value) in &req.headers {
+        if forwardable(name) {
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+    }
+    let resp = builder.send().await.map_err(request_err)?;
+    if !resp.status().is_success() {
+        return Err(OriginError::Status {
+            status: resp.status().as_u16(),
+            url: url_text,
+        });
+    }
+    let content_length = resp.content_length();
+    let psize = piece_size(content_length);
+    shared.handle(Event::TaskStarted {
+        task: req.task.clone(),
+        content_length,
+        piece_size: psize,
+    });
+
+    let mut cutter = PieceCutter::new(psize);
+    let mut body = resp.bytes_stream();
+    loop {
+        let next = tokio::time::timeout(shared.config.origin_read_timeout, body.next()).await;
+        let chunk = match next {
+            Err(_) => {
+                return Err(OriginError::Request {
+                    url: url_text,
+                    message: "origin stopped sending".into(),
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(c)) => c.map_err(request_err)?,
+        };
+        shared.metrics.origin_bytes.inc_by(chunk.len() as u64);
+        for piece in cutter.push(chunk) {
+            land(shared, entry, &req.task, piece).await?;
+        }
+    }
+    let (total, whole) = (cutter.total, cutter.whole.clone().finalize());
+    if let Some(piece) = cutter.finish() {
+        land(shared, entry, &req.task, piece).await?;
+    }
+    if let Some(expected) = content_length {
+        if expected != total {
+            return Err(OriginError::Length {
+                got: total,
+                expected,
+            });
+        }
+    }
+    let got = Sha256Digest(whole.into());
+    if let Some(expected) = req.digest {
+        if expected != got {
+            return Err(OriginError::Digest { got, expected });
+        }
+    }
+    Ok((total, cutter.count))
+}
+
+/// Writes a piece to the cache file, then makes it servable and tells the scheduler.
+async fn land(
+    shared: &Shared,
+    entry: &CachedTask,
+    task: &TaskId,
+    piece: CutPiece,
+) -> Result<(), OriginError> {
+    let file = entry.file.clone();
+    let (offset, data) = (piece.offset, piece.data);
+    tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+        .await
+        .map_err(std::io::Error::other)??;
+    let meta = PieceMeta {
+        number: piece.number,
+        offset: piece.offset,
+        size: piece.size,
+        sha256: piece.sha256,
+    };
+    entry.add_piece(meta.clone());
+    shared.handle(Event::PieceLanded {
+        task: task.clone(),
+        piece: meta,
+    });
+    Ok(())
+}
+
+/// Request headers that make sense to forward to an origin (hop-by-hop and framing headers are
+/// the HTTP client's business).
+fn forwardable(name: &str) -> bool {
+    const SKIP: &[&str] = &[
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "range",
+        "accept-encoding",
+    ];
+    !SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// A piece cut from the body: its bytes and sha256.
+struct CutPiece {
+    number: u32,
+    offset: u64,
+    size: u32,
+    sha256: [u8; 32],
+    data: Bytes,
+}
+
+/// Cuts a byte stream into pieces of a fixed size, hashing each piece and the whole.
+struct PieceCutter {
+    piece_size: usize,
+    buf: BytesMut,
+    total: u64,
+    count: u32,
+    whole: Sha256,
+}
+
+impl PieceCutter {
+    fn new(piece_size: u32) -> Self {
+        Self {
+            piece_size: piece_size as usize,
+            buf: BytesMut::new(),
+            total: 0,
+            count: 0,
+            whole: Sha256::new(),
+        }
+    }
+
+    fn push(&mut self, mut chunk: Bytes) -> Vec<CutPiece> {
+        self.whole.update(&chunk);
+        self.total += chunk.len() as u64;
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(self.piece_size);
+            }
+            let take = (self.piece_size - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(take));
+            if self.buf.len() == self.piece_size {
+                out.push(self.cut());
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Option<CutPiece> {
+        (!self.buf.is_empty()).then(|| self.cut())
+    }
+
+    fn cut(&mut self) -> CutPiece {
+        let data = self.buf.split().freeze();
+        let size = data.len() as u32;
+        let offset = u64::from(self.count) * self.piece_size as u64;
+        let piece = CutPiece {
+            number: self.count,
+            offset,
+            size,
+            sha256: Sha256::digest(&data).into(),
+            data,
+        };
+        self.count += 1;
+        piece
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutter_handles_interesting_sizes_and_chunkings() {
+        let p = 1024usize;
+        for len in [0, 1, p - 1, p, p + 1, 3 * p + 5] {
+            for chunk in [1, 7, p - 1, p, p + 3, 10 * p] {
+                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let mut c = PieceCutter::new(p as u32);
+                let mut pieces = Vec::new();
+                for part in data.chunks(chunk) {
+                    pieces.extend(c.push(Bytes::copy_from_slice(part)));
+                }
+                pieces.extend(c.finish());
+                assert_eq!(pieces.len(), len.div_ceil(p), "len {len} chunk {chunk}");
+                let mut joined = Vec::new();
+                for (i, piece) in pieces.iter().enumerate() {
+                    assert_eq!(piece.number as usize, i);
+                    assert_eq!(piece.offset as usize, i * p);
+                    assert_eq!(piece.sha256, <[u8; 32]>::from(Sha256::digest(&piece.data)));
+                    joined.extend_from_slice(&piece.data);
+                }
+                assert_eq!(joined, data);
+                assert_eq!(c.total as usize, len);
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_headers_are_forwarded_but_hop_by_hop_are_not() {
+        assert!(forwardable("Authorization"));
+        assert!(!forwardable("Host"));
+        assert!(!forwardable("range"));
+    }
+}

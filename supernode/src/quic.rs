@@ -1,0 +1,392 @@
+//! The supernode's QUIC side: enrollment, per-task control streams and piece uploads.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use damselfly_common::id::{PeerId, Sha256Digest, TaskId};
+use damselfly_common::tls;
+use damselfly_common::transport::{bind_endpoint, read_frame, write_frame, TransportError};
+use damselfly_common::upload::serve_piece;
+use damselfly_proto as pb;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::origin::OriginRequest;
+use crate::scheduler::{Down, Event, FailReason, Parent};
+use crate::{Shared, ShutdownSignal};
+
+/// Binds the QUIC endpoint with the supernode's identity.
+pub fn bind(shared: &Shared) -> anyhow::Result<Endpoint> {
+    let identity = shared.ca.issue_supernode_identity()?;
+    let server = tls::supernode_server_config(&identity, &shared.ca.cert_der())?;
+    Ok(bind_endpoint(shared.config.quic_listen, Some(server))?)
+}
+
+/// Accepts connections until shutdown.
+pub async fn serve(shared: Arc<Shared>, endpoint: Endpoint, mut shutdown: ShutdownSignal) {
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => handle_connection(shared, conn).await,
+                        Err(e) => debug!(error = %e, "handshake failed"),
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Peers that registered on one connection, so that its loss removes them everywhere.
+type ConnPeers = Arc<Mutex<HashSet<PeerId>>>;
+
+async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
+    let remote = conn.remote_address();
+    let authenticated = tls::has_client_identity(&conn);
+    debug!(%remote, authenticated, "peer connected");
+    let peers: ConnPeers = Arc::default();
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%remote, reason = %e, "peer connection closed");
+                break;
+            }
+        };
+        let (shared, peers) = (shared.clone(), peers.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle_stream(shared, authenticated, remote, peers, send, recv).await {
+                debug!(%remote, error = %e, "stream ended with an error");
+            }
+        });
+    }
+    let gone: Vec<PeerId> = peers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for peer in gone {
+        info!(peer = %peer, "peer gone");
+        shared.handle(Event::PeerGone { peer });
+    }
+}
+
+async fn handle_stream(
+    shared: Arc<Shared>,
+    authenticated: bool,
+    remote: SocketAddr,
+    peers: ConnPeers,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), TransportError> {
+    let Some(req) = read_frame::<pb::Request>(&mut recv).await? else {
+        return Ok(());
+    };
+    match req.kind {
+        Some(pb::request::Kind::Enroll(e)) => enroll(&shared, e, &mut send).await,
+        Some(_) if !authenticated => {
+            // Only enrollment is open to peers without a cluster certificate.
+            let _ = send.reset(2u32.into());
+            Ok(())
+        }
+        Some(pb::request::Kind::Piece(p)) => {
+            let sent = serve_piece(&shared.cache, &p, &mut send).await?;
+            if sent > 0 {
+                shared.metrics.upload_bytes.inc_by(sent);
+                shared.metrics.upload_pieces.inc();
+            }
+            Ok(())
+        }
+        Some(pb::request::Kind::Control(c)) => match c.kind {
+            Some(pb::control_up::Kind::Register(r)) => {
+                control(shared, remote, peers, r, send, recv).await
+            }
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+async fn enroll(
+    shared: &Shared,
+    req: pb::EnrollRequest,
+    send: &mut SendStream,
+) -> Result<(), TransportError> {
+    let peer_id = new_peer_id();
+    let resp = match shared.ca.sign_peer_csr(&req.csr_der, &peer_id) {
+        Ok(cert) => {
+            shared.metrics.enrollments.inc();
+            info!(peer = %peer_id, hostname = %req.hostname, "peer enrolled");
+            pb::EnrollResponse {
+                peer_id,
+                cert_der: cert.to_vec(),
+                ca_der: shared.ca.cert_der().to_vec(),
+                error: String::new(),
+            }
+        }
+        Err(e) => pb::EnrollResponse {
+            error: format!("enrollment refused: {e}"),
+            ..Default::default()
+        },
+    };
+    write_frame(send, &resp).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+fn new_peer_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Checks a registration before anything is fetched for it.
+fn validate_register(
+    shared: &Shared,
+    r: &pb::Register,
+) -> Result<(url::Url, Option<Sha256Digest>, SocketAddr), String> {
+    let url = url::Url::parse(&r.url).map_err(|e| format!("invalid url: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported scheme {:?}: only http and https",
+            url.scheme()
+        ));
+    }
+    if !shared.config.origin_allowed(&url) {
+        return Err(format!(
+            "origin {} is not allowed by this supernode's --allow-origin",
+            url.host_str().unwrap_or("")
+        ));
+    }
+    let digest = if r.digest.is_empty() {
+        None
+    } else {
+        Some(
+            r.digest
+                .parse::<Sha256Digest>()
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    if TaskId::for_url(&url, digest.as_ref()).as_str() != r.task_id {
+        return Err("task id does not match the url/digest".into());
+    }
+    let addr = r
+        .peer_addr
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("invalid peer address {:?}: {e}", r.peer_addr))?;
+    if r.peer_id.is_empty() {
+        return Err("missing peer id".into());
+    }
+    Ok((url, digest, addr))
+}
+
+async fn control(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    peers: ConnPeers,
+    reg: pb::Register,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), TransportError> {
+    let (url, digest, addr) = match validate_register(&shared, &reg) {
+        Ok(v) => v,
+        Err(message) => {
+            warn!(%remote, error = %message, "registration refused");
+            let down = pb::ControlDown {
+                kind: Some(pb::control_down::Kind::Failed(pb::Failed {
+                    status: 0,
+                    message,
+                })),
+            };
+            write_frame(&mut send, &down).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let task = TaskId::new(reg.task_id.clone());
+    let peer = PeerId::new(reg.peer_id.clone());
+    let span = tracing::info_span!("control", task = %task, peer = %peer);
+    async move {
+        peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        shared.attach(&peer, &task, tx);
+        let writer = tokio::spawn(write_downs(rx, send));
+        start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
+        shared.handle(Event::PeerJoined {
+            task: task.clone(),
+            peer: peer.clone(),
+            addr,
+            have: reg.have.clone(),
+        });
+        let result = read_ups(&shared, &task, &peer, &mut recv).await;
+        shared.detach(&peer, &task);
+        writer.abort();
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn start_origin_if_needed(
+    shared: &Arc<Shared>,
+    task: &TaskId,
+    url: url::Url,
+    digest: Option<Sha256Digest>,
+    headers: &[pb::Header],
+) {
+    let entry = match shared.cache.create_if_absent(task) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot create cache entry");
+            shared.handle(Event::OriginFailed {
+                task: task.clone(),
+                status: None,
+                message: format!("supernode cache error: {e}"),
+            });
+            return;
+        }
+    };
+    let headers = headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect();
+    let req = OriginRequest {
+        task: task.clone(),
+        url,
+        digest,
+        headers,
+    };
+    tokio::spawn(crate::origin::run(shared.clone(), entry, req));
+}
+
+async fn write_downs(mut rx: mpsc::UnboundedReceiver<Down>, mut send: SendStream) {
+    while let Some(down) = rx.recv().await {
+        let failed = matches!(down, Down::Failed { .. });
+        if write_frame(&mut send, &to_proto(down)).await.is_err() {
+            return;
+        }
+        if failed {
+            let _ = send.finish();
+            return;
+        }
+    }
+}
+
+async fn read_ups(
+    shared: &Shared,
+    task: &TaskId,
+    peer: &PeerId,
+    recv: &mut RecvStream,
+) -> Result<(), TransportError> {
+    use pb::control_up::Kind;
+    loop {
+        let Some(up) = read_frame::<pb::ControlUp>(recv).await? else {
+            shared.handle(Event::PeerLeft {
+                task: task.clone(),
+                peer: peer.clone(),
+            });
+            return Ok(());
+        };
+        let event = match up.kind {
+            Some(Kind::PieceDone(d)) => Event::PieceFinished {
+                task: task.clone(),
+                peer: peer.clone(),
+                piece: d.piece,
+            },
+            Some(Kind::PieceFailed(f)) => {
+                shared.metrics.piece_failure_reports.inc();
+                let reason = if f.reason == pb::FailReason::Digest as i32 {
+                    FailReason::Digest
+                } else {
+                    FailReason::Transfer
+                };
+                let parent = (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id));
+                debug!(piece = f.piece, ?parent, detail = %f.detail, "piece failure reported");
+                Event::PieceFailed {
+                    task: task.clone(),
+                    peer: peer.clone(),
+                    piece: f.piece,
+                    parent,
+                    reason,
+                }
+            }
+            Some(Kind::Done(_)) => {
+                // The peer keeps seeding; its control stream may now close.
+                shared.handle(Event::PeerDone {
+                    task: task.clone(),
+                    peer: peer.clone(),
+                });
+                return Ok(());
+            }
+            Some(Kind::Leave(_)) => {
+                shared.handle(Event::PeerLeft {
+                    task: task.clone(),
+                    peer: peer.clone(),
+                });
+                return Ok(());
+            }
+            Some(Kind::Register(_)) | None => continue,
+        };
+        shared.handle(event);
+    }
+}
+
+fn to_proto(down: Down) -> pb::ControlDown {
+    use pb::control_down::Kind;
+    let kind = match down {
+        Down::TaskInfo {
+            content_length,
+            piece_size,
+        } => Kind::TaskInfo(pb::TaskInfo {
+            content_length,
+            piece_size,
+        }),
+        Down::Pieces(pieces) => Kind::Pieces(pb::Pieces {
+            pieces: pieces
+                .into_iter()
+                .map(|p| pb::PieceMeta {
+                    number: p.number,
+                    offset: p.offset,
+                    size: p.size,
+                    sha256: p.sha256.to_vec(),
+                })
+                .collect(),
+        }),
+        Down::Assign(list) => Kind::Assign(pb::Assign {
+            assignments: list
+                .into_iter()
+                .map(|a| pb::Assignment {
+                    piece: a.piece,
+                    parent: Some(match a.parent {
+                        Parent::Supernode => pb::Parent::default(),
+                        Parent::Peer { id, addr } => pb::Parent {
+                            peer_id: id.to_string(),
+                            addr: addr.to_string(),
+                        },
+                    }),
+                })
+                .collect(),
+        }),
+        Down::Complete {
+            total_pieces,
+            content_length,
+        } => Kind::Complete(pb::Complete {
+            total_pieces,
+            content_length,
+        }),
+        Down::Failed { status, message } => Kind::Failed(pb::Failed {
+            status: u32::from(status.unwrap_or(0)),
+            message,
+        }),
+    };
+    pb::ControlDown { kind: Some(kind) }
+}

@@ -1,0 +1,621 @@
+//! Event handlers: update the books, tell the task's peers what changed, then refill windows
+//! (the reporting peer's first, then waiting peers with the capacity that appeared).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use damselfly_common::id::{PeerId, TaskId};
+
+use super::assign::Fresh;
+use super::state::{BitSet, Member, Origin, Outbox, Source, TaskInfo, TaskState};
+use super::{Action, Down, FailReason, PieceMeta, Scheduler, Shared};
+
+/// When a new piece has more holders than this, every waiting peer is reconsidered instead of
+/// tracking each holder as fresh capacity.
+const FRESH_PEERS_MAX: usize = 16;
+
+impl Scheduler {
+    pub(super) fn task_started(
+        &mut self,
+        id: &TaskId,
+        content_length: Option<u64>,
+        piece_size: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if task.failed() {
+            return;
+        }
+        task.info = Some(TaskInfo {
+            content_length,
+            piece_size,
+        });
+        broadcast(task, out, || Down::TaskInfo {
+            content_length,
+            piece_size,
+        });
+    }
+
+    pub(super) fn piece_landed(
+        &mut self,
+        now: Duration,
+        id: &TaskId,
+        meta: PieceMeta,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let n = meta.number;
+        if task.failed() || n >= task.piece_bound() || task.is_landed(n) {
+            return;
+        }
+        if task.pieces.len() <= n as usize {
+            task.pieces.resize_with(n as usize + 1, Default::default);
+        }
+        if let Some(ps) = task.pieces.get_mut(n as usize) {
+            ps.meta = Some(meta.clone());
+        }
+        task.landed.push(n);
+        task.sn_candidates.insert(n);
+        let mut fresh = Fresh {
+            supernode: true,
+            ..Fresh::default()
+        };
+        let holders: Vec<(u32, bool)> = task
+            .members()
+            .filter(|(_, m)| m.held.contains(n))
+            .map(|(s, m)| (s, self.shared.is_bad_gid(m.gid)))
+            .collect();
+        for (slot, bad) in holders {
+            task.add_holder(slot, n, bad);
+            fresh.peers.push(slot);
+        }
+        fresh.all = fresh.peers.len() > FRESH_PEERS_MAX;
+        broadcast(task, out, || Down::Pieces(vec![meta.clone()]));
+        let window = self.shared.config.window_per_peer;
+        let lacking: Vec<u32> = task
+            .members()
+            .filter(|(_, m)| {
+                task.downloading(m) && !m.held.contains(n) && m.assigned.len() < window
+            })
+            .map(|(s, _)| s)
+            .collect();
+        for slot in lacking {
+            task.set_waiting(slot, true);
+        }
+        let mut outbox = Outbox::default();
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+    }
+
+    pub(super) fn origin_complete(
+        &mut self,
+        id: &TaskId,
+        total_pieces: u32,
+        content_length: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if !matches!(task.origin, Origin::Fetching) {
+            return;
+        }
+        task.origin = Origin::Complete {
+            total_pieces,
+            content_length,
+        };
+        broadcast(task, out, || Down::Complete {
+            total_pieces,
+            content_length,
+        });
+        self.finish(id, out);
+    }
+
+    pub(super) fn origin_failed(
+        &mut self,
+        id: &TaskId,
+        status: Option<u16>,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if !matches!(task.origin, Origin::Fetching) {
+            return;
+        }
+        broadcast(task, out, || Down::Failed {
+            status,
+            message: message.clone(),
+        });
+        task.origin = Origin::Failed { status, message };
+        let waiting: Vec<u32> = task.waiting.iter().map(|&(_, slot)| slot).collect();
+        for slot in waiting {
+            task.set_waiting(slot, false);
+        }
+        self.finish(id, out);
+    }
+
+    pub(super) fn peer_joined(
+        &mut self,
+        now: Duration,
+        id: TaskId,
+        peer: PeerId,
+        addr: SocketAddr,
+        have: &[u32],
+        out: &mut Vec<Action>,
+    ) {
+        if self
+            .tasks
+            .get(&id)
+            .is_some_and(|t| self.shared.slot(t, &peer).is_some())
+        {
+            // Re-registration: start over from what the peer says it holds now.
+            self.peer_left(now, &id, &peer, out);
+        }
+        let bad = self.shared.is_bad(&peer);
+        let gid = self.shared.peers.intern(&peer, bad);
+        if let Some(rec) = self.shared.peers.get_mut(gid) {
+            rec.tasks.insert(id.clone());
+        }
+        let task = self
+            .tasks
+            .entry(id.clone())
+            .or_insert_with(|| TaskState::new(id.clone()));
+        let bound = task.piece_bound();
+        let mut held = BitSet::default();
+        let mut held_count = 0;
+        for &p in have.iter().filter(|&&p| p < bound) {
+            held_count += u32::from(held.insert(p));
+        }
+        let landed_held: Vec<u32> = held.iter().filter(|&p| task.is_landed(p)).collect();
+        let member = Member {
+            gid,
+            id: peer,
+            addr,
+            held,
+            held_count,
+            assigned: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            done: false,
+            wait_seq: None,
+        };
+        let slot = task.add_member(member);
+        for &p in &landed_held {
+            task.add_holder(slot, p, bad);
+        }
+        send_state(task, slot, out);
+        let mut outbox = Outbox::default();
+        self.shared.fill(task, slot, now, &mut outbox);
+        let mut fresh = Fresh::default();
+        if !landed_held.is_empty() && !bad {
+            fresh.peers.push(slot);
+        }
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+        self.finish(&id, out);
+    }
+
+    pub(super) fn piece_finished(
+        &mut self,
+        now: Duration,
+        id: &TaskId,
+        peer: &PeerId,
+        piece: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(slot) = self.shared.slot(task, peer) else {
+            return;
+        };
+        if piece >= task.piece_bound() {
+            return;
+        }
+        let mut fresh = Fresh::default();
+        if let Some(source) = self.shared.release(task, slot, piece) {
+            fresh.add_source(task, &source);
+        }
+        let Some(m) = task.member_mut(slot) else {
+            return;
+        };
+        m.failed.remove(&piece);
+        if m.held.insert(piece) {
+            m.held_count += 1;
+        }
+        let bad = self.shared.is_bad_gid(m.gid);
+        task.add_holder(slot, piece, bad);
+        if !bad {
+            fresh.peers.push(slot);
+        }
+        let mut outbox = Outbox::default();
+        self.shared.fill(task, slot, now, &mut outbox);
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn piece_failed(
+        &mut self,
+        now: Duration,
+        id: &TaskId,
+        peer: &PeerId,
+        piece: u32,
+        parent: Option<&PeerId>,
+        reason: FailReason,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(slot) = self.shared.slot(task, peer) else {
+            return;
+        };
+        // Only a report about the parent we actually assigned counts: a child cannot strike
+        // arbitrary peers.
+        let Some(source) = self.shared.release(task, slot, piece) else {
+            return;
+        };
+        let mut fresh = Fresh::default();
+        fresh.add_source(task, &source);
+        let blamed = match (&source, parent) {
+            (Source::Peer { id: assigned, .. }, Some(reported)) if assigned == reported => {
+                Some(reported)
+            }
+            _ => None,
+        };
+        let mut parent_slot = None;
+        if let Some(blamed) = blamed {
+            if let Some(m) = task.member_mut(slot) {
+                m.failed.entry(piece).or_default().push(blamed.clone());
+            }
+            parent_slot = self.shared.slot(task, blamed);
+            if let (FailReason::Digest, Some(ps)) = (reason, parent_slot) {
+                fresh.supernode |= drop_holding(task, ps, piece);
+            }
+        }
+        if let Some(blamed) = blamed {
+            fresh.supernode |= self.strike(now, blamed, id, reason, out);
+        }
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let mut outbox = Outbox::default();
+        self.shared.fill(task, slot, now, &mut outbox);
+        if let Some(ps) = parent_slot {
+            // After a digest failure the parent may need the piece again itself.
+            self.shared.fill(task, ps, now, &mut outbox);
+        }
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+    }
+
+    pub(super) fn peer_done(
+        &mut self,
+        now: Duration,
+        id: &TaskId,
+        peer: &PeerId,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(slot) = self.shared.slot(task, peer) else {
+            return;
+        };
+        if task.member(slot).is_none_or(|m| m.done) {
+            return;
+        }
+        let mut fresh = Fresh::default();
+        let assigned: Vec<u32> = task
+            .member(slot)
+            .map(|m| m.assigned.keys().copied().collect())
+            .unwrap_or_default();
+        for piece in assigned {
+            if let Some(source) = self.shared.release(task, slot, piece) {
+                fresh.add_source(task, &source);
+            }
+        }
+        task.set_waiting(slot, false);
+        task.mark_done(slot);
+        let all: Vec<u32> = match task.total_pieces() {
+            Some(total) => (0..total).collect(),
+            None => task.landed.clone(),
+        };
+        let bad = task
+            .member(slot)
+            .is_some_and(|m| self.shared.is_bad_gid(m.gid));
+        if let Some(m) = task.member_mut(slot) {
+            for &p in &all {
+                m.held_count += u32::from(m.held.insert(p));
+            }
+        }
+        for p in all {
+            task.add_holder(slot, p, bad);
+        }
+        if !bad {
+            fresh.peers.push(slot);
+        }
+        let mut outbox = Outbox::default();
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+        self.finish(id, out);
+    }
+
+    pub(super) fn peer_left(
+        &mut self,
+        now: Duration,
+        id: &TaskId,
+        peer: &PeerId,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(gid) = self.shared.peers.gid(peer) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let Some(slot) = task.slot_of(gid) else {
+            return;
+        };
+        let fresh = self.shared.remove_member(task, slot);
+        let mut outbox = Outbox::default();
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        flush(task, outbox, out);
+        if let Some(rec) = self.shared.peers.get_mut(gid) {
+            rec.tasks.remove(id);
+        }
+        self.shared.peers.release_if_unused(gid);
+        self.finish(id, out);
+    }
+
+    pub(super) fn peer_gone(&mut self, now: Duration, peer: &PeerId, out: &mut Vec<Action>) {
+        let Some(rec) = self
+            .shared
+            .peers
+            .gid(peer)
+            .and_then(|gid| self.shared.peers.get(gid))
+        else {
+            return;
+        };
+        let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
+        for id in tasks {
+            self.peer_left(now, &id, peer, out);
+        }
+    }
+
+    pub(super) fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let fresh = Fresh {
+            all: true,
+            ..Fresh::default()
+        };
+        for task in self.tasks.values_mut().filter(|t| !t.waiting.is_empty()) {
+            let mut outbox = Outbox::default();
+            self.shared.drain(task, &fresh, now, &mut outbox);
+            flush(task, outbox, out);
+        }
+    }
+
+    /// Adds strikes to `peer`; when it crosses the threshold, reports it and stops using it as a
+    /// parent in every task. Returns whether that made a piece of `current` supernode-servable
+    /// (the caller refills `current`; other tasks are refilled here).
+    fn strike(
+        &mut self,
+        now: Duration,
+        peer: &PeerId,
+        current: &TaskId,
+        reason: FailReason,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let add = match reason {
+            FailReason::Digest => 2,
+            FailReason::Transfer => 1,
+        };
+        let threshold = self.shared.config.bad_peer_strikes;
+        let strikes = self.shared.strikes.entry(peer.clone()).or_insert(0);
+        let before = *strikes;
+        *strikes = strikes.saturating_add(add);
+        let after = *strikes;
+        if before >= threshold || after < threshold {
+            return false;
+        }
+        out.push(Action::PeerReported {
+            peer: peer.clone(),
+            task: current.clone(),
+            strikes: after,
+        });
+        let Some(gid) = self.shared.peers.gid(peer) else {
+            return false;
+        };
+        let Some(rec) = self.shared.peers.get_mut(gid) else {
+            return false;
+        };
+        rec.bad = true;
+        let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
+        let mut current_orphaned = false;
+        for id in tasks {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let Some(slot) = task.slot_of(gid) else {
+                continue;
+            };
+            let held: Vec<u32> = task
+                .member(slot)
+                .map(|m| m.held.iter().collect())
+                .unwrap_or_default();
+            let mut orphaned = false;
+            for p in held {
+                orphaned |= task.remove_holder(slot, p);
+            }
+            if id == *current {
+                current_orphaned = orphaned;
+            } else if orphaned {
+                let mut outbox = Outbox::default();
+                let fresh = Fresh {
+                    supernode: true,
+                    ..Fresh::default()
+                };
+                self.shared.drain(task, &fresh, now, &mut outbox);
+                flush(task, outbox, out);
+            }
+        }
+        current_orphaned
+    }
+
+    /// After an event: reports the task idle when nobody downloads it any more and the origin
+    /// finished; forgets a failed task once its last peer left.
+    fn finish(&mut self, id: &TaskId, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let idle = match task.origin {
+            Origin::Fetching => false,
+            Origin::Complete { .. } => task.active == 0,
+            Origin::Failed { .. } => true,
+        };
+        if idle && !task.idle_reported {
+            out.push(Action::TaskIdle { task: id.clone() });
+        }
+        task.idle_reported = idle;
+        if task.failed() && task.member_count() == 0 {
+            self.tasks.remove(id);
+        }
+    }
+}
+
+impl Shared {
+    /// The member slot of `peer` in `task`.
+    fn slot(&self, task: &TaskState, peer: &PeerId) -> Option<u32> {
+        self.peers.gid(peer).and_then(|gid| task.slot_of(gid))
+    }
+
+    /// Whether `peer` is at or over the strike threshold.
+    fn is_bad(&self, peer: &PeerId) -> bool {
+        self.strikes
+            .get(peer)
+            .is_some_and(|&s| s >= self.config.bad_peer_strikes)
+    }
+
+    fn is_bad_gid(&self, gid: u32) -> bool {
+        self.peers.get(gid).is_some_and(|r| r.bad)
+    }
+
+    /// Removes member `slot` from `task`: ends its assignments (freeing its parents' slots),
+    /// drops its holdings, and orphans the assignments it was serving (the children keep them
+    /// until they report). Returns the capacity that appeared.
+    fn remove_member(&mut self, task: &mut TaskState, slot: u32) -> Fresh {
+        let mut fresh = Fresh::default();
+        task.set_waiting(slot, false);
+        let Some(m) = task.member(slot) else {
+            return fresh;
+        };
+        let gid = m.gid;
+        let assigned: Vec<u32> = m.assigned.keys().copied().collect();
+        let held: Vec<u32> = m.held.iter().collect();
+        for piece in assigned {
+            if let Some(source) = self.release(task, slot, piece) {
+                fresh.add_source(task, &source);
+            }
+        }
+        for piece in held {
+            fresh.supernode |= task.remove_holder(slot, piece);
+        }
+        if let Some(rec) = self.peers.get_mut(gid) {
+            let (mine, rest) = std::mem::take(&mut rec.uploads)
+                .into_iter()
+                .partition(|u| u.task == task.id);
+            rec.uploads = rest;
+            for upload in mine {
+                let child = task
+                    .member_mut(upload.child)
+                    .and_then(|c| c.assigned.get_mut(&upload.piece));
+                if let Some(Source::Peer { gid, .. }) = child {
+                    *gid = None;
+                }
+            }
+        }
+        task.take_member(slot);
+        fresh.peers.retain(|&s| s != slot);
+        fresh
+    }
+}
+
+/// Drops `piece` from member `slot` after it served a bad copy: it is no longer a holder (and may
+/// be assigned the piece itself). Returns whether the piece has no holder left.
+fn drop_holding(task: &mut TaskState, slot: u32, piece: u32) -> bool {
+    if let Some(m) = task.member_mut(slot) {
+        if m.held.remove(piece) {
+            m.held_count -= 1;
+        }
+    }
+    task.remove_holder(slot, piece)
+}
+
+/// Sends `msg()` to every member of `task`.
+fn broadcast(task: &TaskState, out: &mut Vec<Action>, msg: impl Fn() -> Down) {
+    for (_, m) in task.members() {
+        out.push(Action::Send {
+            peer: m.id.clone(),
+            task: task.id.clone(),
+            msg: msg(),
+        });
+    }
+}
+
+/// Tells a new member everything known about the task so far.
+fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
+    let Some(m) = task.member(slot) else {
+        return;
+    };
+    let mut send = |msg| {
+        out.push(Action::Send {
+            peer: m.id.clone(),
+            task: task.id.clone(),
+            msg,
+        })
+    };
+    if let Some(info) = task.info {
+        send(Down::TaskInfo {
+            content_length: info.content_length,
+            piece_size: info.piece_size,
+        });
+    }
+    let pieces: Vec<PieceMeta> = task.pieces.iter().filter_map(|p| p.meta.clone()).collect();
+    if !pieces.is_empty() {
+        send(Down::Pieces(pieces));
+    }
+    match &task.origin {
+        Origin::Fetching => {}
+        Origin::Complete {
+            total_pieces,
+            content_length,
+        } => send(Down::Complete {
+            total_pieces: *total_pieces,
+            content_length: *content_length,
+        }),
+        Origin::Failed { status, message } => send(Down::Failed {
+            status: *status,
+            message: message.clone(),
+        }),
+    }
+}
+
+/// Sends the assignments gathered while handling an event: one `Assign` per peer.
+fn flush(task: &TaskState, outbox: Outbox, out: &mut Vec<Action>) {
+    for (slot, list) in outbox.assigns {
+        if let Some(m) = task.member(slot) {
+            out.push(Action::Send {
+                peer: m.id.clone(),
+                task: task.id.clone(),
+                msg: Down::Assign(list),
+            });
+        }
+    }
+}

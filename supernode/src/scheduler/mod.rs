@@ -1,0 +1,497 @@
+//! The piece scheduler: a pure, deterministic state machine that decides which peer fetches which
+//! piece from whom.
+//!
+//! It does no I/O and reads no clock: the supernode's async shell feeds it [`Event`]s with the
+//! current time (a [`Duration`] since an arbitrary epoch) and carries out the [`Action`]s it
+//! returns, in order. The only randomness is a PRNG seeded from [`SchedulerConfig::seed`], so a
+//! simulator replaying the same events gets the same decisions.
+//!
+//! # Policy
+//! * **Pieces are servable as soon as they land.** Every peer of a task is told each piece's
+//!   metadata (number, offset, size, sha256) as it lands at the supernode, and only landed pieces
+//!   are ever assigned.
+//! * **A download window per peer.** A downloading peer has at most
+//!   [`SchedulerConfig::window_per_peer`] assignments outstanding per task; whenever it has room
+//!   the scheduler fills it.
+//! * **Rarest first.** Among the pieces a peer neither holds nor has been assigned, the ones with
+//!   the fewest copies (holders + assignments in flight) come first; ties are broken by the
+//!   seeded PRNG so concurrent peers spread over different pieces and then trade them.
+//! * **Peers before the supernode.** For the chosen piece the parent is the least loaded usable
+//!   holder (not bad, not one this child reported failing for this piece, below
+//!   [`SchedulerConfig::max_uploads_per_peer`]). The supernode serves a piece only when no usable
+//!   peer holds it at all (busy holders still count: the child waits for them), no supernode copy
+//!   of it started less than [`SchedulerConfig::stalled_after`] ago is still in flight, and the
+//!   supernode is below [`SchedulerConfig::max_supernode_uploads`]. So the supernode sends about
+//!   one copy of each piece however many peers join; the swarm forms a tree from there. A piece
+//!   without any parent now is skipped for the next candidate (at most 64 candidates per fill).
+//! * **Upload slots.** Each assignment holds one upload slot of its parent until the child
+//!   reports the piece finished or failed, or leaves. Whenever slots free up or a new holder
+//!   appears, the peers of that task that are waiting with free window are reconsidered, oldest
+//!   waiter first, until the new capacity is used up.
+//! * **Strikes.** A failure report costs the parent 2 strikes for a bad digest, 1 for a transfer
+//!   failure. At [`SchedulerConfig::bad_peer_strikes`] the parent is reported once
+//!   ([`Action::PeerReported`]) and is never used as a parent again, in any task. The reporting
+//!   child never gets that parent for that piece again, and a parent that served a bad digest
+//!   stops being a holder of that piece.
+//!
+//! # Cost
+//! Per-piece holder sets are bitsets with counts, waiting peers are a per-task FIFO, uploads are
+//! counted per peer, so no event walks all pairs of peers. Remaining hot spots, for the
+//! simulator to measure: filling one peer's window scans the task's landed pieces (O(pieces)); a
+//! [`Event::Tick`] refills every waiting peer of every task; a parent is picked by scanning at
+//! most 64 holders from a random start (exact least-loaded choice below 64 holders, sampled
+//! above); when new capacity can serve none of the waiting peers the waiting list is walked once
+//! (cheap bitset checks per peer).
+
+mod assign;
+mod events;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use damselfly_common::id::{PeerId, TaskId};
+use serde::{Deserialize, Serialize};
+
+use state::{Origin, PeerTable, SplitMix64, TaskState};
+
+/// Tuning of the scheduler. Every field has a default (see each field).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Max piece assignments outstanding per downloading peer per task: its download
+    /// parallelism. Default 6.
+    pub window_per_peer: usize,
+    /// Max concurrent uploads assigned to one peer across all tasks, so that a peer's uplink is
+    /// shared by few children at full speed rather than many at a crawl. Default 4.
+    pub max_uploads_per_peer: usize,
+    /// Max concurrent uploads assigned to the supernode itself. Default 32.
+    pub max_supernode_uploads: usize,
+    /// After this long without a finish report for a supernode copy of a piece, another
+    /// supernode copy of that piece may be assigned (the first child may be stuck). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub stalled_after: Duration,
+    /// Strikes after which a peer is no longer used as a parent anywhere (a digest failure
+    /// counts 2, a transfer failure 1). Default 2.
+    pub bad_peer_strikes: u32,
+    /// Seed of the PRNG that breaks ties; the same seed and events give the same decisions.
+    /// Default 0.
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            window_per_peer: 6,
+            max_uploads_per_peer: 4,
+            max_supernode_uploads: 32,
+            stalled_after: Duration::from_secs(10),
+            bad_peer_strikes: 2,
+            seed: 0,
+        }
+    }
+}
+
+/// One entry of a task's piece table, as computed by the supernode while the piece landed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceMeta {
+    /// Piece number, from 0.
+    pub number: u32,
+    /// Byte offset of the piece in the file.
+    pub offset: u64,
+    /// Length of the piece in bytes.
+    pub size: u32,
+    /// sha256 of the piece's bytes: peers check every piece against it.
+    pub sha256: [u8; 32],
+}
+
+/// Where a peer fetches an assigned piece from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Parent {
+    /// The supernode itself (over the peer's existing connection to it).
+    Supernode,
+    /// Another peer of the task.
+    Peer {
+        /// The parent's id (the child reports failures with it).
+        id: PeerId,
+        /// The parent's peer (QUIC) address, as it registered for this task.
+        addr: SocketAddr,
+    },
+}
+
+/// One piece a peer should fetch now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    /// The piece number.
+    pub piece: u32,
+    /// Whom to fetch it from.
+    pub parent: Parent,
+}
+
+/// Why a peer could not get a piece from a parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FailReason {
+    /// The bytes arrived but did not match the piece's sha256: the parent served bad data.
+    Digest,
+    /// The transfer failed (connection, timeout, refusal): the parent may be overloaded or gone.
+    Transfer,
+}
+
+/// Something that happened, fed to [`Scheduler::on_event`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Origin response headers arrived: total length if announced, chosen piece size.
+    TaskStarted {
+        /// The task.
+        task: TaskId,
+        /// Content length, when the origin announced it.
+        content_length: Option<u64>,
+        /// Piece size chosen for the task.
+        piece_size: u32,
+    },
+    /// A piece finished landing at the supernode from the origin (its bytes are servable now).
+    PieceLanded {
+        /// The task.
+        task: TaskId,
+        /// The piece's table entry.
+        piece: PieceMeta,
+    },
+    /// Origin fetch finished and the whole file verified.
+    OriginComplete {
+        /// The task.
+        task: TaskId,
+        /// Number of pieces of the file.
+        total_pieces: u32,
+        /// Length of the file in bytes.
+        content_length: u64,
+    },
+    /// Origin fetch failed. Terminal: the task is forgotten once its last peer leaves.
+    OriginFailed {
+        /// The task.
+        task: TaskId,
+        /// The origin's HTTP status, when there was one.
+        status: Option<u16>,
+        /// What failed, for the peers' users.
+        message: String,
+    },
+    /// A peer registers for a task, holding `have` pieces already (resume / re-announce). A
+    /// peer that is already registered for the task is first removed, as by [`Event::PeerLeft`].
+    PeerJoined {
+        /// The task (created if unknown).
+        task: TaskId,
+        /// The peer.
+        peer: PeerId,
+        /// The peer's address for piece uploads.
+        addr: SocketAddr,
+        /// Pieces the peer holds already.
+        have: Vec<u32>,
+    },
+    /// A peer stored and verified a piece: it is a holder from now on.
+    PieceFinished {
+        /// The task.
+        task: TaskId,
+        /// The peer that now holds the piece.
+        peer: PeerId,
+        /// The piece.
+        piece: u32,
+    },
+    /// A peer failed to get `piece` from `parent` (`None`: from the supernode).
+    PieceFailed {
+        /// The task.
+        task: TaskId,
+        /// The peer that failed to get the piece.
+        peer: PeerId,
+        /// The piece.
+        piece: u32,
+        /// The parent it was fetching from (`None`: the supernode).
+        parent: Option<PeerId>,
+        /// What went wrong.
+        reason: FailReason,
+    },
+    /// The peer has every piece and stops downloading; it stays a holder (seed) for the task.
+    PeerDone {
+        /// The task.
+        task: TaskId,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The peer leaves the task (aborted or evicted): no longer a downloader nor a holder for it.
+    PeerLeft {
+        /// The task.
+        task: TaskId,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The peer's connection is gone: remove it from every task.
+    PeerGone {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Periodic: lets stalled supernode copies be retried and waiting peers be rescheduled.
+    Tick,
+}
+
+/// A message for one peer about one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Down {
+    /// The origin answered: the task's length (if announced) and piece size.
+    TaskInfo {
+        /// Content length, when the origin announced it.
+        content_length: Option<u64>,
+        /// Piece size of the task.
+        piece_size: u32,
+    },
+    /// Piece table entries the peer has not been told yet.
+    Pieces(Vec<PieceMeta>),
+    /// New pieces to fetch, each with its parent.
+    Assign(Vec<Assignment>),
+    /// The origin fetch finished: the piece table is complete.
+    Complete {
+        /// Number of pieces of the file.
+        total_pieces: u32,
+        /// Length of the file in bytes.
+        content_length: u64,
+    },
+    /// The origin fetch failed: the peer should give up on the swarm for this task.
+    Failed {
+        /// The origin's HTTP status, when there was one.
+        status: Option<u16>,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to `peer` on its control stream for `task`.
+    Send {
+        /// The receiving peer.
+        peer: PeerId,
+        /// The task the message is about.
+        task: TaskId,
+        /// The message.
+        msg: Down,
+    },
+    /// A peer crossed the strike threshold: log / count it; it is no longer used as a parent.
+    PeerReported {
+        /// The bad peer.
+        peer: PeerId,
+        /// The task in which the last failure was reported.
+        task: TaskId,
+        /// Its strikes so far.
+        strikes: u32,
+    },
+    /// Nobody downloads the task any more and the origin finished (the shell may keep it
+    /// cached; informational). Emitted once each time the task becomes idle.
+    TaskIdle {
+        /// The task.
+        task: TaskId,
+    },
+}
+
+/// Where a task's origin fetch stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum TaskPhase {
+    /// Peers registered; the origin has not answered yet.
+    Pending,
+    /// The origin answered; pieces are landing.
+    Fetching,
+    /// Every piece landed and the file verified.
+    Complete,
+    /// The origin fetch failed.
+    Failed {
+        /// The origin's HTTP status, when there was one.
+        status: Option<u16>,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One peer of a task, for the API and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerSummary {
+    /// The peer.
+    pub id: PeerId,
+    /// Its peer address for this task.
+    pub addr: SocketAddr,
+    /// Pieces it holds.
+    pub pieces_held: u32,
+    /// Assignments it has outstanding for this task.
+    pub in_flight: usize,
+    /// It reported having every piece (it seeds).
+    pub done: bool,
+}
+
+/// One task, for the API and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskSummary {
+    /// Pieces landed at the supernode so far.
+    pub landed_pieces: u32,
+    /// Number of pieces, once the origin fetch completed.
+    pub total_pieces: Option<u32>,
+    /// Content length, once known.
+    pub content_length: Option<u64>,
+    /// Piece size, once the origin answered.
+    pub piece_size: Option<u32>,
+    /// Where the origin fetch stands (flattened: `"phase": "fetching"`, ...).
+    #[serde(flatten)]
+    pub phase: TaskPhase,
+    /// The task's peers.
+    pub peers: Vec<PeerSummary>,
+}
+
+/// The scheduler. See the [module documentation](self) for the policy.
+pub struct Scheduler {
+    /// Everything shared across tasks (config, PRNG, peers, strikes, supernode load).
+    shared: Shared,
+    /// Per-task state; a `BTreeMap` so that iteration (ticks, views) is deterministic.
+    tasks: BTreeMap<TaskId, TaskState>,
+}
+
+/// State shared by all tasks, split from the task map so that both can be borrowed at once.
+struct Shared {
+    config: SchedulerConfig,
+    rng: SplitMix64,
+    peers: PeerTable,
+    /// Strikes per peer id; kept after the peer leaves so that a bad peer stays bad.
+    strikes: std::collections::HashMap<PeerId, u32>,
+    /// Uploads assigned to the supernode and not yet finished, failed or abandoned.
+    sn_uploads: usize,
+}
+
+impl Scheduler {
+    /// A scheduler with no tasks.
+    pub fn new(config: SchedulerConfig) -> Self {
+        let rng = SplitMix64::new(config.seed);
+        let shared = Shared {
+            config,
+            rng,
+            peers: PeerTable::default(),
+            strikes: Default::default(),
+            sn_uploads: 0,
+        };
+        Self {
+            shared,
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one event at time `now` (monotonic, any epoch) and returns what to do, in order.
+    /// Events about unknown tasks or peers are ignored.
+    pub fn on_event(&mut self, now: Duration, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::TaskStarted {
+                task,
+                content_length,
+                piece_size,
+            } => self.task_started(&task, content_length, piece_size, &mut out),
+            Event::PieceLanded { task, piece } => self.piece_landed(now, &task, piece, &mut out),
+            Event::OriginComplete {
+                task,
+                total_pieces,
+                content_length,
+            } => self.origin_complete(&task, total_pieces, content_length, &mut out),
+            Event::OriginFailed {
+                task,
+                status,
+                message,
+            } => self.origin_failed(&task, status, message, &mut out),
+            Event::PeerJoined {
+                task,
+                peer,
+                addr,
+                have,
+            } => self.peer_joined(now, task, peer, addr, &have, &mut out),
+            Event::PieceFinished { task, peer, piece } => {
+                self.piece_finished(now, &task, &peer, piece, &mut out)
+            }
+            Event::PieceFailed {
+                task,
+                peer,
+                piece,
+                parent,
+                reason,
+            } => self.piece_failed(now, &task, &peer, piece, parent.as_ref(), reason, &mut out),
+            Event::PeerDone { task, peer } => self.peer_done(now, &task, &peer, &mut out),
+            Event::PeerLeft { task, peer } => self.peer_left(now, &task, &peer, &mut out),
+            Event::PeerGone { peer } => self.peer_gone(now, &peer, &mut out),
+            Event::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    /// A summary of `task` (pieces, origin phase, peers), or `None` if unknown.
+    pub fn task_summary(&self, task: &TaskId) -> Option<TaskSummary> {
+        let t = self.tasks.get(task)?;
+        let phase = match &t.origin {
+            Origin::Fetching if t.info.is_none() => TaskPhase::Pending,
+            Origin::Fetching => TaskPhase::Fetching,
+            Origin::Complete { .. } => TaskPhase::Complete,
+            Origin::Failed { status, message } => TaskPhase::Failed {
+                status: *status,
+                message: message.clone(),
+            },
+        };
+        let (total_pieces, complete_len) = match t.origin {
+            Origin::Complete {
+                total_pieces,
+                content_length,
+            } => (Some(total_pieces), Some(content_length)),
+            _ => (None, None),
+        };
+        let peers = t
+            .members()
+            .map(|(_, m)| PeerSummary {
+                id: m.id.clone(),
+                addr: m.addr,
+                pieces_held: m.held_count,
+                in_flight: m.assigned.len(),
+                done: m.done,
+            })
+            .collect();
+        Some(TaskSummary {
+            landed_pieces: t.landed.len() as u32,
+            total_pieces,
+            content_length: complete_len.or(t.info.and_then(|i| i.content_length)),
+            piece_size: t.info.map(|i| i.piece_size),
+            phase,
+            peers,
+        })
+    }
+
+    /// Every known task, in id order.
+    pub fn tasks(&self) -> Vec<TaskId> {
+        self.tasks.keys().cloned().collect()
+    }
+
+    /// Number of peers registered for at least one task.
+    pub fn peer_count(&self) -> usize {
+        self.shared.peers.len()
+    }
+
+    /// Peers at or over the strike threshold (no longer used as parents), with their strikes,
+    /// in id order.
+    pub fn bad_peers(&self) -> Vec<(PeerId, u32)> {
+        let threshold = self.shared.config.bad_peer_strikes;
+        let mut bad: Vec<_> = self
+            .shared
+            .strikes
+            .iter()
+            .filter(|(_, s)| **s >= threshold)
+            .map(|(p, s)| (p.clone(), *s))
+            .collect();
+        bad.sort();
+        bad
+    }
+
+    /// Uploads currently assigned to the supernode.
+    pub fn supernode_uploads_in_flight(&self) -> usize {
+        self.shared.sn_uploads
+    }
+}

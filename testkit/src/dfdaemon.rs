@@ -1,0 +1,240 @@
+//! Starting a real `dfdaemon` process on loopback.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::process::{self, ManagedProcess, ScratchDir, Spec};
+use crate::{bin_path, http, loopback_ip, DfgetRun, Metrics, Supernode};
+
+/// How to start a [`Dfdaemon`].
+#[derive(Debug, Clone, Default)]
+pub struct DfdaemonOpts {
+    /// `--supernode` addresses (QUIC), in order.
+    pub supernodes: Vec<SocketAddr>,
+    /// `--ca-cert`: the CA that signed the supernodes' certificates; not passed when `None`.
+    pub ca_cert: Option<PathBuf>,
+    /// Address to bind both listeners to; default [`loopback_ip`].
+    pub ip: Option<Ipv4Addr>,
+    /// Extra command-line arguments, appended after the testkit's own
+    /// (`--registry http://127.0.0.1:5000`, `--cache-quota 64MiB`, ...).
+    pub args: Vec<String>,
+    /// Extra environment variables (`RUST_LOG`, ...).
+    pub env: Vec<(String, String)>,
+    /// Time to answer `/healthz` with 200; default 30 s.
+    pub ready_timeout: Option<Duration>,
+}
+
+impl DfdaemonOpts {
+    /// Options for a daemon of `supernode`: its QUIC address and its CA certificate.
+    pub fn for_supernode(supernode: &Supernode) -> Self {
+        DfdaemonOpts {
+            supernodes: vec![supernode.quic_addr()],
+            ca_cert: Some(supernode.ca_cert_path()),
+            ..DfdaemonOpts::default()
+        }
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Numbers the daemons' data dirs (`d1`, `d2`, ...) so logs and dirs are told apart.
+static DAEMON_NUMBER: AtomicUsize = AtomicUsize::new(1);
+
+/// A running `dfdaemon --supernode SN --proxy-listen IP:TCP --peer-listen IP:UDP --data-dir TMP/dN`.
+///
+/// Its stdout and stderr go to `TMP/dfdaemon.log` (printed, last 50 lines, when it fails to
+/// start or the test panics). SIGKILLed when dropped.
+///
+/// ```no_run
+/// # async fn example() -> anyhow::Result<()> {
+/// use damselfly_testkit::{Dfdaemon, DfdaemonOpts, Supernode, SupernodeOpts};
+///
+/// let sn = Supernode::start(SupernodeOpts::default()).await?;
+/// let mut daemon = Dfdaemon::start(DfdaemonOpts::for_supernode(&sn)).await?;
+/// let m = daemon.metrics().await?;
+/// assert_eq!(m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", "peer")]), 0.0);
+/// daemon.kill().await?; // a crash
+/// daemon.restart().await?; // same ports and data dir
+/// # Ok(()) }
+/// ```
+pub struct Dfdaemon {
+    ip: Ipv4Addr,
+    proxy_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    process: ManagedProcess,
+    dir: ScratchDir,
+}
+
+impl Dfdaemon {
+    /// Starts a daemon on free ports and waits until `GET /healthz` answers 200.
+    pub async fn start(opts: DfdaemonOpts) -> anyhow::Result<Self> {
+        let program = bin_path("dfdaemon")?;
+        let ip = opts.ip.unwrap_or_else(loopback_ip);
+        let number = DAEMON_NUMBER.fetch_add(1, Ordering::Relaxed);
+        let dir = ScratchDir::new(&format!("damselfly-dfdaemon{number}-"))?;
+        let data_dir = dir.path().join(format!("d{number}"));
+        let make_spec = |proxy_port: u16, peer_port: u16| {
+            let mut args: Vec<OsString> = Vec::new();
+            for supernode in &opts.supernodes {
+                args.push("--supernode".into());
+                args.push(supernode.to_string().into());
+            }
+            args.extend([
+                "--proxy-listen".into(),
+                format!("{ip}:{proxy_port}").into(),
+                "--peer-listen".into(),
+                format!("{ip}:{peer_port}").into(),
+                "--data-dir".into(),
+                data_dir.clone().into_os_string(),
+            ]);
+            if let Some(ca) = &opts.ca_cert {
+                args.push("--ca-cert".into());
+                args.push(ca.clone().into_os_string());
+            }
+            args.extend(opts.args.iter().map(OsString::from));
+            Spec {
+                name: format!("dfdaemon d{number} {ip}"),
+                program: program.clone(),
+                args,
+                env: opts.env.clone(),
+                cwd: dir.path().to_path_buf(),
+                log_path: dir.path().join("dfdaemon.log"),
+                health_url: format!("http://{ip}:{proxy_port}/healthz"),
+                ready_timeout: opts.ready_timeout.unwrap_or(process::READY_TIMEOUT),
+            }
+        };
+        let (process, proxy_port, peer_port) = process::start_on_free_ports(ip, make_spec).await?;
+        Ok(Dfdaemon {
+            ip,
+            proxy_port,
+            peer_port,
+            data_dir,
+            process,
+            dir,
+        })
+    }
+
+    /// `http://IP:PORT` of the proxy / registry mirror / dfget API, without a trailing slash
+    /// (what `dfget --daemon` and `DFGET_DAEMON` take).
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr())
+    }
+
+    /// The HTTP address (`--proxy-listen`).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.proxy_port))
+    }
+
+    /// The QUIC peer address (`--peer-listen`).
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.peer_port))
+    }
+
+    /// The loopback address this daemon binds: its "host".
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `--data-dir`, kept across [`Dfdaemon::restart`].
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The temp dir holding the data dir and the log.
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file (stdout and stderr of every run).
+    pub fn log_path(&self) -> &Path {
+        &self.process.spec().log_path
+    }
+
+    /// Everything the current (or last) run printed.
+    pub fn output(&self) -> String {
+        self.process.output_since_spawn()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// How the last run ended, if it did.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.process.exit_status()
+    }
+
+    /// A `dfget URL -O output --daemon <this daemon>` invocation, to run or spawn.
+    pub fn dfget(&self, url: &str, output: impl AsRef<Path>) -> DfgetRun {
+        DfgetRun::new(url, output).daemon(&self.proxy_url())
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        http::get_metrics(
+            self.process.client(),
+            &format!("{}/metrics", self.proxy_url()),
+        )
+        .await
+    }
+
+    /// `GET path` on the HTTP port, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        http::get_json(
+            self.process.client(),
+            &format!("{}{path}", self.proxy_url()),
+        )
+        .await
+    }
+
+    /// SIGKILL and wait: a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.kill().await
+    }
+
+    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL. Returns the exit status.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.process.stop().await
+    }
+
+    /// Stops it if it runs, then starts it again on the same addresses and data dir and waits
+    /// until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart().await
+    }
+}
+
+impl std::fmt::Debug for Dfdaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dfdaemon")
+            .field("proxy", &self.proxy_addr())
+            .field("peer", &self.peer_addr())
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}

@@ -1,0 +1,55 @@
+//! The HTTP client the handles use to poll health, metrics and JSON endpoints.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::Metrics;
+
+/// A reqwest client for talking to the test servers: ignores proxy variables (every target is on
+/// loopback), 5 s connect timeout.
+///
+/// Installs ring as the process's rustls provider first: reqwest is built with
+/// `rustls-no-provider` and panics when a client is built without one.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// `GET url` expecting 200, returning the body as text.
+pub(crate) async fn get_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = client
+        .get(url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("read the body of GET {url}"))?;
+    if !status.is_success() {
+        bail!("GET {url} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
+/// `GET url` and parse it as a Prometheus page.
+pub(crate) async fn get_metrics(client: &reqwest::Client, url: &str) -> anyhow::Result<Metrics> {
+    let text = get_text(client, url).await?;
+    Metrics::parse(&text).with_context(|| format!("parse the metrics page {url}"))
+}
+
+/// `GET url` and parse it as JSON.
+pub(crate) async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let text = get_text(client, url).await?;
+    serde_json::from_str(&text).with_context(|| format!("GET {url} returned no JSON: {text}"))
+}

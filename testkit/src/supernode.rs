@@ -1,0 +1,206 @@
+//! Starting a real `supernode` process on loopback.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::process::{self, ManagedProcess, ScratchDir, Spec};
+use crate::{bin_path, http, loopback_ip, Metrics};
+
+/// How to start a [`Supernode`]. `Default` picks a fresh loopback address and adds no flags.
+#[derive(Debug, Clone, Default)]
+pub struct SupernodeOpts {
+    /// Address to bind both listeners to; default [`loopback_ip`].
+    pub ip: Option<Ipv4Addr>,
+    /// Extra command-line arguments, appended after the testkit's own
+    /// (`--cache-quota 64MiB`, `--allow-origin 127.0.0.1`, ...).
+    pub args: Vec<String>,
+    /// Extra environment variables (`RUST_LOG`, ...).
+    pub env: Vec<(String, String)>,
+    /// Time to answer `/healthz` with 200; default 30 s.
+    pub ready_timeout: Option<Duration>,
+}
+
+impl SupernodeOpts {
+    /// Adds command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A running `supernode --quic-listen IP:UDP --http-listen IP:TCP --data-dir TMP/sn`.
+///
+/// Its stdout and stderr go to `TMP/supernode.log` (printed, last 50 lines, when it fails to
+/// start or the test panics). SIGKILLed when dropped.
+///
+/// ```no_run
+/// # async fn example() -> anyhow::Result<()> {
+/// use damselfly_testkit::{Supernode, SupernodeOpts};
+///
+/// let mut sn = Supernode::start(SupernodeOpts::default()).await?;
+/// let metrics = sn.metrics().await?;
+/// assert_eq!(metrics.get("damselfly_supernode_origin_bytes_total"), 0.0);
+/// sn.restart().await?; // same ports, same data dir
+/// # Ok(()) }
+/// ```
+pub struct Supernode {
+    ip: Ipv4Addr,
+    quic_port: u16,
+    http_port: u16,
+    data_dir: PathBuf,
+    process: ManagedProcess,
+    dir: ScratchDir,
+}
+
+impl Supernode {
+    /// Starts a supernode on free ports and waits until `GET /healthz` answers 200.
+    pub async fn start(opts: SupernodeOpts) -> anyhow::Result<Self> {
+        let program = bin_path("supernode")?;
+        let ip = opts.ip.unwrap_or_else(loopback_ip);
+        let dir = ScratchDir::new("damselfly-supernode-")?;
+        let data_dir = dir.path().join("sn");
+        let make_spec = |http_port: u16, quic_port: u16| {
+            let mut args: Vec<OsString> = vec![
+                "--quic-listen".into(),
+                format!("{ip}:{quic_port}").into(),
+                "--http-listen".into(),
+                format!("{ip}:{http_port}").into(),
+                "--data-dir".into(),
+                data_dir.clone().into(),
+            ];
+            args.extend(opts.args.iter().map(OsString::from));
+            Spec {
+                name: format!("supernode {ip}"),
+                program: program.clone(),
+                args,
+                env: opts.env.clone(),
+                cwd: dir.path().to_path_buf(),
+                log_path: dir.path().join("supernode.log"),
+                health_url: format!("http://{ip}:{http_port}/healthz"),
+                ready_timeout: opts.ready_timeout.unwrap_or(process::READY_TIMEOUT),
+            }
+        };
+        let (process, http_port, quic_port) = process::start_on_free_ports(ip, make_spec).await?;
+        Ok(Supernode {
+            ip,
+            quic_port,
+            http_port,
+            data_dir,
+            process,
+            dir,
+        })
+    }
+
+    /// The QUIC address peers connect to (`--supernode` of dfdaemon).
+    pub fn quic_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.quic_port))
+    }
+
+    /// The HTTP address of the REST API.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.http_port))
+    }
+
+    /// `http://IP:PORT` of the REST API, without a trailing slash.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    /// The loopback address this supernode binds.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `--data-dir`, kept across [`Supernode::restart`].
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The CA certificate the supernode writes at `DATA_DIR/tls/ca.crt`, which daemons trust.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.crt")
+    }
+
+    /// The temp dir holding the data dir and the log.
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file (stdout and stderr of every run).
+    pub fn log_path(&self) -> &Path {
+        &self.process.spec().log_path
+    }
+
+    /// Everything the current (or last) run printed.
+    pub fn output(&self) -> String {
+        self.process.output_since_spawn()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// How the last run ended, if it did.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.process.exit_status()
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        http::get_metrics(
+            self.process.client(),
+            &format!("{}/metrics", self.http_url()),
+        )
+        .await
+    }
+
+    /// `GET path` (such as `/healthz` or an API path) on the HTTP port, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        http::get_json(self.process.client(), &format!("{}{path}", self.http_url())).await
+    }
+
+    /// SIGKILL and wait: a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.kill().await
+    }
+
+    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL. Returns the exit status.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.process.stop().await
+    }
+
+    /// Stops it if it runs, then starts it again on the same addresses and data dir and waits
+    /// until it is ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart().await
+    }
+}
+
+impl std::fmt::Debug for Supernode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supernode")
+            .field("quic", &self.quic_addr())
+            .field("http", &self.http_addr())
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
