@@ -33,18 +33,26 @@ PIDS=()
 NAMES=()
 LOGS=()
 
-say() { echo "==== [$(date +%H:%M:%S)] $*"; }
+STAGE=start
+say() {
+    STAGE="$1"
+    echo "==== [$(date +%H:%M:%S)] $*"
+}
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [[ $rc -ne 0 ]]; then
         echo
-        say "demo FAILED (exit $rc); last lines of each process log:"
+        echo "==== demo FAILED during '$STAGE' (exit $rc); last lines of the process logs:"
         local i
         for i in "${!LOGS[@]}"; do
+            # The registry's log is noise unless the registry itself is what failed.
+            if [[ "${NAMES[$i]}" == registry && "$STAGE" != registry && "$STAGE" != image* ]]; then
+                continue
+            fi
             echo "--- ${NAMES[$i]}: ${LOGS[$i]}"
-            tail -n 20 "${LOGS[$i]}" 2>/dev/null || true
+            tail -n 15 "${LOGS[$i]}" 2>/dev/null || true
         done
     fi
     local pid
@@ -91,12 +99,17 @@ print(s.getsockname()[1])
 PY
 }
 
-# wait_http URL NAME: waits up to 30 s for URL to answer 200.
+# wait_http URL NAME [PID]: waits up to 30 s for URL to answer 200; fails at once when PID
+# (default: the process started last) has exited.
 wait_http() {
-    local url="$1" name="$2"
+    local url="$1" name="$2" pid="${3:-${PIDS[-1]}}"
     for _ in $(seq 300); do
         if curl -fsS -o /dev/null --noproxy '*' "$url" 2>/dev/null; then
             return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited before it answered on $url" >&2
+            return 1
         fi
         sleep 0.1
     done
@@ -148,7 +161,7 @@ mkdir -p "$WORK/registry"
 cat >"$WORK/registry.yml" <<YML
 version: 0.1
 log:
-  level: info
+  level: warn
   accesslog:
     disabled: false
 storage:
@@ -183,6 +196,7 @@ CA="$WORK/sn/tls/ca.crt"
 
 say "$DAEMONS dfdaemons"
 DAEMON_URLS=()
+DAEMON_PIDS=()
 for n in $(seq "$DAEMONS"); do
     ip="127.0.0.$((n + 1))"
     proxy="$ip:$(free_port "$ip" tcp)"
@@ -191,9 +205,10 @@ for n in $(seq "$DAEMONS"); do
         --supernode "$SN_QUIC" --proxy-listen "$proxy" --peer-listen "$peer" \
         --data-dir "$WORK/d$n" --ca-cert "$CA" --insecure-registry "$REG"
     DAEMON_URLS+=("http://$proxy")
+    DAEMON_PIDS+=("${PIDS[-1]}")
 done
 for n in $(seq "$DAEMONS"); do
-    wait_http "${DAEMON_URLS[$((n - 1))]}/healthz" "dfdaemon d$n"
+    wait_http "${DAEMON_URLS[$((n - 1))]}/healthz" "dfdaemon d$n" "${DAEMON_PIDS[$((n - 1))]}"
 done
 
 say "pull: ${#DIGESTS[@]} blobs x $DAEMONS daemons, all at once"

@@ -64,10 +64,7 @@ impl TaskId {
     /// become file names, so anything else is refused before it reaches storage.
     pub fn is_valid(s: &str) -> bool {
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 
     /// A file-system safe form of the id (`:` replaced).
@@ -123,8 +120,7 @@ impl FromStr for Sha256Digest {
             return Err(DigestParseError::Malformed(s.to_owned()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out)
-            .map_err(|_| DigestParseError::Malformed(s.to_owned()))?;
+        hex::decode_to_slice(hex_part, &mut out).map_err(|_| DigestParseError::Malformed(s.to_owned()))?;
         Ok(Self(out))
     }
 }
@@ -150,14 +146,8 @@ mod tests {
         let d = Sha256Digest::of(b"hello");
         let s = d.to_string();
         assert_eq!(s.parse::<Sha256Digest>(), Ok(d));
-        assert!(matches!(
-            "md5:00".parse::<Sha256Digest>(),
-            Err(DigestParseError::Algorithm(_))
-        ));
-        assert!(matches!(
-            "sha256:abc".parse::<Sha256Digest>(),
-            Err(DigestParseError::Malformed(_))
-        ));
+        assert!(matches!("md5:00".parse::<Sha256Digest>(), Err(DigestParseError::Algorithm(_))));
+        assert!(matches!("sha256:abc".parse::<Sha256Digest>(), Err(DigestParseError::Malformed(_))));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(upper.parse::<Sha256Digest>().is_err());
     }

@@ -62,18 +62,9 @@ mod tests {
     fn interesting_sizes() {
         let p = MIN_PIECE_SIZE;
         let pu = u64::from(p);
-        for (len, count) in [
-            (0, 0),
-            (1, 1),
-            (pu - 1, 1),
-            (pu, 1),
-            (pu + 1, 2),
-            (3 * pu + 7, 4),
-        ] {
+        for (len, count) in [(0, 0), (1, 1), (pu - 1, 1), (pu, 1), (pu + 1, 2), (3 * pu + 7, 4)] {
             assert_eq!(piece_count(len, p), count, "len {len}");
-            let total: u64 = (0..count)
-                .map(|n| u64::from(piece_range(len, p, n).expect("in range").1))
-                .sum();
+            let total: u64 = (0..count).map(|n| u64::from(piece_range(len, p, n).expect("in range").1)).sum();
             assert_eq!(total, len);
             assert_eq!(piece_range(len, p, count), None);
         }

@@ -4,9 +4,9 @@ pub use bytesize::ByteSize;
 
 /// Parses a size such as `20GiB`, `500 MB` or a plain number of bytes (for clap `value_parser`).
 pub fn parse_size(s: &str) -> Result<ByteSize, String> {
-    s.trim().parse::<ByteSize>().map_err(|e| {
-        format!("invalid size {s:?} ({e}); use a number with a unit such as 20GiB or 512MB")
-    })
+    s.trim()
+        .parse::<ByteSize>()
+        .map_err(|e| format!("invalid size {s:?} ({e}); use a number with a unit such as 20GiB or 512MB"))
 }
 
 #[cfg(test)]

@@ -47,17 +47,15 @@ use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
-    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
-    UnixTime,
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
 };
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -163,9 +161,7 @@ pub struct ClusterCa {
 
 impl fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterCa")
-            .field("cert_len", &self.cert.len())
-            .finish_non_exhaustive()
+        f.debug_struct("ClusterCa").field("cert_len", &self.cert.len()).finish_non_exhaustive()
     }
 }
 
@@ -177,18 +173,12 @@ impl ClusterCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(CA_COMMON_NAME);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
         set_validity(&mut params, CA_LIFETIME);
         let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
-        Ok(Self {
-            cert: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Self { cert: cert.der().clone(), issuer: Issuer::new(params, key) })
     }
 
     /// Loads `dir/ca.crt` and `dir/ca.key`, or generates and stores a new CA when neither
@@ -239,32 +229,20 @@ impl ClusterCa {
     pub fn issue_supernode_identity(&self) -> Result<Identity, TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
         let params = leaf_params(SUPERNODE_SERVER_NAME, SUPERNODE_COMMON_NAME)?;
-        let leaf = params
-            .signed_by(&key, &self.issuer)
-            .map_err(TlsError::Sign)?;
-        Ok(Identity {
-            chain: vec![leaf.der().clone(), self.cert.clone()],
-            key: pkcs8_key(&key),
-        })
+        let leaf = params.signed_by(&key, &self.issuer).map_err(TlsError::Sign)?;
+        Ok(Identity { chain: vec![leaf.der().clone(), self.cert.clone()], key: pkcs8_key(&key) })
     }
 
     /// Signs a peer's CSR (DER PKCS#10). The certificate's only SAN is [`PEER_SERVER_NAME`] and
     /// its CN is `peer_id`; every name and extension requested in the CSR is ignored, only its
     /// public key is used (after checking the CSR's self-signature). Valid for one year, usable
     /// for both server and client authentication.
-    pub fn sign_peer_csr(
-        &self,
-        csr_der: &[u8],
-        peer_id: &str,
-    ) -> Result<CertificateDer<'static>, TlsError> {
+    pub fn sign_peer_csr(&self, csr_der: &[u8], peer_id: &str) -> Result<CertificateDer<'static>, TlsError> {
         validate_peer_id(peer_id)?;
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(TlsError::BadCsr)?;
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(TlsError::BadCsr)?;
         let params = leaf_params(PEER_SERVER_NAME, peer_id)?;
-        let leaf = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(TlsError::Sign)?;
+        let leaf = params.signed_by(&csr.public_key, &self.issuer).map_err(TlsError::Sign)?;
         Ok(leaf.der().clone())
     }
 
@@ -287,18 +265,13 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Self {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
+        Self { chain: self.chain.clone(), key: self.key.clone_key() }
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("chain_len", &self.chain.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("chain_len", &self.chain.len()).finish_non_exhaustive()
     }
 }
 
@@ -315,11 +288,7 @@ impl Identity {
         };
         let key_pem = pem_encode(label, self.key.secret_der());
         write_atomic(&key_path, key_pem.as_bytes(), true)?;
-        let chain_pem: String = self
-            .chain
-            .iter()
-            .map(|cert| pem_encode("CERTIFICATE", cert))
-            .collect();
+        let chain_pem: String = self.chain.iter().map(|cert| pem_encode("CERTIFICATE", cert)).collect();
         write_atomic(&cert_path, chain_pem.as_bytes(), false)
     }
 
@@ -355,9 +324,7 @@ pub struct PeerKeyRequest {
 
 impl fmt::Debug for PeerKeyRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerKeyRequest")
-            .field("csr_len", &self.csr.len())
-            .finish_non_exhaustive()
+        f.debug_struct("PeerKeyRequest").field("csr_len", &self.csr.len()).finish_non_exhaustive()
     }
 }
 
@@ -369,10 +336,7 @@ impl PeerKeyRequest {
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name("Damselfly peer");
         let csr = params.serialize_request(&key).map_err(TlsError::Generate)?;
-        Ok(Self {
-            key,
-            csr: csr.der().to_vec(),
-        })
+        Ok(Self { key, csr: csr.der().to_vec() })
     }
 
     /// The CSR (DER PKCS#10) to send to the supernode.
@@ -383,29 +347,19 @@ impl PeerKeyRequest {
     /// Combines the key with the certificate the supernode issued and the CA into an identity
     /// (chain `[leaf, ca]`). A leaf that does not match the key is detected when the identity is
     /// used to build a configuration ([`TlsError::Config`]).
-    pub fn into_identity(
-        self,
-        leaf: CertificateDer<'static>,
-        ca: CertificateDer<'static>,
-    ) -> Identity {
-        Identity {
-            chain: vec![leaf, ca],
-            key: pkcs8_key(&self.key),
-        }
+    pub fn into_identity(self, leaf: CertificateDer<'static>, ca: CertificateDer<'static>) -> Identity {
+        Identity { chain: vec![leaf, ca], key: pkcs8_key(&self.key) }
     }
 }
 
 /// Reads the first certificate of a PEM file, e.g. a CA file given by the operator or pinned
 /// by trust on first use.
 pub fn load_ca_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    read_certs(path)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| TlsError::BadPem {
-            path: path.to_path_buf(),
-            expected: "a PEM certificate",
-            detail: "no CERTIFICATE block found".to_owned(),
-        })
+    read_certs(path)?.into_iter().next().ok_or_else(|| TlsError::BadPem {
+        path: path.to_path_buf(),
+        expected: "a PEM certificate",
+        detail: "no CERTIFICATE block found".to_owned(),
+    })
 }
 
 /// Writes a CA certificate as PEM, atomically (temporary file + rename). The parent directory
@@ -430,10 +384,7 @@ pub fn supernode_server_config(
 
 /// Server config for a peer's upload endpoint: client certificate required and verified against
 /// the CA.
-pub fn peer_server_config(
-    identity: &Identity,
-    ca: &CertificateDer<'static>,
-) -> Result<quinn::ServerConfig, TlsError> {
+pub fn peer_server_config(identity: &Identity, ca: &CertificateDer<'static>) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
         .build()
@@ -473,10 +424,7 @@ pub fn client_config(
 pub fn tofu_client_config() -> Result<(quinn::ClientConfig, Arc<TofuCapture>), TlsError> {
     let provider = provider();
     let capture = Arc::new(TofuCapture::default());
-    let verifier = Arc::new(TofuVerifier {
-        provider: provider.clone(),
-        capture: capture.clone(),
-    });
+    let verifier = Arc::new(TofuVerifier { provider: provider.clone(), capture: capture.clone() });
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_error("trust-on-first-use TLS config"))?
@@ -544,18 +492,14 @@ impl ServerCertVerifier for TofuVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some((candidate, rest)) = intermediates.split_last() else {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ));
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
         let mut roots = RootCertStore::empty();
         roots.add(candidate.clone().into_owned())?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified =
-            verifier.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = verifier.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)?;
         self.capture.chain_verified(end_entity, candidate);
         Ok(verified)
     }
@@ -585,9 +529,7 @@ impl ServerCertVerifier for TofuVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -609,17 +551,12 @@ fn provider() -> Arc<CryptoProvider> {
 /// A root store holding only the cluster CA.
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(ca.clone())
-        .map_err(config_error("root store from the CA certificate"))?;
+    roots.add(ca.clone()).map_err(config_error("root store from the CA certificate"))?;
     Ok(Arc::new(roots))
 }
 
 fn config_error<E: fmt::Display>(what: &'static str) -> impl FnOnce(E) -> TlsError {
-    move |e| TlsError::Config {
-        what,
-        detail: e.to_string(),
-    }
+    move |e| TlsError::Config { what, detail: e.to_string() }
 }
 
 fn server_config(
@@ -658,10 +595,7 @@ fn leaf_params(san: &str, cn: &str) -> Result<CertificateParams, TlsError> {
     params.distinguished_name = common_name(cn);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
     set_validity(&mut params, LEAF_LIFETIME);
@@ -693,10 +627,7 @@ fn validate_peer_id(peer_id: &str) -> Result<(), TlsError> {
     } else {
         return Ok(());
     };
-    Err(TlsError::InvalidPeerId {
-        peer_id: peer_id.to_owned(),
-        reason,
-    })
+    Err(TlsError::InvalidPeerId { peer_id: peer_id.to_owned(), reason })
 }
 
 fn pkcs8_key(key: &KeyPair) -> PrivateKeyDer<'static> {
@@ -706,10 +637,7 @@ fn pkcs8_key(key: &KeyPair) -> PrivateKeyDer<'static> {
 // ---- file helpers ----
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
 }
 
 fn exists(path: &Path) -> Result<bool, TlsError> {
@@ -725,10 +653,7 @@ fn pair_exists(cert: &Path, key: &Path) -> Result<bool, TlsError> {
         (true, false) => (cert, key),
         (false, true) => (key, cert),
     };
-    Err(TlsError::Incomplete {
-        present: present.to_path_buf(),
-        missing: missing.to_path_buf(),
-    })
+    Err(TlsError::Incomplete { present: present.to_path_buf(), missing: missing.to_path_buf() })
 }
 
 /// Checks that `key` (read from `key_path`) belongs to `chain[0]` (read from `cert_path`).
@@ -740,10 +665,9 @@ fn check_key_matches(
 ) -> Result<(), TlsError> {
     match rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider()) {
         Ok(_) => Ok(()),
-        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-        }),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err(TlsError::KeyMismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() })
+        }
         Err(e) => Err(TlsError::BadPem {
             path: key_path.to_path_buf(),
             expected: "an ECDSA, Ed25519 or RSA private key",
@@ -753,10 +677,7 @@ fn check_key_matches(
 }
 
 fn identity_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    )
+    (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
 }
 
 /// Creates `dir` and its parents; new directories are private to this user (0700).
@@ -770,13 +691,11 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = fs::read(path).map_err(io_error(path))?;
-    CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadPem {
-            path: path.to_path_buf(),
-            expected: "PEM certificates",
-            detail: e.to_string(),
-        })
+    CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::BadPem {
+        path: path.to_path_buf(),
+        expected: "PEM certificates",
+        detail: e.to_string(),
+    })
 }
 
 fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -800,10 +719,7 @@ fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsEr
         return Err(io_error(path)(source));
     };
     let suffix: u64 = rand::random();
-    let tmp = dir.join(format!(
-        ".{}.{suffix:016x}.tmp",
-        file_name.to_string_lossy()
-    ));
+    let tmp = dir.join(format!(".{}.{suffix:016x}.tmp", file_name.to_string_lossy()));
     let result = write_new_file(&tmp, contents, private).and_then(|()| fs::rename(&tmp, path));
     if let Err(source) = result {
         // Best effort: the temporary file is garbage whether or not removing it works.
@@ -913,9 +829,7 @@ mod tests {
                 },
             }
         };
-        let (client_ok, joined) = tokio::time::timeout(TIMEOUT, verdict)
-            .await
-            .expect("handshake timed out");
+        let (client_ok, joined) = tokio::time::timeout(TIMEOUT, verdict).await.expect("handshake timed out");
         let server_conn = joined.expect("server task");
         let server_saw = server_conn.as_ref().map(|(has_identity, _)| *has_identity);
         if let Some((_, conn)) = server_conn {
@@ -923,10 +837,7 @@ mod tests {
         }
         server.wait_idle().await;
         client.wait_idle().await;
-        Outcome {
-            client_ok,
-            server: server_saw,
-        }
+        Outcome { client_ok, server: server_saw }
     }
 
     fn ca() -> ClusterCa {
@@ -935,9 +846,7 @@ mod tests {
 
     fn enroll(ca: &ClusterCa, peer_id: &str) -> Identity {
         let request = PeerKeyRequest::new().expect("key request");
-        let leaf = ca
-            .sign_peer_csr(request.csr_der(), peer_id)
-            .expect("sign CSR");
+        let leaf = ca.sign_peer_csr(request.csr_der(), peer_id).expect("sign CSR");
         request.into_identity(leaf, ca.cert_der())
     }
 
@@ -950,19 +859,12 @@ mod tests {
         let client = client_config(None, &ca.cert_der()).expect("client config");
         let outcome = handshake(server(), client, SUPERNODE_SERVER_NAME).await;
         assert!(outcome.ok(), "{outcome:?}");
-        assert_eq!(
-            outcome.server,
-            Some(false),
-            "no client certificate was presented"
-        );
+        assert_eq!(outcome.server, Some(false), "no client certificate was presented");
 
         let other = ClusterCa::generate().expect("other CA");
         let client = client_config(None, &other.cert_der()).expect("client config");
         let outcome = handshake(server(), client, SUPERNODE_SERVER_NAME).await;
-        assert!(
-            !outcome.client_ok && outcome.server.is_none(),
-            "{outcome:?}"
-        );
+        assert!(!outcome.client_ok && outcome.server.is_none(), "{outcome:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1005,10 +907,7 @@ mod tests {
         let anonymous = client_config(None, &ca.cert_der()).expect("client config");
         let outcome = handshake(server(), anonymous, PEER_SERVER_NAME).await;
         assert!(!outcome.ok(), "{outcome:?}");
-        assert_eq!(
-            outcome.server, None,
-            "server must reject a client without identity"
-        );
+        assert_eq!(outcome.server, None, "server must reject a client without identity");
 
         let stranger = ClusterCa::generate().expect("other CA");
         let forged = enroll(&stranger, "downloader");
@@ -1016,18 +915,14 @@ mod tests {
         let client = client_config(Some(&forged), &ca.cert_der()).expect("client config");
         let outcome = handshake(server(), client, PEER_SERVER_NAME).await;
         assert!(!outcome.ok(), "{outcome:?}");
-        assert_eq!(
-            outcome.server, None,
-            "server must reject another CA's identity"
-        );
+        assert_eq!(outcome.server, None, "server must reject another CA's identity");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn peer_cannot_obtain_the_supernode_name() {
         let ca = ca();
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params =
-            CertificateParams::new(vec![SUPERNODE_SERVER_NAME.to_owned()]).expect("params");
+        let mut params = CertificateParams::new(vec![SUPERNODE_SERVER_NAME.to_owned()]).expect("params");
         params.distinguished_name = common_name("impostor-cn");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = params.serialize_request(&key).expect("CSR");
@@ -1035,10 +930,7 @@ mod tests {
         let contains = |needle: &[u8]| leaf.windows(needle.len()).any(|w| w == needle);
         assert!(contains(b"peer-7") && contains(PEER_SERVER_NAME.as_bytes()));
         assert!(!contains(b"impostor-cn") && !contains(SUPERNODE_SERVER_NAME.as_bytes()));
-        let impostor = Identity {
-            chain: vec![leaf, ca.cert_der()],
-            key: pkcs8_key(&key),
-        };
+        let impostor = Identity { chain: vec![leaf, ca.cert_der()], key: pkcs8_key(&key) };
         let server = || supernode_server_config(&impostor, &ca.cert_der()).expect("server");
 
         let client = client_config(None, &ca.cert_der()).expect("client config");
@@ -1103,10 +995,7 @@ mod tests {
         let first = ClusterCa::load_or_generate(&ca_dir).expect("generate");
         let second = ClusterCa::load_or_generate(&ca_dir).expect("load");
         assert_eq!(first.cert_der(), second.cert_der());
-        assert_eq!(
-            load_ca_cert(&ca_dir.join(CA_CERT_FILE)).expect("ca"),
-            first.cert_der()
-        );
+        assert_eq!(load_ca_cert(&ca_dir.join(CA_CERT_FILE)).expect("ca"), first.cert_der());
         assert_key_mode(&ca_dir.join(CA_KEY_FILE));
         // The reloaded CA signs certificates that chain to the original one.
         let peer = second.issue_peer_identity("peer-3").expect("peer identity");
@@ -1142,19 +1031,13 @@ mod tests {
         let ca = ca();
         let identity = ca.issue_peer_identity("peer-4").expect("identity");
         identity.save(dir.path(), "peer").expect("save");
-        identity
-            .save(dir.path(), "peer")
-            .expect("save again over the old files");
-        let loaded = Identity::load(dir.path(), "peer")
-            .expect("load")
-            .expect("present");
+        identity.save(dir.path(), "peer").expect("save again over the old files");
+        let loaded = Identity::load(dir.path(), "peer").expect("load").expect("present");
         assert_eq!(loaded.chain, identity.chain);
         assert_eq!(loaded.key.secret_der(), identity.key.secret_der());
         assert_key_mode(&dir.path().join("peer.key"));
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .expect("read dir")
-            .map(|entry| entry.expect("entry").file_name())
-            .collect();
+        let leftovers: Vec<_> =
+            fs::read_dir(dir.path()).expect("read dir").map(|entry| entry.expect("entry").file_name()).collect();
         assert_eq!(leftovers.len(), 2, "temporary files left: {leftovers:?}");
 
         fs::remove_file(dir.path().join("peer.crt")).expect("remove");
@@ -1180,18 +1063,14 @@ mod tests {
     fn bad_csr_and_bad_peer_ids_are_rejected() {
         let ca = ca();
         let request = PeerKeyRequest::new().expect("request");
-        let err = ca
-            .sign_peer_csr(b"garbage", "peer")
-            .expect_err("garbage CSR");
+        let err = ca.sign_peer_csr(b"garbage", "peer").expect_err("garbage CSR");
         assert!(matches!(err, TlsError::BadCsr(_)), "{err}");
         let mut tampered = request.csr_der().to_vec();
         let last = tampered.len() - 1;
         tampered[last] ^= 0x01;
         assert!(ca.sign_peer_csr(&tampered, "peer").is_err());
         for bad in ["", "a\nb", &"x".repeat(65)] {
-            let err = ca
-                .sign_peer_csr(request.csr_der(), bad)
-                .expect_err("bad id");
+            let err = ca.sign_peer_csr(request.csr_der(), bad).expect_err("bad id");
             assert!(matches!(err, TlsError::InvalidPeerId { .. }), "{err}");
         }
     }
@@ -1201,10 +1080,7 @@ mod tests {
         let ca = ca();
         let a = ca.issue_peer_identity("a").expect("a");
         let b = ca.issue_peer_identity("b").expect("b");
-        let mixed = Identity {
-            chain: a.chain.clone(),
-            key: b.key.clone_key(),
-        };
+        let mixed = Identity { chain: a.chain.clone(), key: b.key.clone_key() };
         let err = peer_server_config(&mixed, &ca.cert_der()).expect_err("mismatch");
         assert!(matches!(err, TlsError::Config { .. }), "{err}");
         let err = client_config(Some(&mixed), &ca.cert_der()).expect_err("mismatch");
@@ -1229,14 +1105,11 @@ mod tests {
 
     /// Verifies `leaf` for `name` against `ca` as a TLS client would.
     fn verify_leaf(ca: &CertificateDer<'static>, leaf: &CertificateDer<'_>, name: &str) {
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(roots(ca).expect("roots"), provider())
-                .build()
-                .expect("verifier");
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca).expect("roots"), provider())
+            .build()
+            .expect("verifier");
         let name = ServerName::try_from(name.to_owned()).expect("name");
-        verifier
-            .verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
-            .expect("leaf verifies against the CA");
+        verifier.verify_server_cert(leaf, &[], &name, &[], UnixTime::now()).expect("leaf verifies against the CA");
     }
 
     fn assert_key_mode(path: &Path) {

@@ -76,8 +76,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // The values are well inside quinn's VarInt range, so the conversions cannot fail.
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
-            .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))),
     ));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
@@ -89,16 +88,12 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// Binds a QUIC endpoint on `addr`; with `server` it also accepts connections.
-pub fn bind_endpoint(
-    addr: SocketAddr,
-    server: Option<ServerConfig>,
-) -> Result<Endpoint, TransportError> {
+pub fn bind_endpoint(addr: SocketAddr, server: Option<ServerConfig>) -> Result<Endpoint, TransportError> {
     let server = server.map(|mut s| {
         s.transport_config(transport_config());
         s
     });
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
     let runtime = Arc::new(quinn::TokioRuntime);
     Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .map_err(|source| TransportError::Bind { addr, source })
@@ -117,9 +112,7 @@ pub async fn write_frame<M: Message>(send: &mut SendStream, msg: &M) -> Result<(
 }
 
 /// Reads one frame; `Ok(None)` when the stream ended cleanly before a new frame.
-pub async fn read_frame<M: Message + Default>(
-    recv: &mut RecvStream,
-) -> Result<Option<M>, TransportError> {
+pub async fn read_frame<M: Message + Default>(recv: &mut RecvStream) -> Result<Option<M>, TransportError> {
     let mut prefix = [0u8; FRAME_PREFIX_LEN];
     let mut got = 0;
     while got < FRAME_PREFIX_LEN {
@@ -135,9 +128,7 @@ pub async fn read_frame<M: Message + Default>(
         quinn::ReadExactError::FinishedEarly(_) => TransportError::Truncated,
         other => TransportError::ReadExact(other),
     })?;
-    Ok(Some(
-        M::decode(Bytes::from(body)).map_err(FrameError::from)?,
-    ))
+    Ok(Some(M::decode(Bytes::from(body)).map_err(FrameError::from)?))
 }
 
 /// One connection per remote endpoint, opened on first use and replaced when it breaks.
@@ -150,19 +141,11 @@ pub struct ConnectionPool {
 impl ConnectionPool {
     /// A pool that dials from `endpoint` with `client` (its transport config is set here).
     pub fn new(endpoint: Endpoint, client: ClientConfig) -> Self {
-        Self {
-            endpoint,
-            client: with_transport(client),
-            conns: DashMap::new(),
-        }
+        Self { endpoint, client: with_transport(client), conns: DashMap::new() }
     }
 
     /// The live connection to `addr` (verified as `server_name`), connecting if needed.
-    pub async fn get(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> Result<Connection, TransportError> {
+    pub async fn get(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, TransportError> {
         let slot = self.conns.entry(addr).or_default().clone();
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
@@ -174,9 +157,7 @@ impl ConnectionPool {
             .endpoint
             .connect_with(self.client.clone(), addr, server_name)
             .map_err(|source| TransportError::Connect { addr, source })?;
-        let conn = connecting
-            .await
-            .map_err(|source| TransportError::Connection { addr, source })?;
+        let conn = connecting.await.map_err(|source| TransportError::Connection { addr, source })?;
         *guard = Some(conn.clone());
         Ok(conn)
     }

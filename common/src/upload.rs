@@ -42,33 +42,18 @@ pub async fn serve_piece(
     send: &mut SendStream,
 ) -> Result<u64, TransportError> {
     let task = TaskId::new(req.task_id.clone());
-    let located = if TaskId::is_valid(task.as_str()) {
-        source.locate(&task, req.piece)
-    } else {
-        None
-    };
+    let located = if TaskId::is_valid(task.as_str()) { source.locate(&task, req.piece) } else { None };
     let Some(loc) = located else {
         let resp = PieceResponse {
             error: PieceError::NotFound as i32,
-            message: format!(
-                "piece {} of task {} is not held here",
-                req.piece, req.task_id
-            ),
+            message: format!("piece {} of task {} is not held here", req.piece, req.task_id),
             size: 0,
         };
         write_frame(send, &resp).await?;
         let _ = send.finish();
         return Ok(0);
     };
-    write_frame(
-        send,
-        &PieceResponse {
-            error: PieceError::None as i32,
-            message: String::new(),
-            size: loc.len,
-        },
-    )
-    .await?;
+    write_frame(send, &PieceResponse { error: PieceError::None as i32, message: String::new(), size: loc.len }).await?;
     let mut sent = 0u64;
     while sent < u64::from(loc.len) {
         let n = (u64::from(loc.len) - sent).min(UPLOAD_CHUNK as u64) as usize;

@@ -86,33 +86,23 @@ pub enum ConfigError {
 impl DaemonConfig {
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for s in &self.supernodes {
             if !s.contains(':') {
-                return Err(ConfigError::Invalid(format!(
-                    "supernode {s:?} must be HOST:PORT"
-                )));
+                return Err(ConfigError::Invalid(format!("supernode {s:?} must be HOST:PORT")));
             }
         }
         if self.piece_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "piece_timeout must be greater than zero".into(),
-            ));
+            return Err(ConfigError::Invalid("piece_timeout must be greater than zero".into()));
         }
-        url::Url::parse(&self.registry).map_err(|e| {
-            ConfigError::Invalid(format!("registry {:?} is not a URL: {e}", self.registry))
-        })?;
+        url::Url::parse(&self.registry)
+            .map_err(|e| ConfigError::Invalid(format!("registry {:?} is not a URL: {e}", self.registry)))?;
         Ok(())
     }
 }
@@ -123,16 +113,11 @@ mod tests {
 
     #[test]
     fn toml_and_validation() {
-        let c: DaemonConfig = toml::from_str(
-            "supernodes = [\"sn:8002\"]\npiece_timeout = \"3s\"\ncache_quota = \"1GiB\"",
-        )
-        .unwrap();
+        let c: DaemonConfig =
+            toml::from_str("supernodes = [\"sn:8002\"]\npiece_timeout = \"3s\"\ncache_quota = \"1GiB\"").unwrap();
         assert_eq!(c.piece_timeout, Duration::from_secs(3));
         c.validate().unwrap();
-        let bad = DaemonConfig {
-            supernodes: vec!["nohost".into()],
-            ..Default::default()
-        };
+        let bad = DaemonConfig { supernodes: vec!["nohost".into()], ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<DaemonConfig>("unknown = 1").is_err());
     }

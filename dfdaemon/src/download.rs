@@ -84,47 +84,23 @@ pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest
     };
 }
 
-async fn drive(
-    daemon: &Arc<Daemon>,
-    task: &Arc<LocalTask>,
-    req: &DownloadRequest,
-) -> Result<(), TaskFailure> {
-    let fail = |message: String| TaskFailure {
-        origin_status: None,
-        message,
-    };
-    let sn = daemon
-        .supernode_connection()
-        .await
-        .map_err(|e| fail(format!("supernode unreachable: {e:#}")))?;
-    let (mut send, recv) = sn
-        .open_bi()
-        .await
-        .map_err(|e| fail(format!("supernode connection broke: {e}")))?;
+async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), TaskFailure> {
+    let fail = |message: String| TaskFailure { origin_status: None, message };
+    let sn = daemon.supernode_connection().await.map_err(|e| fail(format!("supernode unreachable: {e:#}")))?;
+    let (mut send, recv) = sn.open_bi().await.map_err(|e| fail(format!("supernode connection broke: {e}")))?;
     let register = pb::Register {
         task_id: task.id.to_string(),
         url: req.url.to_string(),
         digest: req.digest.clone().unwrap_or_default(),
-        headers: req
-            .headers
-            .iter()
-            .map(|(n, v)| pb::Header {
-                name: n.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        headers: req.headers.iter().map(|(n, v)| pb::Header { name: n.clone(), value: v.clone() }).collect(),
         peer_id: daemon.identity.peer_id.to_string(),
         peer_addr: daemon.advertise.to_string(),
         have: Vec::new(),
     };
     let first = pb::Request {
-        kind: Some(pb::request::Kind::Control(pb::ControlUp {
-            kind: Some(pb::control_up::Kind::Register(register)),
-        })),
+        kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
     };
-    write_frame(&mut send, &first)
-        .await
-        .map_err(|e| fail(format!("cannot register with the supernode: {e}")))?;
+    write_frame(&mut send, &first).await.map_err(|e| fail(format!("cannot register with the supernode: {e}")))?;
     let (down_tx, mut down_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         let mut recv = recv;
@@ -171,19 +147,13 @@ type DownRx = mpsc::UnboundedReceiver<Result<pb::ControlDown, TransportError>>;
 
 impl Conductor {
     async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), TaskFailure> {
-        let lost = |m: String| TaskFailure {
-            origin_status: None,
-            message: format!("lost the supernode: {m}"),
-        };
+        let lost = |m: String| TaskFailure { origin_status: None, message: format!("lost the supernode: {m}") };
         loop {
             if self.complete && self.task.view().complete() {
-                let done = pb::ControlUp {
-                    kind: Some(pb::control_up::Kind::Done(pb::TaskDone {})),
-                };
+                let done = pb::ControlUp { kind: Some(pb::control_up::Kind::Done(pb::TaskDone {})) };
                 let _ = write_frame(&mut self.send, &done).await;
                 let _ = self.send.finish();
-                self.task
-                    .update(|v| v.status = crate::storage::TaskStatus::Done);
+                self.task.update(|v| v.status = crate::storage::TaskStatus::Done);
                 return Ok(());
             }
             tokio::select! {
@@ -205,23 +175,12 @@ impl Conductor {
     async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), TaskFailure> {
         use pb::control_down::Kind;
         match msg.kind {
-            Some(Kind::TaskInfo(info)) => self
-                .task
-                .set_info(info.content_length, info.piece_size)
-                .map_err(|e| TaskFailure {
-                    origin_status: None,
-                    message: format!("cannot size the content file: {e}"),
-                })?,
+            Some(Kind::TaskInfo(info)) => self.task.set_info(info.content_length, info.piece_size).map_err(|e| {
+                TaskFailure { origin_status: None, message: format!("cannot size the content file: {e}") }
+            })?,
             Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(|m| {
                 let sha: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
-                Some((
-                    m.number,
-                    PieceInfo {
-                        offset: m.offset,
-                        size: m.size,
-                        sha256: sha,
-                    },
-                ))
+                Some((m.number, PieceInfo { offset: m.offset, size: m.size, sha256: sha }))
             })),
             Some(Kind::Assign(a)) => {
                 for assignment in a.assignments {
@@ -236,19 +195,15 @@ impl Conductor {
                     v.have.resize(c.total_pieces as usize, false);
                 });
                 if c.content_length == 0 {
-                    self.task.set_info(Some(0), 0).map_err(|e| TaskFailure {
-                        origin_status: None,
-                        message: e.to_string(),
-                    })?;
+                    self.task
+                        .set_info(Some(0), 0)
+                        .map_err(|e| TaskFailure { origin_status: None, message: e.to_string() })?;
                 }
                 self.complete = true;
             }
             Some(Kind::Failed(f)) => {
                 let origin_status = (f.status != 0).then_some(f.status as u16);
-                return Err(TaskFailure {
-                    origin_status,
-                    message: f.message,
-                });
+                return Err(TaskFailure { origin_status, message: f.message });
             }
             None => {}
         }
@@ -263,71 +218,41 @@ impl Conductor {
         }
         let parent = a.parent.unwrap_or_default();
         let source = if parent.peer_id.is_empty() {
-            Source {
-                peer: None,
-                addr: None,
-            }
+            Source { peer: None, addr: None }
         } else {
-            Source {
-                peer: Some(parent.peer_id),
-                addr: parent.addr.parse().ok(),
-            }
+            Source { peer: Some(parent.peer_id), addr: parent.addr.parse().ok() }
         };
         let info = view.piece(piece).cloned();
         let (daemon, sn, task_id) = (self.daemon.clone(), self.sn.clone(), self.task.id.clone());
         self.fetches.spawn(async move {
             let result = match info {
-                None => Err(FetchError::Transfer(format!(
-                    "piece {piece} assigned before it was announced"
-                ))),
+                None => Err(FetchError::Transfer(format!("piece {piece} assigned before it was announced"))),
                 Some(info) => {
                     let timeout = daemon.config.piece_timeout;
-                    match tokio::time::timeout(
-                        timeout,
-                        fetch_from(&daemon, &sn, &source, &task_id, piece, &info),
-                    )
-                    .await
+                    match tokio::time::timeout(timeout, fetch_from(&daemon, &sn, &source, &task_id, piece, &info)).await
                     {
                         Ok(r) => r,
                         Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
                     }
                 }
             };
-            Fetched {
-                piece,
-                source,
-                result,
-            }
+            Fetched { piece, source, result }
         });
     }
 
     async fn on_fetched(&mut self, f: Fetched) -> Result<(), TransportError> {
         self.fetching.remove(&f.piece);
-        let source_label = if f.source.peer.is_some() {
-            "peer"
-        } else {
-            "supernode"
-        };
+        let source_label = if f.source.peer.is_some() { "peer" } else { "supernode" };
         let up = match f.result {
             Ok(bytes) => {
                 let len = bytes.len() as u64;
-                let offset = self
-                    .task
-                    .view()
-                    .piece(f.piece)
-                    .map(|p| p.offset)
-                    .unwrap_or(0);
+                let offset = self.task.view().piece(f.piece).map(|p| p.offset).unwrap_or(0);
                 match self.task.store_piece(f.piece, offset, bytes).await {
                     Ok(()) => {
                         self.daemon.metrics.downloaded(source_label, len);
                         pb::control_up::Kind::PieceDone(pb::PieceDone { piece: f.piece })
                     }
-                    Err(e) => failed(
-                        f.piece,
-                        &f.source,
-                        pb::FailReason::Transfer,
-                        format!("cannot store piece: {e}"),
-                    ),
+                    Err(e) => failed(f.piece, &f.source, pb::FailReason::Transfer, format!("cannot store piece: {e}")),
                 }
             }
             Err(FetchError::Digest(detail)) => {
@@ -348,12 +273,7 @@ impl Conductor {
     }
 }
 
-fn failed(
-    piece: u32,
-    source: &Source,
-    reason: pb::FailReason,
-    detail: String,
-) -> pb::control_up::Kind {
+fn failed(piece: u32, source: &Source, reason: pb::FailReason, detail: String) -> pb::control_up::Kind {
     pb::control_up::Kind::PieceFailed(pb::PieceFailed {
         piece,
         parent_id: source.peer.clone().unwrap_or_default(),
@@ -373,60 +293,33 @@ async fn fetch_from(
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),
         (Some(_), Some(addr)) => daemon.pool.get(addr, tls::PEER_SERVER_NAME).await?,
-        (Some(p), None) => {
-            return Err(FetchError::Transfer(format!(
-                "parent {p} has no valid address"
-            )))
-        }
+        (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
     fetch_piece(&conn, task, piece, info).await
 }
 
 /// Fetches one piece on a new stream of `conn` and verifies it against `info.sha256`.
-pub async fn fetch_piece(
-    conn: &Connection,
-    task: &TaskId,
-    piece: u32,
-    info: &PieceInfo,
-) -> Result<Bytes, FetchError> {
+pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &PieceInfo) -> Result<Bytes, FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
-    let req = pb::Request {
-        kind: Some(pb::request::Kind::Piece(pb::PieceRequest {
-            task_id: task.to_string(),
-            piece,
-        })),
-    };
+    let req =
+        pb::Request { kind: Some(pb::request::Kind::Piece(pb::PieceRequest { task_id: task.to_string(), piece })) };
     write_frame(&mut send, &req).await?;
     let _ = send.finish();
-    let resp: pb::PieceResponse = read_frame(&mut recv)
-        .await?
-        .ok_or_else(|| FetchError::Transfer("parent closed the stream".into()))?;
+    let resp: pb::PieceResponse =
+        read_frame(&mut recv).await?.ok_or_else(|| FetchError::Transfer("parent closed the stream".into()))?;
     if resp.error != pb::PieceError::None as i32 {
-        return Err(FetchError::Transfer(format!(
-            "parent refused: {}",
-            resp.message
-        )));
+        return Err(FetchError::Transfer(format!("parent refused: {}", resp.message)));
     }
     if resp.size != info.size {
-        return Err(FetchError::Digest(format!(
-            "parent announced {} bytes, the piece has {}",
-            resp.size, info.size
-        )));
+        return Err(FetchError::Digest(format!("parent announced {} bytes, the piece has {}", resp.size, info.size)));
     }
     let mut buf = BytesMut::with_capacity(info.size as usize);
     let mut hasher = Sha256::new();
     while buf.len() < info.size as usize {
         let want = info.size as usize - buf.len();
-        let chunk = recv
-            .read_chunk(want, true)
-            .await
-            .map_err(TransportError::from)?;
+        let chunk = recv.read_chunk(want, true).await.map_err(TransportError::from)?;
         let Some(chunk) = chunk else {
-            return Err(FetchError::Transfer(format!(
-                "stream ended after {} of {} bytes",
-                buf.len(),
-                info.size
-            )));
+            return Err(FetchError::Transfer(format!("stream ended after {} of {} bytes", buf.len(), info.size)));
         };
         hasher.update(&chunk.bytes);
         buf.extend_from_slice(&chunk.bytes);

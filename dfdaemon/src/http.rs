@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,15 +53,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/download", post(download))
+        .route("/api/v1/tasks/{id}", get(task_status))
         .with_state(daemon)
 }
 
 /// Serves until shutdown.
-pub async fn serve(
-    daemon: Arc<Daemon>,
-    listener: tokio::net::TcpListener,
-    mut shutdown: ShutdownSignal,
-) {
+pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, mut shutdown: ShutdownSignal) {
     let result = axum::serve(listener, router(daemon))
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -72,68 +69,73 @@ pub async fn serve(
     }
 }
 
+/// A task's state as `GET /api/v1/tasks/{id}` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskStatusView {
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The origin's status when the origin refused.
+    #[serde(default)]
+    pub origin_status: Option<u16>,
+    /// Total length, once known.
+    #[serde(default)]
+    pub content_length: Option<u64>,
+    /// Pieces present here.
+    pub pieces_present: u32,
+    /// Pieces in all, once known.
+    #[serde(default)]
+    pub total_pieces: Option<u32>,
+}
+
+async fn task_status(State(daemon): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
+    let Some(task) = TaskId::is_valid(&id).then(|| daemon.store.get(&TaskId::new(id.clone()))).flatten() else {
+        return error(StatusCode::NOT_FOUND, format!("no task {id} here"), None);
+    };
+    let v = task.view();
+    let (status, error, origin_status) = match &v.status {
+        TaskStatus::Pending => ("pending", None, None),
+        TaskStatus::Running => ("running", None, None),
+        TaskStatus::Done => ("done", None, None),
+        TaskStatus::Failed(f) => ("failed", Some(f.message.clone()), f.origin_status),
+    };
+    Json(TaskStatusView {
+        status: status.into(),
+        error,
+        origin_status,
+        content_length: v.content_length,
+        pieces_present: v.have_count,
+        total_pieces: v.total_pieces,
+    })
+    .into_response()
+}
+
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        daemon.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], daemon.metrics.render())
 }
 
 fn error(status: StatusCode, error: String, origin_status: Option<u16>) -> Response {
-    (
-        status,
-        Json(ApiError {
-            error,
-            origin_status,
-        }),
-    )
-        .into_response()
+    (status, Json(ApiError { error, origin_status })).into_response()
 }
 
 async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBody>) -> Response {
     let url = match url::Url::parse(&body.url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-        Ok(u) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unsupported scheme {:?}", u.scheme()),
-                None,
-            )
-        }
+        Ok(u) => return error(StatusCode::BAD_REQUEST, format!("unsupported scheme {:?}", u.scheme()), None),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid url: {e}"), None),
     };
-    let digest = match body
-        .digest
-        .as_deref()
-        .map(str::parse::<Sha256Digest>)
-        .transpose()
-    {
+    let digest = match body.digest.as_deref().map(str::parse::<Sha256Digest>).transpose() {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
     let task_id = TaskId::for_url(&url, digest.as_ref());
-    let headers = body
-        .headers
-        .into_iter()
-        .map(|(n, v)| (n, v.into_bytes()))
-        .collect();
-    let req = DownloadRequest {
-        url,
-        digest: digest.map(|d| d.to_string()),
-        headers,
-    };
+    let headers = body.headers.into_iter().map(|(n, v)| (n, v.into_bytes())).collect();
+    let req = DownloadRequest { url, digest: digest.map(|d| d.to_string()), headers };
     let task = match daemon.download(&task_id, req) {
         Ok(t) => t,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("local storage error: {e}"),
-                None,
-            )
-        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("local storage error: {e}"), None),
     };
     stream_task(task).await
 }
@@ -142,19 +144,10 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
 /// byte become an error status; later ones break the body off (the client sees a short body).
 pub async fn stream_task(task: Arc<LocalTask>) -> Response {
     let mut rx = task.subscribe();
-    let started = rx
-        .wait_for(|v| v.status != TaskStatus::Pending || v.complete())
-        .await
-        .map(|v| v.clone());
+    let started = rx.wait_for(|v| v.status != TaskStatus::Pending || v.complete()).await.map(|v| v.clone());
     let view = match started {
         Ok(v) => v,
-        Err(_) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "download vanished".into(),
-                None,
-            )
-        }
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "download vanished".into(), None),
     };
     if let TaskStatus::Failed(f) = &view.status {
         let status = match f.origin_status {
@@ -166,25 +159,13 @@ pub async fn stream_task(task: Arc<LocalTask>) -> Response {
         return error(status, f.message.clone(), f.origin_status);
     }
     let task_id = task.id.to_string();
-    let stream = futures_util::stream::unfold(
-        Reader {
-            task,
-            rx,
-            piece: 0,
-            offset_in_piece: 0,
-            finished: false,
-        },
-        Reader::next,
-    );
+    let stream =
+        futures_util::stream::unfold(Reader { task, rx, piece: 0, offset_in_piece: 0, finished: false }, Reader::next);
     let mut resp = Response::new(Body::from_stream(stream));
     if let Some(len) = view.content_length {
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(v) = HeaderValue::from_str(&task_id) {
         resp.headers_mut().insert(TASK_HEADER, v);
     }
@@ -209,9 +190,7 @@ impl Reader {
         let ready = self
             .rx
             .wait_for(|v| {
-                v.has(n)
-                    || matches!(v.status, TaskStatus::Failed(_))
-                    || v.total_pieces.is_some_and(|t| n >= t)
+                v.has(n) || matches!(v.status, TaskStatus::Failed(_)) || v.total_pieces.is_some_and(|t| n >= t)
             })
             .await
             .map(|v| (v.status.clone(), v.total_pieces, v.piece(n).cloned()));
@@ -227,10 +206,7 @@ impl Reader {
         }
         let info = info?;
         let len = ((info.size - self.offset_in_piece) as usize).min(BODY_CHUNK);
-        let chunk = self
-            .task
-            .read_at(info.offset + u64::from(self.offset_in_piece), len)
-            .await;
+        let chunk = self.task.read_at(info.offset + u64::from(self.offset_in_piece), len).await;
         self.offset_in_piece += len as u32;
         if self.offset_in_piece >= info.size {
             self.piece += 1;

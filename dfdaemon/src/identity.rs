@@ -42,23 +42,13 @@ pub async fn load_or_enroll(
         None => None,
     };
     let pinned_path = dir.join("ca.crt");
-    let pinned = if pinned_path.exists() {
-        Some(tls::load_ca_cert(&pinned_path)?)
-    } else {
-        None
-    };
+    let pinned = if pinned_path.exists() { Some(tls::load_ca_cert(&pinned_path)?) } else { None };
     let trusted = given_ca.or(pinned);
-    if let (Some(ca), Some(identity), Ok(id)) = (
-        &trusted,
-        Identity::load(&dir, "peer")?,
-        std::fs::read_to_string(dir.join("peer_id")),
-    ) {
+    if let (Some(ca), Some(identity), Ok(id)) =
+        (&trusted, Identity::load(&dir, "peer")?, std::fs::read_to_string(dir.join("peer_id")))
+    {
         if identity.chain.last() == Some(ca) {
-            return Ok(PeerIdentity {
-                peer_id: PeerId::new(id.trim()),
-                identity,
-                ca: ca.clone(),
-            });
+            return Ok(PeerIdentity { peer_id: PeerId::new(id.trim()), identity, ca: ca.clone() });
         }
         warn!("stored peer certificate is not from the configured CA: enrolling again");
     }
@@ -79,19 +69,13 @@ async fn enroll(
         }
     };
     let conn = endpoint
-        .connect_with(
-            with_transport(client),
-            supernode,
-            tls::SUPERNODE_SERVER_NAME,
-        )?
+        .connect_with(with_transport(client), supernode, tls::SUPERNODE_SERVER_NAME)?
         .await
         .with_context(|| format!("cannot reach supernode {supernode} to enroll"))?;
     let ca = match (trusted, &tofu) {
         (Some(ca), _) => ca,
         (None, Some(capture)) => {
-            let ca = capture
-                .captured_ca()
-                .context("supernode presented no CA certificate")?;
+            let ca = capture.captured_ca().context("supernode presented no CA certificate")?;
             warn!(supernode = %supernode, "no --ca-cert given: trusting the supernode's CA on first use and pinning it");
             ca
         }
@@ -99,21 +83,13 @@ async fn enroll(
     };
     let request = PeerKeyRequest::new()?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let hostname = std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
     let req = pb::Request {
-        kind: Some(pb::request::Kind::Enroll(pb::EnrollRequest {
-            csr_der: request.csr_der().to_vec(),
-            hostname,
-        })),
+        kind: Some(pb::request::Kind::Enroll(pb::EnrollRequest { csr_der: request.csr_der().to_vec(), hostname })),
     };
     write_frame(&mut send, &req).await?;
     let _ = send.finish();
-    let resp: pb::EnrollResponse = read_frame(&mut recv)
-        .await?
-        .context("supernode closed the enrollment stream")?;
+    let resp: pb::EnrollResponse = read_frame(&mut recv).await?.context("supernode closed the enrollment stream")?;
     conn.close(0u32.into(), b"enrolled");
     if !resp.error.is_empty() {
         bail!("supernode refused enrollment: {}", resp.error);
@@ -126,9 +102,5 @@ async fn enroll(
     tls::save_ca_cert(&dir.join("ca.crt"), &ca)?;
     std::fs::write(dir.join("peer_id"), &resp.peer_id)?;
     info!(peer = %resp.peer_id, "enrolled with the supernode");
-    Ok(PeerIdentity {
-        peer_id: PeerId::new(resp.peer_id),
-        identity,
-        ca,
-    })
+    Ok(PeerIdentity { peer_id: PeerId::new(resp.peer_id), identity, ca })
 }

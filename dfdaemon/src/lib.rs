@@ -52,18 +52,11 @@ pub struct Daemon {
 impl Daemon {
     /// The connection to the supernode (reconnects when broken).
     pub async fn supernode_connection(&self) -> anyhow::Result<Connection> {
-        Ok(self
-            .pool
-            .get(self.supernode, tls::SUPERNODE_SERVER_NAME)
-            .await?)
+        Ok(self.pool.get(self.supernode, tls::SUPERNODE_SERVER_NAME).await?)
     }
 
     /// Starts (or joins) the download of `task`; returns its local entry at once.
-    pub fn download(
-        self: &Arc<Self>,
-        task: &TaskId,
-        req: DownloadRequest,
-    ) -> std::io::Result<Arc<LocalTask>> {
+    pub fn download(self: &Arc<Self>, task: &TaskId, req: DownloadRequest) -> std::io::Result<Arc<LocalTask>> {
         let (entry, fresh) = self.store.get_or_create(task)?;
         if fresh {
             tokio::spawn(download::run(self.clone(), entry.clone(), req));
@@ -109,10 +102,7 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(daemon.config.proxy_listen)
         .await
         .with_context(|| format!("cannot listen on {}", daemon.config.proxy_listen))?;
-    let bound = Bound {
-        proxy: listener.local_addr()?,
-        peer: advertise,
-    };
+    let bound = Bound { proxy: listener.local_addr()?, peer: advertise };
     info!(proxy = %bound.proxy, peer = %bound.peer, id = %daemon.identity.peer_id, "dfdaemon listening");
     let d = daemon.clone();
     let handle = tokio::spawn(async move {
@@ -141,21 +131,14 @@ async fn resolve_supernode(config: &DaemonConfig) -> anyhow::Result<SocketAddr> 
     let Some(first) = config.supernodes.first() else {
         bail!("no supernode configured: pass --supernode HOST:PORT");
     };
-    let mut addrs = tokio::net::lookup_host(first.as_str())
-        .await
-        .with_context(|| format!("cannot resolve supernode {first}"))?;
-    addrs
-        .next()
-        .with_context(|| format!("supernode {first} resolves to no address"))
+    let mut addrs =
+        tokio::net::lookup_host(first.as_str()).await.with_context(|| format!("cannot resolve supernode {first}"))?;
+    addrs.next().with_context(|| format!("supernode {first} resolves to no address"))
 }
 
 /// The IP other peers should dial: the listen IP, `--advertise-ip`, or the local side of the
 /// route to the supernode (found by connecting a UDP socket, which sends nothing).
-fn advertise_ip(
-    config: &DaemonConfig,
-    local: SocketAddr,
-    supernode: SocketAddr,
-) -> anyhow::Result<IpAddr> {
+fn advertise_ip(config: &DaemonConfig, local: SocketAddr, supernode: SocketAddr) -> anyhow::Result<IpAddr> {
     if let Some(ip) = config.advertise_ip {
         return Ok(ip);
     }

@@ -39,49 +39,19 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Self::default();
         let r = &mut m.registry;
-        r.register(
-            "damselfly_dfdaemon_download_bytes",
-            "Verified bytes received, by source",
-            m.download_bytes.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_upload_bytes",
-            "Piece bytes uploaded to other peers",
-            m.upload_bytes.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_bad_pieces",
-            "Pieces that failed sha256 verification",
-            m.bad_pieces.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_failed_transfers",
-            "Piece transfers that failed",
-            m.failed_transfers.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_tasks_completed",
-            "Tasks completed",
-            m.tasks_completed.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_tasks_failed",
-            "Tasks failed",
-            m.tasks_failed.clone(),
-        );
-        r.register(
-            "damselfly_dfdaemon_tasks_running",
-            "Tasks being downloaded",
-            m.tasks_running.clone(),
-        );
+        r.register("damselfly_dfdaemon_download_bytes", "Verified bytes received, by source", m.download_bytes.clone());
+        r.register("damselfly_dfdaemon_upload_bytes", "Piece bytes uploaded to other peers", m.upload_bytes.clone());
+        r.register("damselfly_dfdaemon_bad_pieces", "Pieces that failed sha256 verification", m.bad_pieces.clone());
+        r.register("damselfly_dfdaemon_failed_transfers", "Piece transfers that failed", m.failed_transfers.clone());
+        r.register("damselfly_dfdaemon_tasks_completed", "Tasks completed", m.tasks_completed.clone());
+        r.register("damselfly_dfdaemon_tasks_failed", "Tasks failed", m.tasks_failed.clone());
+        r.register("damselfly_dfdaemon_tasks_running", "Tasks being downloaded", m.tasks_running.clone());
         m
     }
 
     /// Counts `n` verified bytes from `source`.
     pub fn downloaded(&self, source: &'static str, n: u64) {
-        self.download_bytes
-            .get_or_create(&SourceLabel { source })
-            .inc_by(n);
+        self.download_bytes.get_or_create(&SourceLabel { source }).inc_by(n);
     }
 
     /// The Prometheus text exposition.

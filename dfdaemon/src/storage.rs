@@ -185,11 +185,7 @@ impl LocalTask {
             return None;
         }
         let info = v.piece(piece)?;
-        Some(PieceLocation {
-            file: self.file.clone(),
-            offset: info.offset,
-            len: info.size,
-        })
+        Some(PieceLocation { file: self.file.clone(), offset: info.offset, len: info.size })
     }
 }
 
@@ -204,10 +200,7 @@ impl Store {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("tasks");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            dir,
-            tasks: DashMap::new(),
-        })
+        Ok(Self { dir, tasks: DashMap::new() })
     }
 
     /// The task if held (in any state).
@@ -238,12 +231,7 @@ impl Store {
 
     fn new_task(&self, id: &TaskId) -> std::io::Result<Arc<LocalTask>> {
         let path = self.dir.join(format!("{}.data", id.file_name()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         Ok(Arc::new(LocalTask {
             id: id.clone(),
             file: Arc::new(file),
@@ -252,12 +240,11 @@ impl Store {
         }))
     }
 
-    /// Marks a task failed, removes its content (nothing partial stays servable) and drops it.
+    /// Marks a task failed and removes its content (nothing partial stays servable). The entry
+    /// stays, so that clients can ask why; the next download of the task replaces it.
     pub fn fail(&self, task: &LocalTask, failure: TaskFailure) {
         task.update(|v| v.status = TaskStatus::Failed(failure));
         let _ = std::fs::remove_file(&task.path);
-        self.tasks
-            .remove_if(&task.id, |_, t| std::ptr::eq(t.as_ref(), task));
     }
 }
 

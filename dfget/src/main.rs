@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use dfdaemon::http::{ApiError, DownloadBody};
+use dfdaemon::http::{ApiError, DownloadBody, TaskStatusView, TASK_HEADER};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
@@ -48,10 +48,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     damselfly_common::telemetry::init_tracing("warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dfget: error: cannot start runtime: {e}");
@@ -68,15 +65,9 @@ fn main() -> ExitCode {
 }
 
 fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
-    let (name, value) = h
-        .split_once(':')
-        .ok_or_else(|| anyhow!("header {h:?} is not 'Name: value'"))?;
+    let (name, value) = h.split_once(':').ok_or_else(|| anyhow!("header {h:?} is not 'Name: value'"))?;
     let name = name.trim();
-    if name.is_empty()
-        || name
-            .bytes()
-            .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-    {
+    if name.is_empty() || name.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
         bail!("header name {name:?} is not valid");
     }
     Ok((name.to_owned(), value.trim().to_owned()))
@@ -84,35 +75,24 @@ fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let headers = args
-        .headers
-        .iter()
-        .map(|h| parse_header(h))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers = args.headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(d) = &args.digest {
         d.parse::<damselfly_common::id::Sha256Digest>()?;
     }
-    let body = DownloadBody {
-        url: args.url.clone(),
-        digest: args.digest.clone(),
-        headers,
-    };
+    let body = DownloadBody { url: args.url.clone(), digest: args.digest.clone(), headers };
     let tmp = temp_beside(&args.output)?;
     let client = reqwest::Client::new();
     let mut _embedded = None;
+    let mut daemon_url = args.daemon.clone();
     let resp = match post(&client, &args.daemon, &body).await {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
             let Some(sn) = &args.supernode else {
-                bail!(
-                    "no dfdaemon reachable at {} and no --supernode given for an embedded peer",
-                    args.daemon
-                );
+                bail!("no dfdaemon reachable at {} and no --supernode given for an embedded peer", args.daemon);
             };
             let embedded = Embedded::start(sn, args.ca_cert.clone()).await?;
-            let r = post(&client, &embedded.url, &body)
-                .await
-                .context("embedded peer failed")?;
+            let r = post(&client, &embedded.url, &body).await.context("embedded peer failed")?;
+            daemon_url = embedded.url.clone();
             _embedded = Some(embedded);
             r
         }
@@ -120,17 +100,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if !resp.status().is_success() {
         let status = resp.status();
-        let err = resp
-            .json::<ApiError>()
-            .await
-            .map(|e| e.error)
-            .unwrap_or_else(|_| format!("HTTP {status}"));
+        let err = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
         bail!("{err}");
     }
     let expected_len = resp.content_length();
+    let task = resp.headers().get(TASK_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let progress = progress_bar(expected_len, args.no_progress);
-    let (written, digest) = write_body(resp, tmp.as_file(), &progress).await?;
+    let written = write_body(resp, tmp.as_file(), &progress).await;
     progress.finish_and_clear();
+    let (written, digest) = match (written, task) {
+        (Ok(w), _) => w,
+        // The daemon breaks the body off when the download fails midway: ask it why.
+        (Err(e), Some(task)) => {
+            bail!("{}", failure_reason(&client, &daemon_url, &task).await.unwrap_or(format!("{e:#}")))
+        }
+        (Err(e), None) => return Err(e),
+    };
     if let Some(len) = expected_len {
         if written != len {
             bail!("download broke off after {written} of {len} bytes");
@@ -139,28 +124,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(expected) = &args.digest {
         let got = format!("sha256:{}", hex::encode(digest));
         if &got != expected {
-            bail!(
-                "digest mismatch: got {got}, expected {expected}; nothing was written to {}",
-                args.output.display()
-            );
+            bail!("digest mismatch: got {got}, expected {expected}; nothing was written to {}", args.output.display());
         }
     }
     tmp.as_file().sync_all().context("cannot flush output")?;
-    tmp.persist(&args.output)
-        .with_context(|| format!("cannot move the download to {}", args.output.display()))?;
+    tmp.persist(&args.output).with_context(|| format!("cannot move the download to {}", args.output.display()))?;
     Ok(())
 }
 
-async fn post(
-    client: &reqwest::Client,
-    daemon: &str,
-    body: &DownloadBody,
-) -> reqwest::Result<reqwest::Response> {
-    client
-        .post(format!("{}/api/v1/download", daemon.trim_end_matches('/')))
-        .json(body)
-        .send()
-        .await
+/// The daemon's account of a failed task, if it has one.
+async fn failure_reason(client: &reqwest::Client, daemon: &str, task: &str) -> Option<String> {
+    let url = format!("{}/api/v1/tasks/{task}", daemon.trim_end_matches('/'));
+    let view: TaskStatusView = client.get(url).send().await.ok()?.json().await.ok()?;
+    view.error.map(|e| format!("download failed: {e}"))
+}
+
+async fn post(client: &reqwest::Client, daemon: &str, body: &DownloadBody) -> reqwest::Result<reqwest::Response> {
+    client.post(format!("{}/api/v1/download", daemon.trim_end_matches('/'))).json(body).send().await
 }
 
 /// A temporary file in the output's directory, so the final rename is atomic.
@@ -223,8 +203,7 @@ struct Embedded {
 
 impl Embedded {
     async fn start(supernode: &str, ca_cert: Option<PathBuf>) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()
-            .context("cannot create a temporary directory for the embedded peer")?;
+        let dir = tempfile::tempdir().context("cannot create a temporary directory for the embedded peer")?;
         let config = dfdaemon::DaemonConfig {
             supernodes: vec![supernode.to_owned()],
             proxy_listen: "127.0.0.1:0".parse()?,
@@ -235,18 +214,11 @@ impl Embedded {
             ..Default::default()
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let (bound, _, _) = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            dfdaemon::start(config, rx),
-        )
-        .await
-        .map_err(|_| anyhow!("supernode {supernode} unreachable (timed out)"))?
-        .with_context(|| format!("supernode {supernode} unreachable"))?;
-        Ok(Self {
-            url: format!("http://{}", bound.proxy),
-            _dir: dir,
-            _stop: tx,
-        })
+        let (bound, _, _) = tokio::time::timeout(std::time::Duration::from_secs(20), dfdaemon::start(config, rx))
+            .await
+            .map_err(|_| anyhow!("supernode {supernode} unreachable (timed out)"))?
+            .with_context(|| format!("supernode {supernode} unreachable"))?;
+        Ok(Self { url: format!("http://{}", bound.proxy), _dir: dir, _stop: tx })
     }
 }
 
@@ -256,10 +228,7 @@ mod tests {
 
     #[test]
     fn headers_parse() {
-        assert_eq!(
-            parse_header("Authorization: Bearer x:y").unwrap(),
-            ("Authorization".into(), "Bearer x:y".into())
-        );
+        assert_eq!(parse_header("Authorization: Bearer x:y").unwrap(), ("Authorization".into(), "Bearer x:y".into()));
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("bad name: v").is_err());
     }

@@ -78,10 +78,7 @@ mod tests {
                 kind: Some(control_up::Kind::Register(Register {
                     task_id: task,
                     url: "http://example.com/x".into(),
-                    headers: vec![Header {
-                        name: "authorization".into(),
-                        value: hdr,
-                    }],
+                    headers: vec![Header { name: "authorization".into(), value: hdr }],
                     have,
                     ..Default::default()
                 })),

@@ -58,11 +58,7 @@ impl CachedTask {
 
     /// Current state.
     pub fn state(&self) -> CacheState {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .state
-            .clone()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).state.clone()
     }
 
     /// Bytes landed so far.
@@ -77,11 +73,7 @@ impl CachedTask {
             return None;
         }
         let meta = g.pieces.get(piece as usize)?;
-        Some(PieceLocation {
-            file: self.file.clone(),
-            offset: meta.offset,
-            len: meta.size,
-        })
+        Some(PieceLocation { file: self.file.clone(), offset: meta.offset, len: meta.size })
     }
 }
 
@@ -96,10 +88,7 @@ impl Cache {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("tasks");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            dir,
-            tasks: DashMap::new(),
-        })
+        Ok(Self { dir, tasks: DashMap::new() })
     }
 
     /// The task if it is cached (in any state).
@@ -130,21 +119,12 @@ impl Cache {
 
     fn new_task(&self, id: &TaskId) -> std::io::Result<Arc<CachedTask>> {
         let path = self.dir.join(format!("{}.data", id.file_name()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         Ok(Arc::new(CachedTask {
             id: id.clone(),
             file: Arc::new(file),
             path,
-            inner: RwLock::new(Inner {
-                state: CacheState::Fetching,
-                pieces: Vec::new(),
-                content_length: None,
-            }),
+            inner: RwLock::new(Inner { state: CacheState::Fetching, pieces: Vec::new(), content_length: None }),
         }))
     }
 

@@ -79,33 +79,22 @@ pub enum ConfigError {
 impl SupernodeConfig {
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ca_cert.is_some() != self.ca_key.is_some() {
-            return Err(ConfigError::Invalid(
-                "ca_cert and ca_key must be given together".into(),
-            ));
+            return Err(ConfigError::Invalid("ca_cert and ca_key must be given together".into()));
         }
         if self.origin_connect_timeout.is_zero() || self.origin_read_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "origin timeouts must be greater than zero".into(),
-            ));
+            return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));
         }
         for o in self.allow_origins.iter().chain(&self.insecure_registries) {
             if o.is_empty() || o.contains('/') {
-                return Err(ConfigError::Invalid(format!(
-                    "{o:?} is not HOST or HOST:PORT (no scheme, no path)"
-                )));
+                return Err(ConfigError::Invalid(format!("{o:?} is not HOST or HOST:PORT (no scheme, no path)")));
             }
         }
         Ok(())
@@ -121,9 +110,7 @@ impl SupernodeConfig {
             Some(p) => format!("{host}:{p}"),
             None => host.to_owned(),
         };
-        self.allow_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&host_port))
+        self.allow_origins.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&host_port))
     }
 }
 
@@ -144,10 +131,7 @@ mod tests {
         assert!(c.origin_allowed(&url::Url::parse("http://registry.local:5000/v2/").unwrap()));
         assert!(!c.origin_allowed(&url::Url::parse("http://evil.example/x").unwrap()));
         assert!(toml::from_str::<SupernodeConfig>("bogus = 1").is_err());
-        let bad = SupernodeConfig {
-            ca_cert: Some("x".into()),
-            ..Default::default()
-        };
+        let bad = SupernodeConfig { ca_cert: Some("x".into()), ..Default::default() };
         assert!(bad.validate().is_err());
     }
 }

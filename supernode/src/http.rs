@@ -23,11 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves the API until shutdown.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: tokio::net::TcpListener,
-    mut shutdown: ShutdownSignal,
-) {
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut shutdown: ShutdownSignal) {
     let app = router(shared);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -40,13 +36,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.metrics.render())
 }
 
 /// One task as the API shows it. No URL is shown: URLs may carry signed query strings.
@@ -60,10 +50,7 @@ struct TaskView {
 
 async fn tasks(State(shared): State<Arc<Shared>>) -> Json<Vec<TaskView>> {
     let views = shared.with_scheduler(|s| {
-        s.tasks()
-            .into_iter()
-            .filter_map(|id| s.task_summary(&id).map(|summary| (id, summary)))
-            .collect::<Vec<_>>()
+        s.tasks().into_iter().filter_map(|id| s.task_summary(&id).map(|summary| (id, summary))).collect::<Vec<_>>()
     });
     Json(
         views
@@ -93,12 +80,6 @@ async fn peers(State(shared): State<Arc<Shared>>) -> Json<PeersView> {
     let (connected, bad) = shared.with_scheduler(|s| (s.peer_count(), s.bad_peers()));
     Json(PeersView {
         connected,
-        bad: bad
-            .into_iter()
-            .map(|(id, strikes)| BadPeer {
-                id: id.to_string(),
-                strikes,
-            })
-            .collect(),
+        bad: bad.into_iter().map(|(id, strikes)| BadPeer { id: id.to_string(), strikes }).collect(),
     })
 }

@@ -65,11 +65,7 @@ impl Shared {
                         let _ = tx.send(msg);
                     }
                 }
-                Action::PeerReported {
-                    peer,
-                    task,
-                    strikes,
-                } => {
+                Action::PeerReported { peer, task, strikes } => {
                     warn!(peer = %peer, task = %task, strikes, "peer reported bad: no longer used as a parent");
                     self.metrics.bad_peers.inc();
                 }
@@ -126,27 +122,17 @@ pub async fn start(
         http,
         ca,
         started: Instant::now(),
-        core: Mutex::new(Core {
-            scheduler: Scheduler::new(SchedulerConfig::default()),
-            routes: HashMap::new(),
-        }),
+        core: Mutex::new(Core { scheduler: Scheduler::new(SchedulerConfig::default()), routes: HashMap::new() }),
         config,
     });
     let endpoint = quic::bind(&shared)?;
     let listener = tokio::net::TcpListener::bind(shared.config.http_listen).await?;
-    let bound = Bound {
-        quic: endpoint.local_addr()?,
-        http: listener.local_addr()?,
-    };
+    let bound = Bound { quic: endpoint.local_addr()?, http: listener.local_addr()? };
     info!(quic = %bound.quic, http = %bound.http, data_dir = %shared.config.data_dir.display(), "supernode listening");
 
     let handle = tokio::spawn(async move {
         let ticker = tokio::spawn(tick_loop(shared.clone()));
-        let quic_task = tokio::spawn(quic::serve(
-            shared.clone(),
-            endpoint.clone(),
-            shutdown.clone(),
-        ));
+        let quic_task = tokio::spawn(quic::serve(shared.clone(), endpoint.clone(), shutdown.clone()));
         let http_task = tokio::spawn(http::serve(shared.clone(), listener, shutdown.clone()));
         let _ = http_task.await;
         let _ = quic_task.await;

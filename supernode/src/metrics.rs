@@ -36,56 +36,20 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Self::default();
         let r = &mut m.registry;
-        r.register(
-            "damselfly_supernode_origin_bytes",
-            "Body bytes received from origins",
-            m.origin_bytes.clone(),
-        );
-        r.register(
-            "damselfly_supernode_origin_fetches",
-            "Origin fetches started",
-            m.origin_fetches.clone(),
-        );
-        r.register(
-            "damselfly_supernode_origin_failures",
-            "Origin fetches that failed",
-            m.origin_failures.clone(),
-        );
-        r.register(
-            "damselfly_supernode_upload_bytes",
-            "Piece bytes uploaded to peers",
-            m.upload_bytes.clone(),
-        );
-        r.register(
-            "damselfly_supernode_upload_pieces",
-            "Pieces uploaded to peers",
-            m.upload_pieces.clone(),
-        );
-        r.register(
-            "damselfly_supernode_tasks",
-            "Tasks known to the scheduler",
-            m.tasks.clone(),
-        );
-        r.register(
-            "damselfly_supernode_peers",
-            "Peers connected",
-            m.peers.clone(),
-        );
+        r.register("damselfly_supernode_origin_bytes", "Body bytes received from origins", m.origin_bytes.clone());
+        r.register("damselfly_supernode_origin_fetches", "Origin fetches started", m.origin_fetches.clone());
+        r.register("damselfly_supernode_origin_failures", "Origin fetches that failed", m.origin_failures.clone());
+        r.register("damselfly_supernode_upload_bytes", "Piece bytes uploaded to peers", m.upload_bytes.clone());
+        r.register("damselfly_supernode_upload_pieces", "Pieces uploaded to peers", m.upload_pieces.clone());
+        r.register("damselfly_supernode_tasks", "Tasks known to the scheduler", m.tasks.clone());
+        r.register("damselfly_supernode_peers", "Peers connected", m.peers.clone());
         r.register(
             "damselfly_supernode_piece_failure_reports",
             "Piece failures reported by peers",
             m.piece_failure_reports.clone(),
         );
-        r.register(
-            "damselfly_supernode_bad_peers",
-            "Peers reported as bad",
-            m.bad_peers.clone(),
-        );
-        r.register(
-            "damselfly_supernode_enrollments",
-            "Peer certificates issued",
-            m.enrollments.clone(),
-        );
+        r.register("damselfly_supernode_bad_peers", "Peers reported as bad", m.bad_peers.clone());
+        r.register("damselfly_supernode_enrollments", "Peer certificates issued", m.enrollments.clone());
         m
     }
 

@@ -90,35 +90,21 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
         Ok((len, pieces)) => {
             entry.set_state(CacheState::Complete, Some(len));
             info!(bytes = len, pieces, "origin fetch complete");
-            shared.handle(Event::OriginComplete {
-                task: req.task,
-                total_pieces: pieces,
-                content_length: len,
-            });
+            shared.handle(Event::OriginComplete { task: req.task, total_pieces: pieces, content_length: len });
         }
         Err(e) => {
             warn!(error = %e, "origin fetch failed");
             shared.metrics.origin_failures.inc();
             shared.cache.fail(&entry);
-            shared.handle(Event::OriginFailed {
-                task: req.task,
-                status: e.status(),
-                message: e.to_string(),
-            });
+            shared.handle(Event::OriginFailed { task: req.task, status: e.status(), message: e.to_string() });
         }
     }
 }
 
-async fn fetch(
-    shared: &Shared,
-    entry: &CachedTask,
-    req: &OriginRequest,
-) -> Result<(u64, u32), OriginError> {
+async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Result<(u64, u32), OriginError> {
     let url_text = damselfly_common::id::normalise_url(&req.url);
-    let request_err = |e: reqwest::Error| OriginError::Request {
-        url: url_text.clone(),
-        message: e.without_url().to_string(),
-    };
+    let request_err =
+        |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: e.without_url().to_string() };
     let mut builder = shared.http.get(req.url.clone());
     for (name, value) in &req.headers {
         if forwardable(name) {
@@ -127,30 +113,18 @@ async fn fetch(
     }
     let resp = builder.send().await.map_err(request_err)?;
     if !resp.status().is_success() {
-        return Err(OriginError::Status {
-            status: resp.status().as_u16(),
-            url: url_text,
-        });
+        return Err(OriginError::Status { status: resp.status().as_u16(), url: url_text });
     }
     let content_length = resp.content_length();
     let psize = piece_size(content_length);
-    shared.handle(Event::TaskStarted {
-        task: req.task.clone(),
-        content_length,
-        piece_size: psize,
-    });
+    shared.handle(Event::TaskStarted { task: req.task.clone(), content_length, piece_size: psize });
 
     let mut cutter = PieceCutter::new(psize);
     let mut body = resp.bytes_stream();
     loop {
         let next = tokio::time::timeout(shared.config.origin_read_timeout, body.next()).await;
         let chunk = match next {
-            Err(_) => {
-                return Err(OriginError::Request {
-                    url: url_text,
-                    message: "origin stopped sending".into(),
-                })
-            }
+            Err(_) => return Err(OriginError::Request { url: url_text, message: "origin stopped sending".into() }),
             Ok(None) => break,
             Ok(Some(c)) => c.map_err(request_err)?,
         };
@@ -165,10 +139,7 @@ async fn fetch(
     }
     if let Some(expected) = content_length {
         if expected != total {
-            return Err(OriginError::Length {
-                got: total,
-                expected,
-            });
+            return Err(OriginError::Length { got: total, expected });
         }
     }
     let got = Sha256Digest(whole.into());
@@ -181,28 +152,13 @@ async fn fetch(
 }
 
 /// Writes a piece to the cache file, then makes it servable and tells the scheduler.
-async fn land(
-    shared: &Shared,
-    entry: &CachedTask,
-    task: &TaskId,
-    piece: CutPiece,
-) -> Result<(), OriginError> {
+async fn land(shared: &Shared, entry: &CachedTask, task: &TaskId, piece: CutPiece) -> Result<(), OriginError> {
     let file = entry.file.clone();
     let (offset, data) = (piece.offset, piece.data);
-    tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
-        .await
-        .map_err(std::io::Error::other)??;
-    let meta = PieceMeta {
-        number: piece.number,
-        offset: piece.offset,
-        size: piece.size,
-        sha256: piece.sha256,
-    };
+    tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await.map_err(std::io::Error::other)??;
+    let meta = PieceMeta { number: piece.number, offset: piece.offset, size: piece.size, sha256: piece.sha256 };
     entry.add_piece(meta.clone());
-    shared.handle(Event::PieceLanded {
-        task: task.clone(),
-        piece: meta,
-    });
+    shared.handle(Event::PieceLanded { task: task.clone(), piece: meta });
     Ok(())
 }
 
@@ -246,13 +202,7 @@ struct PieceCutter {
 
 impl PieceCutter {
     fn new(piece_size: u32) -> Self {
-        Self {
-            piece_size: piece_size as usize,
-            buf: BytesMut::new(),
-            total: 0,
-            count: 0,
-            whole: Sha256::new(),
-        }
+        Self { piece_size: piece_size as usize, buf: BytesMut::new(), total: 0, count: 0, whole: Sha256::new() }
     }
 
     fn push(&mut self, mut chunk: Bytes) -> Vec<CutPiece> {
@@ -280,13 +230,7 @@ impl PieceCutter {
         let data = self.buf.split().freeze();
         let size = data.len() as u32;
         let offset = u64::from(self.count) * self.piece_size as u64;
-        let piece = CutPiece {
-            number: self.count,
-            offset,
-            size,
-            sha256: Sha256::digest(&data).into(),
-            data,
-        };
+        let piece = CutPiece { number: self.count, offset, size, sha256: Sha256::digest(&data).into(), data };
         self.count += 1;
         piece
     }

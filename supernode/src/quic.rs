@@ -66,11 +66,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
             }
         });
     }
-    let gone: Vec<PeerId> = peers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .collect();
+    let gone: Vec<PeerId> = peers.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
     for peer in gone {
         info!(peer = %peer, "peer gone");
         shared.handle(Event::PeerGone { peer });
@@ -104,20 +100,14 @@ async fn handle_stream(
             Ok(())
         }
         Some(pb::request::Kind::Control(c)) => match c.kind {
-            Some(pb::control_up::Kind::Register(r)) => {
-                control(shared, remote, peers, r, send, recv).await
-            }
+            Some(pb::control_up::Kind::Register(r)) => control(shared, remote, peers, r, send, recv).await,
             _ => Ok(()),
         },
         None => Ok(()),
     }
 }
 
-async fn enroll(
-    shared: &Shared,
-    req: pb::EnrollRequest,
-    send: &mut SendStream,
-) -> Result<(), TransportError> {
+async fn enroll(shared: &Shared, req: pb::EnrollRequest, send: &mut SendStream) -> Result<(), TransportError> {
     let peer_id = new_peer_id();
     let resp = match shared.ca.sign_peer_csr(&req.csr_der, &peer_id) {
         Ok(cert) => {
@@ -130,10 +120,7 @@ async fn enroll(
                 error: String::new(),
             }
         }
-        Err(e) => pb::EnrollResponse {
-            error: format!("enrollment refused: {e}"),
-            ..Default::default()
-        },
+        Err(e) => pb::EnrollResponse { error: format!("enrollment refused: {e}"), ..Default::default() },
     };
     write_frame(send, &resp).await?;
     let _ = send.finish();
@@ -152,10 +139,7 @@ fn validate_register(
 ) -> Result<(url::Url, Option<Sha256Digest>, SocketAddr), String> {
     let url = url::Url::parse(&r.url).map_err(|e| format!("invalid url: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "unsupported scheme {:?}: only http and https",
-            url.scheme()
-        ));
+        return Err(format!("unsupported scheme {:?}: only http and https", url.scheme()));
     }
     if !shared.config.origin_allowed(&url) {
         return Err(format!(
@@ -163,22 +147,12 @@ fn validate_register(
             url.host_str().unwrap_or("")
         ));
     }
-    let digest = if r.digest.is_empty() {
-        None
-    } else {
-        Some(
-            r.digest
-                .parse::<Sha256Digest>()
-                .map_err(|e| e.to_string())?,
-        )
-    };
+    let digest =
+        if r.digest.is_empty() { None } else { Some(r.digest.parse::<Sha256Digest>().map_err(|e| e.to_string())?) };
     if TaskId::for_url(&url, digest.as_ref()).as_str() != r.task_id {
         return Err("task id does not match the url/digest".into());
     }
-    let addr = r
-        .peer_addr
-        .parse::<SocketAddr>()
-        .map_err(|e| format!("invalid peer address {:?}: {e}", r.peer_addr))?;
+    let addr = r.peer_addr.parse::<SocketAddr>().map_err(|e| format!("invalid peer address {:?}: {e}", r.peer_addr))?;
     if r.peer_id.is_empty() {
         return Err("missing peer id".into());
     }
@@ -197,12 +171,8 @@ async fn control(
         Ok(v) => v,
         Err(message) => {
             warn!(%remote, error = %message, "registration refused");
-            let down = pb::ControlDown {
-                kind: Some(pb::control_down::Kind::Failed(pb::Failed {
-                    status: 0,
-                    message,
-                })),
-            };
+            let down =
+                pb::ControlDown { kind: Some(pb::control_down::Kind::Failed(pb::Failed { status: 0, message })) };
             write_frame(&mut send, &down).await?;
             let _ = send.finish();
             return Ok(());
@@ -212,20 +182,12 @@ async fn control(
     let peer = PeerId::new(reg.peer_id.clone());
     let span = tracing::info_span!("control", task = %task, peer = %peer);
     async move {
-        peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer.clone());
+        peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         shared.attach(&peer, &task, tx);
         let writer = tokio::spawn(write_downs(rx, send));
         start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
-        shared.handle(Event::PeerJoined {
-            task: task.clone(),
-            peer: peer.clone(),
-            addr,
-            have: reg.have.clone(),
-        });
+        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
         let result = read_ups(&shared, &task, &peer, &mut recv).await;
         shared.detach(&peer, &task);
         writer.abort();
@@ -255,16 +217,8 @@ fn start_origin_if_needed(
             return;
         }
     };
-    let headers = headers
-        .iter()
-        .map(|h| (h.name.clone(), h.value.clone()))
-        .collect();
-    let req = OriginRequest {
-        task: task.clone(),
-        url,
-        digest,
-        headers,
-    };
+    let headers = headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+    let req = OriginRequest { task: task.clone(), url, digest, headers };
     tokio::spawn(crate::origin::run(shared.clone(), entry, req));
 }
 
@@ -281,57 +235,30 @@ async fn write_downs(mut rx: mpsc::UnboundedReceiver<Down>, mut send: SendStream
     }
 }
 
-async fn read_ups(
-    shared: &Shared,
-    task: &TaskId,
-    peer: &PeerId,
-    recv: &mut RecvStream,
-) -> Result<(), TransportError> {
+async fn read_ups(shared: &Shared, task: &TaskId, peer: &PeerId, recv: &mut RecvStream) -> Result<(), TransportError> {
     use pb::control_up::Kind;
     loop {
         let Some(up) = read_frame::<pb::ControlUp>(recv).await? else {
-            shared.handle(Event::PeerLeft {
-                task: task.clone(),
-                peer: peer.clone(),
-            });
+            shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
             return Ok(());
         };
         let event = match up.kind {
-            Some(Kind::PieceDone(d)) => Event::PieceFinished {
-                task: task.clone(),
-                peer: peer.clone(),
-                piece: d.piece,
-            },
+            Some(Kind::PieceDone(d)) => Event::PieceFinished { task: task.clone(), peer: peer.clone(), piece: d.piece },
             Some(Kind::PieceFailed(f)) => {
                 shared.metrics.piece_failure_reports.inc();
-                let reason = if f.reason == pb::FailReason::Digest as i32 {
-                    FailReason::Digest
-                } else {
-                    FailReason::Transfer
-                };
+                let reason =
+                    if f.reason == pb::FailReason::Digest as i32 { FailReason::Digest } else { FailReason::Transfer };
                 let parent = (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id));
                 debug!(piece = f.piece, ?parent, detail = %f.detail, "piece failure reported");
-                Event::PieceFailed {
-                    task: task.clone(),
-                    peer: peer.clone(),
-                    piece: f.piece,
-                    parent,
-                    reason,
-                }
+                Event::PieceFailed { task: task.clone(), peer: peer.clone(), piece: f.piece, parent, reason }
             }
             Some(Kind::Done(_)) => {
                 // The peer keeps seeding; its control stream may now close.
-                shared.handle(Event::PeerDone {
-                    task: task.clone(),
-                    peer: peer.clone(),
-                });
+                shared.handle(Event::PeerDone { task: task.clone(), peer: peer.clone() });
                 return Ok(());
             }
             Some(Kind::Leave(_)) => {
-                shared.handle(Event::PeerLeft {
-                    task: task.clone(),
-                    peer: peer.clone(),
-                });
+                shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
                 return Ok(());
             }
             Some(Kind::Register(_)) | None => continue,
@@ -343,22 +270,11 @@ async fn read_ups(
 fn to_proto(down: Down) -> pb::ControlDown {
     use pb::control_down::Kind;
     let kind = match down {
-        Down::TaskInfo {
-            content_length,
-            piece_size,
-        } => Kind::TaskInfo(pb::TaskInfo {
-            content_length,
-            piece_size,
-        }),
+        Down::TaskInfo { content_length, piece_size } => Kind::TaskInfo(pb::TaskInfo { content_length, piece_size }),
         Down::Pieces(pieces) => Kind::Pieces(pb::Pieces {
             pieces: pieces
                 .into_iter()
-                .map(|p| pb::PieceMeta {
-                    number: p.number,
-                    offset: p.offset,
-                    size: p.size,
-                    sha256: p.sha256.to_vec(),
-                })
+                .map(|p| pb::PieceMeta { number: p.number, offset: p.offset, size: p.size, sha256: p.sha256.to_vec() })
                 .collect(),
         }),
         Down::Assign(list) => Kind::Assign(pb::Assign {
@@ -368,25 +284,17 @@ fn to_proto(down: Down) -> pb::ControlDown {
                     piece: a.piece,
                     parent: Some(match a.parent {
                         Parent::Supernode => pb::Parent::default(),
-                        Parent::Peer { id, addr } => pb::Parent {
-                            peer_id: id.to_string(),
-                            addr: addr.to_string(),
-                        },
+                        Parent::Peer { id, addr } => pb::Parent { peer_id: id.to_string(), addr: addr.to_string() },
                     }),
                 })
                 .collect(),
         }),
-        Down::Complete {
-            total_pieces,
-            content_length,
-        } => Kind::Complete(pb::Complete {
-            total_pieces,
-            content_length,
-        }),
-        Down::Failed { status, message } => Kind::Failed(pb::Failed {
-            status: u32::from(status.unwrap_or(0)),
-            message,
-        }),
+        Down::Complete { total_pieces, content_length } => {
+            Kind::Complete(pb::Complete { total_pieces, content_length })
+        }
+        Down::Failed { status, message } => {
+            Kind::Failed(pb::Failed { status: u32::from(status.unwrap_or(0)), message })
+        }
     };
     pb::ControlDown { kind: Some(kind) }
 }

@@ -21,20 +21,14 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     };
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
-        bail!(
-            "binary {name} not built: run `cargo build --workspace --bins` first (looked for {})",
-            path.display()
-        );
+        bail!("binary {name} not built: run `cargo build --workspace --bins` first (looked for {})", path.display());
     }
     Ok(path)
 }
 
 fn profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find the running test executable")?;
-    let mut dir = exe
-        .parent()
-        .with_context(|| format!("{} has no parent directory", exe.display()))?
-        .to_path_buf();
+    let mut dir = exe.parent().with_context(|| format!("{} has no parent directory", exe.display()))?.to_path_buf();
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
@@ -49,10 +43,7 @@ mod tests {
     fn missing_binary_names_the_fix() {
         let err = bin_path("no-such-damselfly-binary").expect_err("must not exist");
         let msg = err.to_string();
-        assert!(
-            msg.contains("binary no-such-damselfly-binary not built"),
-            "{msg}"
-        );
+        assert!(msg.contains("binary no-such-damselfly-binary not built"), "{msg}");
         assert!(msg.contains("cargo build --workspace --bins"), "{msg}");
     }
 

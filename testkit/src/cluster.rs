@@ -19,11 +19,7 @@ pub struct ClusterOpts {
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts {
-            supernode: SupernodeOpts::default(),
-            daemon: DfdaemonOpts::default(),
-            ca_cert: true,
-        }
+        ClusterOpts { supernode: SupernodeOpts::default(), daemon: DfdaemonOpts::default(), ca_cert: true }
     }
 }
 
@@ -60,12 +56,7 @@ impl Cluster {
     /// Starts the supernode, waits until it is ready, then starts `n_daemons` daemons at once.
     pub async fn start(n_daemons: usize, opts: ClusterOpts) -> anyhow::Result<Self> {
         let supernode = Supernode::start(opts.supernode).await?;
-        let mut cluster = Cluster {
-            supernode,
-            daemons: Vec::new(),
-            template: opts.daemon,
-            ca_cert: opts.ca_cert,
-        };
+        let mut cluster = Cluster { supernode, daemons: Vec::new(), template: opts.daemon, ca_cert: opts.ca_cert };
         let starts = (0..n_daemons).map(|_| Dfdaemon::start(cluster.daemon_opts()));
         cluster.daemons = try_join_all(starts).await?;
         Ok(cluster)
@@ -98,9 +89,6 @@ impl Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("supernode", &self.supernode)
-            .field("daemons", &self.daemons)
-            .finish()
+        f.debug_struct("Cluster").field("supernode", &self.supernode).field("daemons", &self.daemons).finish()
     }
 }

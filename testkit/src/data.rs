@@ -65,14 +65,11 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// code wrap it in `tokio::task::spawn_blocking` for large files).
 pub fn file_sha256(path: impl AsRef<Path>) -> anyhow::Result<String> {
     let path = path.as_ref();
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {} to hash it", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
+        let n = file.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -117,10 +114,7 @@ mod tests {
         let data = random_bytes((1 << 20) + 3, 9);
         std::fs::write(&path, &data)?;
         assert_eq!(file_sha256(&path)?, sha256_hex(&data));
-        assert_eq!(
-            sha256_digest(b"abc"),
-            format!("sha256:{}", sha256_hex(b"abc"))
-        );
+        assert_eq!(sha256_digest(b"abc"), format!("sha256:{}", sha256_hex(b"abc")));
         Ok(())
     }
 }

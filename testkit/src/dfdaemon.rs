@@ -123,14 +123,7 @@ impl Dfdaemon {
             }
         };
         let (process, proxy_port, peer_port) = process::start_on_free_ports(ip, make_spec).await?;
-        Ok(Dfdaemon {
-            ip,
-            proxy_port,
-            peer_port,
-            data_dir,
-            process,
-            dir,
-        })
+        Ok(Dfdaemon { ip, proxy_port, peer_port, data_dir, process, dir })
     }
 
     /// `http://IP:PORT` of the proxy / registry mirror / dfget API, without a trailing slash
@@ -196,20 +189,12 @@ impl Dfdaemon {
 
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        http::get_metrics(
-            self.process.client(),
-            &format!("{}/metrics", self.proxy_url()),
-        )
-        .await
+        http::get_metrics(self.process.client(), &format!("{}/metrics", self.proxy_url())).await
     }
 
     /// `GET path` on the HTTP port, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        http::get_json(
-            self.process.client(),
-            &format!("{}{path}", self.proxy_url()),
-        )
-        .await
+        http::get_json(self.process.client(), &format!("{}{path}", self.proxy_url())).await
     }
 
     /// SIGKILL and wait: a crash.

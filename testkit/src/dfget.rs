@@ -14,15 +14,8 @@ use crate::bin_path;
 /// [`ensure_success`]) for how the download went.
 pub async fn dfget(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
     let mut command = Command::new(bin_path("dfget")?);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-        .output()
-        .await
-        .with_context(|| format!("run dfget {}", args.join(" ")))
+    command.args(args).env("NO_COLOR", "1").envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+    command.output().await.with_context(|| format!("run dfget {}", args.join(" ")))
 }
 
 /// Fails, with the exit status and stderr, unless `output` is a successful run.
@@ -69,17 +62,9 @@ impl DfgetRun {
     /// `dfget URL -O output --no-progress`.
     pub fn new(url: &str, output: impl AsRef<Path>) -> Self {
         let output = output.as_ref().to_path_buf();
-        let args = vec![
-            url.to_string(),
-            "-O".to_string(),
-            output.to_string_lossy().into_owned(),
-            "--no-progress".to_string(),
-        ];
-        DfgetRun {
-            args,
-            env: Vec::new(),
-            output,
-        }
+        let args =
+            vec![url.to_string(), "-O".to_string(), output.to_string_lossy().into_owned(), "--no-progress".to_string()];
+        DfgetRun { args, env: Vec::new(), output }
     }
 
     /// `--digest sha256:HEX`.
@@ -128,6 +113,7 @@ impl DfgetRun {
         let mut command = Command::new(bin_path("dfget")?);
         command
             .args(&self.args)
+            .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -138,10 +124,7 @@ impl DfgetRun {
 
     /// Runs it to the end and returns its output, whatever the exit status.
     pub async fn run(&self) -> anyhow::Result<Output> {
-        self.command()?
-            .output()
-            .await
-            .with_context(|| format!("run {self}"))
+        self.command()?.output().await.with_context(|| format!("run {self}"))
     }
 
     /// Runs it to the end and fails, with its stderr, unless it succeeded.
@@ -156,14 +139,8 @@ impl DfgetRun {
     /// Its stdout and stderr are piped and read only by [`DfgetChild::wait`]: `--no-progress`
     /// keeps them small enough for the pipes.
     pub fn spawn(&self) -> anyhow::Result<DfgetChild> {
-        let child = self
-            .command()?
-            .spawn()
-            .with_context(|| format!("spawn {self}"))?;
-        Ok(DfgetChild {
-            child,
-            description: self.to_string(),
-        })
+        let child = self.command()?.spawn().with_context(|| format!("spawn {self}"))?;
+        Ok(DfgetChild { child, description: self.to_string() })
     }
 }
 
@@ -175,14 +152,8 @@ impl std::fmt::Display for DfgetRun {
 
 /// Runs every invocation at the same time; outputs in the same order.
 pub async fn run_all(runs: &[DfgetRun]) -> anyhow::Result<Vec<Output>> {
-    let children = runs
-        .iter()
-        .map(DfgetRun::spawn)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    futures_util::future::join_all(children.into_iter().map(DfgetChild::wait))
-        .await
-        .into_iter()
-        .collect()
+    let children = runs.iter().map(DfgetRun::spawn).collect::<anyhow::Result<Vec<_>>>()?;
+    futures_util::future::join_all(children.into_iter().map(DfgetChild::wait)).await.into_iter().collect()
 }
 
 /// A `dfget` started in the background; killed when dropped.
@@ -201,17 +172,11 @@ impl DfgetChild {
     /// Waits for the end and returns its output.
     pub async fn wait(self) -> anyhow::Result<Output> {
         let description = self.description;
-        self.child
-            .wait_with_output()
-            .await
-            .with_context(|| format!("wait for {description}"))
+        self.child.wait_with_output().await.with_context(|| format!("wait for {description}"))
     }
 
     /// SIGKILL and wait.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.child
-            .kill()
-            .await
-            .with_context(|| format!("kill {}", self.description))
+        self.child.kill().await.with_context(|| format!("kill {}", self.description))
     }
 }

@@ -22,17 +22,10 @@ pub fn http_client() -> reqwest::Client {
 
 /// `GET url` expecting 200, returning the body as text.
 pub(crate) async fn get_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
-    let response = client
-        .get(url)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let response =
+        client.get(url).timeout(Duration::from_secs(30)).send().await.with_context(|| format!("GET {url}"))?;
     let status = response.status();
-    let body = response
-        .text()
-        .await
-        .with_context(|| format!("read the body of GET {url}"))?;
+    let body = response.text().await.with_context(|| format!("read the body of GET {url}"))?;
     if !status.is_success() {
         bail!("GET {url} answered {status}: {body}");
     }
@@ -46,10 +39,7 @@ pub(crate) async fn get_metrics(client: &reqwest::Client, url: &str) -> anyhow::
 }
 
 /// `GET url` and parse it as JSON.
-pub(crate) async fn get_json(
-    client: &reqwest::Client,
-    url: &str,
-) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
     let text = get_text(client, url).await?;
     serde_json::from_str(&text).with_context(|| format!("GET {url} returned no JSON: {text}"))
 }

@@ -19,10 +19,7 @@ pub struct Sample {
 impl Sample {
     /// The value of label `name`, if the sample has it.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     fn matches(&self, wanted: &[(&str, &str)]) -> bool {
@@ -82,8 +79,7 @@ impl Metrics {
                 }
                 continue;
             }
-            let sample = parse_sample(line)
-                .with_context(|| format!("metrics line {}: {line:?}", index + 1))?;
+            let sample = parse_sample(line).with_context(|| format!("metrics line {}: {line:?}", index + 1))?;
             metrics.samples.push(sample);
         }
         Ok(metrics)
@@ -99,10 +95,7 @@ impl Metrics {
     /// The sum of the samples of `name` that carry all the `labels` given (other labels may be
     /// present too); 0.0 when there is none.
     pub fn get_labeled(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples_named(name)
-            .filter(|s| s.matches(labels))
-            .map(|s| s.value)
-            .sum()
+        self.samples_named(name).filter(|s| s.matches(labels)).map(|s| s.value).sum()
     }
 
     /// Whether any sample of `name` (with or without `_total`) is present.
@@ -122,10 +115,7 @@ impl Metrics {
 
     /// The type declared by `# TYPE name kind` (`counter`, `gauge`, ...), if any.
     pub fn metric_type(&self, name: &str) -> Option<&str> {
-        self.types
-            .get(name)
-            .or_else(|| self.types.get(name.strip_suffix("_total").unwrap_or(name)))
-            .map(String::as_str)
+        self.types.get(name).or_else(|| self.types.get(name.strip_suffix("_total").unwrap_or(name))).map(String::as_str)
     }
 
     fn samples_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Sample> + 'a {
@@ -135,20 +125,12 @@ impl Metrics {
             Some(base) => base.to_string(),
             None => format!("{name}_total"),
         };
-        self.samples.iter().filter(move |s| {
-            if exact_found {
-                s.name == exact
-            } else {
-                s.name == alternative
-            }
-        })
+        self.samples.iter().filter(move |s| if exact_found { s.name == exact } else { s.name == alternative })
     }
 }
 
 fn parse_sample(line: &str) -> anyhow::Result<Sample> {
-    let name_end = line
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(line.len());
+    let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         bail!("missing or invalid metric name");
@@ -166,18 +148,12 @@ fn parse_sample(line: &str) -> anyhow::Result<Sample> {
     let value = fields.next().context("missing value")?;
     let value = parse_value(value)?;
     if let Some(timestamp) = fields.next() {
-        timestamp
-            .parse::<f64>()
-            .with_context(|| format!("bad timestamp {timestamp:?}"))?;
+        timestamp.parse::<f64>().with_context(|| format!("bad timestamp {timestamp:?}"))?;
     }
     if let Some(extra) = fields.next() {
         bail!("unexpected {extra:?} after the value");
     }
-    Ok(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
+    Ok(Sample { name: name.to_string(), labels, value })
 }
 
 /// Parses `a="x",b="y"}` (the opening brace already consumed); returns the labels and the text
@@ -189,23 +165,16 @@ fn parse_labels(mut rest: &str) -> anyhow::Result<(Vec<(String, String)>, &str)>
         if let Some(after) = rest.strip_prefix('}') {
             return Ok((labels, after));
         }
-        let name_end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .context("unterminated label set")?;
+        let name_end =
+            rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).context("unterminated label set")?;
         let name = &rest[..name_end];
         if name.is_empty() {
             bail!("missing label name at {rest:?}");
         }
         rest = rest[name_end..].trim_start();
-        rest = rest
-            .strip_prefix('=')
-            .with_context(|| format!("expected '=' after label {name}"))?
-            .trim_start();
-        rest = rest
-            .strip_prefix('"')
-            .with_context(|| format!("expected '\"' to open the value of label {name}"))?;
-        let (value, after) =
-            parse_label_value(rest).with_context(|| format!("value of label {name}"))?;
+        rest = rest.strip_prefix('=').with_context(|| format!("expected '=' after label {name}"))?.trim_start();
+        rest = rest.strip_prefix('"').with_context(|| format!("expected '\"' to open the value of label {name}"))?;
+        let (value, after) = parse_label_value(rest).with_context(|| format!("value of label {name}"))?;
         labels.push((name.to_string(), value));
         rest = after.trim_start();
         if let Some(after) = rest.strip_prefix(',') {
@@ -241,9 +210,7 @@ fn parse_value(text: &str) -> anyhow::Result<f64> {
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
         "NaN" => Ok(f64::NAN),
-        _ => text
-            .parse::<f64>()
-            .with_context(|| format!("bad sample value {text:?}")),
+        _ => text.parse::<f64>().with_context(|| format!("bad sample value {text:?}")),
     }
 }
 
@@ -272,27 +239,12 @@ exemplar_total{le="1"} 4 # {trace_id="abc"} 1.0 1700000000
     fn sums_over_label_sets() -> anyhow::Result<()> {
         let m = Metrics::parse(PAGE)?;
         assert_eq!(m.get("damselfly_dfdaemon_download_bytes_total"), 550.0);
+        assert_eq!(m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", "supernode")]), 250.0);
         assert_eq!(
-            m.get_labeled(
-                "damselfly_dfdaemon_download_bytes_total",
-                &[("source", "supernode")]
-            ),
-            250.0
-        );
-        assert_eq!(
-            m.get_labeled(
-                "damselfly_dfdaemon_download_bytes_total",
-                &[("source", "supernode"), ("task", "b")]
-            ),
+            m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", "supernode"), ("task", "b")]),
             50.0
         );
-        assert_eq!(
-            m.get_labeled(
-                "damselfly_dfdaemon_download_bytes_total",
-                &[("source", "nope")]
-            ),
-            0.0
-        );
+        assert_eq!(m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", "nope")]), 0.0);
         Ok(())
     }
 
@@ -303,10 +255,7 @@ exemplar_total{le="1"} 4 # {trace_id="abc"} 1.0 1700000000
         assert_eq!(m.get("damselfly_supernode_origin_bytes_total"), 1048576.0);
         let plain = Metrics::parse("legacy_requests 7\n")?;
         assert_eq!(plain.get("legacy_requests_total"), 7.0);
-        assert_eq!(
-            m.metric_type("damselfly_supernode_origin_bytes_total"),
-            Some("counter")
-        );
+        assert_eq!(m.metric_type("damselfly_supernode_origin_bytes_total"), Some("counter"));
         assert!(m.contains("damselfly_supernode_tasks"));
         assert!(!m.contains("damselfly_supernode_peers"));
         assert_eq!(m.get("damselfly_supernode_peers"), 0.0);

@@ -28,15 +28,13 @@ pub fn loopback_ip() -> Ipv4Addr {
 /// Another process may take it before the caller binds it; [`crate::Supernode`] and
 /// [`crate::Dfdaemon`] retry with fresh ports when that happens.
 pub fn free_tcp_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from((ip, 0)))
-        .with_context(|| format!("bind a TCP port on {ip}"))?;
+    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).with_context(|| format!("bind a TCP port on {ip}"))?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A UDP port on `ip` that was free a moment ago: bound to port 0 and released.
 pub fn free_udp_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
-    let socket = UdpSocket::bind(SocketAddr::from((ip, 0)))
-        .with_context(|| format!("bind a UDP port on {ip}"))?;
+    let socket = UdpSocket::bind(SocketAddr::from((ip, 0))).with_context(|| format!("bind a UDP port on {ip}"))?;
     Ok(socket.local_addr()?.port())
 }
 

@@ -64,10 +64,7 @@ impl RequestRecord {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -104,10 +101,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl OriginState {
     fn counters(&self, path: &str) -> Arc<PathCounters> {
-        lock(&self.counters)
-            .entry(path.to_string())
-            .or_default()
-            .clone()
+        lock(&self.counters).entry(path.to_string()).or_default().clone()
     }
 }
 
@@ -119,8 +113,7 @@ impl Origin {
 
     /// Starts the server on `ip` and a free port.
     pub fn start_on(ip: Ipv4Addr) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind((ip, 0))
-            .with_context(|| format!("bind the test origin on {ip}"))?;
+        let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind the test origin on {ip}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(OriginState::default());
@@ -152,36 +145,19 @@ impl Origin {
                 // Dropping the runtime here cancels open connections, slow downloads included.
             })
             .context("spawn the test origin thread")?;
-        Ok(Origin {
-            addr,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        Ok(Origin { addr, state, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
     /// Serves `data` at `path` (replacing what was there).
     pub fn add(&self, path: &str, data: impl Into<Bytes>) {
-        self.insert(
-            path,
-            Entry::File {
-                data: data.into(),
-                rate: None,
-            },
-        );
+        self.insert(path, Entry::File { data: data.into(), rate: None });
     }
 
     /// Serves `data` at `path` at about `bytes_per_sec`, so a test can act while a download is
     /// in progress (kill a daemon, start a second one, ...).
     pub fn add_throttled(&self, path: &str, data: impl Into<Bytes>, bytes_per_sec: u64) {
         let rate = Some(bytes_per_sec.max(1));
-        self.insert(
-            path,
-            Entry::File {
-                data: data.into(),
-                rate,
-            },
-        );
+        self.insert(path, Entry::File { data: data.into(), rate });
     }
 
     /// Answers every request for `path` with `status` and an empty body.
@@ -196,10 +172,7 @@ impl Origin {
     /// Answers requests for `path` that lack header `name: value` with 401, like a private
     /// registry that wants credentials.
     pub fn require_header(&self, path: &str, name: &str, value: &str) {
-        lock(&self.state.required).insert(
-            path.to_string(),
-            (name.to_ascii_lowercase(), value.to_string()),
-        );
+        lock(&self.state.required).insert(path.to_string(), (name.to_ascii_lowercase(), value.to_string()));
     }
 
     /// Stops serving `path` (404 from then on).
@@ -264,12 +237,7 @@ impl Drop for Origin {
     }
 }
 
-async fn serve(
-    State(state): State<Arc<OriginState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn serve(State(state): State<Arc<OriginState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().to_string();
     lock(&state.log).push(RequestRecord {
         method: method.to_string(),
@@ -277,12 +245,7 @@ async fn serve(
         query: uri.query().map(str::to_string),
         headers: headers
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect(),
     });
     let counters = state.counters(&path);
@@ -304,19 +267,12 @@ async fn serve(
     }
 
     let total = data.len() as u64;
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| parse_range(v, total));
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, total));
     let (status, start, end) = match range {
         None | Some(RangeSpec::Ignored) => (StatusCode::OK, 0, total),
         Some(RangeSpec::Unsatisfiable) => {
             let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            insert_header(
-                &mut response,
-                header::CONTENT_RANGE,
-                format!("bytes */{total}"),
-            );
+            insert_header(&mut response, header::CONTENT_RANGE, format!("bytes */{total}"));
             return response;
         }
         Some(RangeSpec::Bytes { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end),
@@ -330,17 +286,9 @@ async fn serve(
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    insert_header(
-        &mut response,
-        header::CONTENT_LENGTH,
-        (end - start).to_string(),
-    );
+    insert_header(&mut response, header::CONTENT_LENGTH, (end - start).to_string());
     insert_header(&mut response, header::ACCEPT_RANGES, "bytes".to_string());
-    insert_header(
-        &mut response,
-        header::CONTENT_TYPE,
-        "application/octet-stream".to_string(),
-    );
+    insert_header(&mut response, header::CONTENT_TYPE, "application/octet-stream".to_string());
     if status == StatusCode::PARTIAL_CONTENT {
         let range = format!("bytes {start}-{}/{total}", end - 1);
         insert_header(&mut response, header::CONTENT_RANGE, range);
@@ -356,12 +304,7 @@ fn insert_header(response: &mut Response, name: header::HeaderName, value: Strin
 
 /// A body that yields `data` in chunks, counting each chunk as the server pulls it, optionally
 /// paced to `rate` bytes per second.
-fn counted_body(
-    data: Bytes,
-    rate: Option<u64>,
-    counters: Arc<PathCounters>,
-    state: Arc<OriginState>,
-) -> Body {
+fn counted_body(data: Bytes, rate: Option<u64>, counters: Arc<PathCounters>, state: Arc<OriginState>) -> Body {
     let chunk = match rate {
         Some(rate) => (rate / 10).clamp(1 << 10, CHUNK as u64) as usize,
         None => CHUNK,
@@ -417,10 +360,7 @@ fn parse_range(value: &str, total: u64) -> RangeSpec {
         return match last.parse::<u64>() {
             Ok(0) => RangeSpec::Unsatisfiable,
             Ok(_) if total == 0 => RangeSpec::Unsatisfiable,
-            Ok(n) => RangeSpec::Bytes {
-                start: total.saturating_sub(n),
-                end: total,
-            },
+            Ok(n) => RangeSpec::Bytes { start: total.saturating_sub(n), end: total },
             Err(_) => RangeSpec::Ignored,
         };
     }
@@ -454,27 +394,9 @@ mod tests {
     fn range_parsing() {
         use RangeSpec::*;
         assert_eq!(parse_range("bytes=0-9", 100), Bytes { start: 0, end: 10 });
-        assert_eq!(
-            parse_range("bytes=90-", 100),
-            Bytes {
-                start: 90,
-                end: 100
-            }
-        );
-        assert_eq!(
-            parse_range("bytes=90-200", 100),
-            Bytes {
-                start: 90,
-                end: 100
-            }
-        );
-        assert_eq!(
-            parse_range("bytes=-10", 100),
-            Bytes {
-                start: 90,
-                end: 100
-            }
-        );
+        assert_eq!(parse_range("bytes=90-", 100), Bytes { start: 90, end: 100 });
+        assert_eq!(parse_range("bytes=90-200", 100), Bytes { start: 90, end: 100 });
+        assert_eq!(parse_range("bytes=-10", 100), Bytes { start: 90, end: 100 });
         assert_eq!(parse_range("bytes=-200", 100), Bytes { start: 0, end: 100 });
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
@@ -511,34 +433,16 @@ mod tests {
         let origin = Origin::start()?;
         let data = random_bytes(1000, 2);
         origin.add("/r", data.clone());
-        let part = client()
-            .get(origin.url("/r"))
-            .header("Range", "bytes=100-199")
-            .send()
-            .await?;
+        let part = client().get(origin.url("/r")).header("Range", "bytes=100-199").send().await?;
         assert_eq!(part.status(), 206);
-        assert_eq!(
-            part.headers().get("content-range").map(|v| v.as_bytes()),
-            Some(&b"bytes 100-199/1000"[..])
-        );
+        assert_eq!(part.headers().get("content-range").map(|v| v.as_bytes()), Some(&b"bytes 100-199/1000"[..]));
         assert_eq!(part.bytes().await?, data.slice(100..200));
-        let tail = client()
-            .get(origin.url("/r"))
-            .header("Range", "bytes=-10")
-            .send()
-            .await?;
+        let tail = client().get(origin.url("/r")).header("Range", "bytes=-10").send().await?;
         assert_eq!(tail.status(), 206);
         assert_eq!(tail.bytes().await?, data.slice(990..));
-        let beyond = client()
-            .get(origin.url("/r"))
-            .header("Range", "bytes=1000-")
-            .send()
-            .await?;
+        let beyond = client().get(origin.url("/r")).header("Range", "bytes=1000-").send().await?;
         assert_eq!(beyond.status(), 416);
-        assert_eq!(
-            beyond.headers().get("content-range").map(|v| v.as_bytes()),
-            Some(&b"bytes */1000"[..])
-        );
+        assert_eq!(beyond.headers().get("content-range").map(|v| v.as_bytes()), Some(&b"bytes */1000"[..]));
         assert_eq!(origin.bytes_served(), 110);
         Ok(())
     }
@@ -549,10 +453,7 @@ mod tests {
         origin.add("/h", random_bytes(4321, 3));
         let head = client().head(origin.url("/h")).send().await?;
         assert_eq!(head.status(), 200);
-        assert_eq!(
-            head.headers().get("content-length").map(|v| v.as_bytes()),
-            Some(&b"4321"[..])
-        );
+        assert_eq!(head.headers().get("content-length").map(|v| v.as_bytes()), Some(&b"4321"[..]));
         assert_eq!(origin.bytes_served(), 0);
         assert_eq!(origin.requests("/h"), 1);
         Ok(())
@@ -570,10 +471,7 @@ mod tests {
         }
         origin.add("/gone", Bytes::from_static(b"x"));
         origin.remove("/gone");
-        assert_eq!(
-            client().get(origin.url("/gone")).send().await?.status(),
-            404
-        );
+        assert_eq!(client().get(origin.url("/gone")).send().await?.status(), 404);
         assert_eq!(origin.bytes_served(), 0);
         Ok(())
     }
@@ -585,11 +483,7 @@ mod tests {
         origin.require_header("/private", "Authorization", "Bearer t0ken");
         let denied = client().get(origin.url("/private")).send().await?;
         assert_eq!(denied.status(), 401);
-        let allowed = client()
-            .get(origin.url("/private?x=1"))
-            .header("authorization", "Bearer t0ken")
-            .send()
-            .await?;
+        let allowed = client().get(origin.url("/private?x=1")).header("authorization", "Bearer t0ken").send().await?;
         assert_eq!(allowed.status(), 200);
         assert_eq!(allowed.bytes().await?, &b"secret"[..]);
         let log = origin.request_log();
@@ -612,11 +506,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let served = origin.bytes_served();
         assert!(served > 0);
-        assert!(
-            served < data.len() as u64 / 2,
-            "counted {served} of {} after an early disconnect",
-            data.len()
-        );
+        assert!(served < data.len() as u64 / 2, "counted {served} of {} after an early disconnect", data.len());
         Ok(())
     }
 
@@ -626,12 +516,7 @@ mod tests {
         let data = random_bytes(200 << 10, 5);
         origin.add_throttled("/slow", data.clone(), 400 << 10);
         let started = std::time::Instant::now();
-        let got = client()
-            .get(origin.url("/slow"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        let got = client().get(origin.url("/slow")).send().await?.bytes().await?;
         let took = started.elapsed();
         assert_eq!(got, data);
         assert!(took >= Duration::from_millis(400), "took only {took:?}");

@@ -52,13 +52,8 @@ pub(crate) struct ManagedProcess {
 impl ManagedProcess {
     /// Spawns the process and waits until it is ready.
     pub(crate) async fn start(spec: Spec) -> anyhow::Result<Self> {
-        let mut process = ManagedProcess {
-            spec,
-            child: None,
-            last_exit: None,
-            log_start: 0,
-            client: crate::http_client(),
-        };
+        let mut process =
+            ManagedProcess { spec, child: None, last_exit: None, log_start: 0, client: crate::http_client() };
         process.spawn_and_wait_ready().await?;
         Ok(process)
     }
@@ -101,15 +96,10 @@ impl ManagedProcess {
     /// Sends SIGKILL and waits for the child to be gone. No-op when it is not running.
     pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child
-                .kill()
-                .await
-                .with_context(|| format!("kill {}", self.spec.name))?;
+            child.kill().await.with_context(|| format!("kill {}", self.spec.name))?;
             self.last_exit = child.try_wait().ok().flatten();
-            self.note(&format!(
-                "killed by the test (SIGKILL): {:?}",
-                self.last_exit
-            ));
+            let status = self.last_exit.map_or("status unknown".into(), |s| s.to_string());
+            self.note(&format!("killed by the test (SIGKILL): {status}"));
         }
         Ok(())
     }
@@ -118,9 +108,7 @@ impl ManagedProcess {
     /// (the last exit status when it was not running).
     pub(crate) async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
-            return self
-                .last_exit
-                .with_context(|| format!("{} was never started", self.spec.name));
+            return self.last_exit.with_context(|| format!("{} was never started", self.spec.name));
         };
         let status = match child.id() {
             Some(pid) => {
@@ -164,12 +152,12 @@ impl ManagedProcess {
         self.spawn()?;
         if let Err(e) = self.wait_ready().await {
             let _ = self.kill().await;
-            return Err(e.context(format!(
-                "{} did not start; log {}, last lines:\n{}",
+            return Err(anyhow::anyhow!(
+                "{} did not start: {e:#}\n--- log {} (last {TAIL_LINES} lines) ---\n{}--- end of log ---",
                 self.spec.name,
                 self.spec.log_path.display(),
                 self.log_tail()
-            )));
+            ));
         }
         Ok(())
     }
@@ -191,15 +179,15 @@ impl ManagedProcess {
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
+            // Plain text in log files; `opts.env` may override it.
+            .env("NO_COLOR", "1")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        let child = command
-            .spawn()
-            .with_context(|| format!("spawn {}", spec.program.display()))?;
+        let child = command.spawn().with_context(|| format!("spawn {}", spec.program.display()))?;
         self.child = Some(child);
         self.last_exit = None;
         Ok(())
@@ -212,16 +200,10 @@ impl ManagedProcess {
                 bail!(
                     "{} exited before it was ready ({})",
                     self.spec.name,
-                    self.last_exit
-                        .map_or("unknown status".into(), |s| s.to_string())
+                    self.last_exit.map_or("unknown status".into(), |s| s.to_string())
                 );
             }
-            let response = self
-                .client
-                .get(&self.spec.health_url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
+            let response = self.client.get(&self.spec.health_url).timeout(Duration::from_secs(2)).send().await;
             if let Ok(response) = &response {
                 if response.status().is_success() {
                     return Ok(());
@@ -245,10 +227,7 @@ impl ManagedProcess {
 
     /// Appends a testkit line to the process's log, so the log tells what the test did.
     fn note(&self, message: &str) {
-        if let Ok(mut log) = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.spec.log_path)
-        {
+        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&self.spec.log_path) {
             let _ = writeln!(log, "=== testkit: {}: {message}", self.spec.name);
         }
     }
@@ -313,10 +292,7 @@ pub(crate) struct ScratchDir(tempfile::TempDir);
 
 impl ScratchDir {
     pub(crate) fn new(prefix: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .context("create a temp dir for a test process")?;
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().context("create a temp dir for a test process")?;
         Ok(ScratchDir(dir))
     }
 
@@ -381,15 +357,8 @@ mod tests {
     #[tokio::test]
     async fn early_exit_fails_with_log_tail() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let spec = spec(
-            dir.path(),
-            "echo boom-marker >&2; exit 3",
-            "http://127.0.0.1:9/".into(),
-        );
-        let err = ManagedProcess::start(spec)
-            .await
-            .err()
-            .context("must fail")?;
+        let spec = spec(dir.path(), "echo boom-marker >&2; exit 3", "http://127.0.0.1:9/".into());
+        let err = ManagedProcess::start(spec).await.err().context("must fail")?;
         let msg = format!("{err:#}");
         assert!(msg.contains("boom-marker"), "{msg}");
         assert!(msg.contains("exited before it was ready"), "{msg}");
@@ -402,8 +371,7 @@ mod tests {
         let origin = crate::Origin::start()?;
         origin.add("/healthz", bytes::Bytes::from_static(b"ok"));
         let script = "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.05; done";
-        let mut process =
-            ManagedProcess::start(spec(dir.path(), script, origin.url("/healthz"))).await?;
+        let mut process = ManagedProcess::start(spec(dir.path(), script, origin.url("/healthz"))).await?;
         assert!(process.is_running());
         let status = process.stop().await?;
         assert!(status.success(), "{status}");
@@ -416,6 +384,13 @@ mod tests {
         assert!(!process.is_running());
         assert!(process.log_tail().contains("killed by the test"));
         Ok(())
+    }
+
+    #[test]
+    fn port_conflicts_are_recognised() {
+        let conflict = anyhow::anyhow!("bind 127.0.0.5:4000: Address already in use (os error 98)");
+        assert!(is_port_conflict(&conflict.context("supernode did not start")));
+        assert!(!is_port_conflict(&anyhow::anyhow!("unknown flag --quic-listen")));
     }
 
     #[test]

@@ -94,14 +94,7 @@ impl Supernode {
             }
         };
         let (process, http_port, quic_port) = process::start_on_free_ports(ip, make_spec).await?;
-        Ok(Supernode {
-            ip,
-            quic_port,
-            http_port,
-            data_dir,
-            process,
-            dir,
-        })
+        Ok(Supernode { ip, quic_port, http_port, data_dir, process, dir })
     }
 
     /// The QUIC address peers connect to (`--supernode` of dfdaemon).
@@ -166,11 +159,7 @@ impl Supernode {
 
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        http::get_metrics(
-            self.process.client(),
-            &format!("{}/metrics", self.http_url()),
-        )
-        .await
+        http::get_metrics(self.process.client(), &format!("{}/metrics", self.http_url())).await
     }
 
     /// `GET path` (such as `/healthz` or an API path) on the HTTP port, parsed as JSON.

@@ -2,8 +2,8 @@
 //! every error case a user meets (non-zero exit, one readable line).
 
 use damselfly_testkit::{
-    file_sha256, free_tcp_port, free_udp_port, random_bytes, sha256_digest, sha256_hex, Cluster,
-    ClusterOpts, DfgetRun, Origin,
+    file_sha256, free_tcp_port, free_udp_port, random_bytes, sha256_digest, sha256_hex, Cluster, ClusterOpts, DfgetRun,
+    Origin,
 };
 
 fn stderr(o: &std::process::Output) -> String {
@@ -14,14 +14,8 @@ async fn expect_failure(run: DfgetRun, needle: &str) -> anyhow::Result<()> {
     let out = run.run().await?;
     let err = stderr(&out);
     assert!(!out.status.success(), "{run} must fail; stderr: {err}");
-    assert!(
-        err.to_lowercase().contains(&needle.to_lowercase()),
-        "{run}: expected {needle:?} in: {err}"
-    );
-    assert!(
-        !run.output_path().exists(),
-        "{run}: no output file after a failure"
-    );
+    assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{run}: expected {needle:?} in: {err}");
+    assert!(!run.output_path().exists(), "{run}: no output file after a failure");
     Ok(())
 }
 
@@ -36,36 +30,16 @@ async fn dfget_errors_exit_non_zero_with_a_reason() -> anyhow::Result<()> {
     let d = &cluster.daemons[0];
     let dir = tempfile::tempdir()?;
 
-    expect_failure(
-        d.dfget(&origin.url("/missing"), dir.path().join("a")),
-        "404",
-    )
-    .await?;
+    expect_failure(d.dfget(&origin.url("/missing"), dir.path().join("a")), "404").await?;
     expect_failure(d.dfget(&origin.url("/broken"), dir.path().join("b")), "500").await?;
     let wrong = sha256_digest(b"something else");
-    expect_failure(
-        d.dfget(&origin.url("/ok"), dir.path().join("c"))
-            .digest(&wrong),
-        "digest",
-    )
-    .await?;
-    expect_failure(
-        d.dfget(&origin.url("/ok"), dir.path().join("c"))
-            .digest("sha256:xyz"),
-        "digest",
-    )
-    .await?;
+    expect_failure(d.dfget(&origin.url("/ok"), dir.path().join("c")).digest(&wrong), "digest").await?;
+    expect_failure(d.dfget(&origin.url("/ok"), dir.path().join("c")).digest("sha256:xyz"), "digest").await?;
     let nowhere = format!("http://127.0.0.1:{}", free_tcp_port([127, 0, 0, 1].into())?);
-    expect_failure(
-        DfgetRun::new(&origin.url("/ok"), dir.path().join("d")).daemon(&nowhere),
-        "no dfdaemon",
-    )
-    .await?;
+    expect_failure(DfgetRun::new(&origin.url("/ok"), dir.path().join("d")).daemon(&nowhere), "no dfdaemon").await?;
     let dead_sn = format!("127.0.0.1:{}", free_udp_port([127, 0, 0, 1].into())?);
     expect_failure(
-        DfgetRun::new(&origin.url("/ok"), dir.path().join("e"))
-            .daemon(&nowhere)
-            .supernode(&dead_sn),
+        DfgetRun::new(&origin.url("/ok"), dir.path().join("e")).daemon(&nowhere).supernode(&dead_sn),
         "supernode",
     )
     .await?;
@@ -86,29 +60,20 @@ async fn dfget_without_a_daemon_runs_an_embedded_peer() -> anyhow::Result<()> {
     let cluster = Cluster::start(1, ClusterOpts::default()).await?;
     let dir = tempfile::tempdir()?;
     // One daemon seeds it first, so the embedded peer gets it from a peer.
-    cluster.daemons[0]
-        .dfget(&origin.url("/blob"), dir.path().join("seed"))
-        .run_ok()
-        .await?;
+    let digest = sha256_digest(&blob);
+    cluster.daemons[0].dfget(&origin.url("/blob"), dir.path().join("seed")).digest(&digest).run_ok().await?;
     let nowhere = format!("http://127.0.0.1:{}", free_tcp_port([127, 0, 0, 1].into())?);
     let run = DfgetRun::new(&origin.url("/blob"), dir.path().join("out"))
         .daemon(&nowhere)
         .supernode(&cluster.supernode.quic_addr().to_string())
         .arg("--ca-cert")
         .arg(&cluster.supernode.ca_cert_path().to_string_lossy())
-        .digest(&sha256_digest(&blob));
+        .digest(&digest);
     run.run_ok().await?;
     assert_eq!(file_sha256(run.output_path())?, sha256_hex(&blob));
     assert_eq!(origin.bytes_served(), blob.len() as u64);
-    let up = cluster.daemons[0]
-        .metrics()
-        .await?
-        .get("damselfly_dfdaemon_upload_bytes_total");
-    assert_eq!(
-        up,
-        blob.len() as f64,
-        "the embedded peer fetched from the seeding daemon"
-    );
+    let up = cluster.daemons[0].metrics().await?.get("damselfly_dfdaemon_upload_bytes_total");
+    assert_eq!(up, blob.len() as f64, "the embedded peer fetched from the seeding daemon");
     Ok(())
 }
 
@@ -117,27 +82,14 @@ async fn daemons_without_a_ca_file_pin_the_supernode_ca_on_first_use() -> anyhow
     let origin = Origin::start()?;
     let blob = random_bytes(2 << 20, 8);
     origin.add("/tofu", blob.clone());
-    let cluster = Cluster::start(
-        2,
-        ClusterOpts {
-            ca_cert: false,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let cluster = Cluster::start(2, ClusterOpts { ca_cert: false, ..Default::default() }).await?;
     let ca = std::fs::read(cluster.supernode.ca_cert_path())?;
     for d in &cluster.daemons {
-        assert_eq!(
-            std::fs::read(d.data_dir().join("tls/ca.crt"))?,
-            ca,
-            "pinned CA is the supernode's"
-        );
+        assert_eq!(std::fs::read(d.data_dir().join("tls/ca.crt"))?, ca, "pinned CA is the supernode's");
     }
     let dir = tempfile::tempdir()?;
     for (i, d) in cluster.daemons.iter().enumerate() {
-        d.dfget(&origin.url("/tofu"), dir.path().join(format!("o{i}")))
-            .run_ok()
-            .await?;
+        d.dfget(&origin.url("/tofu"), dir.path().join(format!("o{i}"))).run_ok().await?;
     }
     assert_eq!(origin.bytes_served(), blob.len() as u64);
     Ok(())

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use damselfly_testkit::{
-    ensure_success, file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Cluster,
-    ClusterOpts, Metrics, Origin,
+    ensure_success, file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Cluster, ClusterOpts, Metrics,
+    Origin,
 };
 
 const PIECE: usize = 1 << 20;
@@ -22,16 +22,9 @@ struct Split {
 impl Split {
     fn of(metrics: &[Metrics]) -> Self {
         let by = |s: &str| -> f64 {
-            metrics
-                .iter()
-                .map(|m| m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", s)]))
-                .sum()
+            metrics.iter().map(|m| m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", s)])).sum()
         };
-        Split {
-            peer: by("peer"),
-            supernode: by("supernode"),
-            origin: by("origin"),
-        }
+        Split { peer: by("peer"), supernode: by("supernode"), origin: by("origin") }
     }
 
     fn minus(self, before: Split) -> Split {
@@ -49,12 +42,7 @@ impl Split {
 
 /// Every daemon of `cluster` downloads `path` at the same moment; checks every output and the
 /// origin's count; returns the byte split of this round.
-async fn round(
-    cluster: &Cluster,
-    origin: &Origin,
-    path: &str,
-    blob: &[u8],
-) -> anyhow::Result<Split> {
+async fn round(cluster: &Cluster, origin: &Origin, path: &str, blob: &[u8]) -> anyhow::Result<Split> {
     let before = Split::of(&cluster.daemon_metrics().await?);
     let origin_before = origin.bytes_served();
     let dir = tempfile::tempdir()?;
@@ -62,20 +50,13 @@ async fn round(
         .daemons
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            d.dfget(&origin.url(path), dir.path().join(format!("out{i}")))
-                .digest(&sha256_digest(blob))
-        })
+        .map(|(i, d)| d.dfget(&origin.url(path), dir.path().join(format!("out{i}"))).digest(&sha256_digest(blob)))
         .collect();
     for (run, output) in runs.iter().zip(run_all(&runs).await?) {
         ensure_success(&output, &run.to_string())?;
         assert_eq!(file_sha256(run.output_path())?, sha256_hex(blob), "{run}");
     }
-    assert_eq!(
-        origin.bytes_served() - origin_before,
-        blob.len() as u64,
-        "origin must serve {path} exactly once"
-    );
+    assert_eq!(origin.bytes_served() - origin_before, blob.len() as u64, "origin must serve {path} exactly once");
     assert_eq!(origin.requests(path), 1, "one origin request for {path}");
     Ok(Split::of(&cluster.daemon_metrics().await?).minus(before))
 }
@@ -84,40 +65,20 @@ async fn round(
 async fn eight_daemons_fetch_every_interesting_size_once_from_the_origin() -> anyhow::Result<()> {
     let origin = Origin::start()?;
     let cluster = Cluster::start(8, ClusterOpts::default()).await?;
-    for (i, size) in [0, 1, PIECE - 1, PIECE, PIECE + 1, 5 * PIECE + 123]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, size) in [0, 1, PIECE - 1, PIECE, PIECE + 1, 5 * PIECE + 123].into_iter().enumerate() {
         let blob = random_bytes(size, i as u64);
         let path = format!("/size-{size}");
         origin.add(&path, blob.clone());
-        let split = round(&cluster, &origin, &path, &blob)
-            .await
-            .with_context(|| format!("size {size}"))?;
-        assert_eq!(
-            split.total(),
-            8.0 * size as f64,
-            "size {size}: every daemon received the file once: {split:?}"
-        );
-        assert_eq!(
-            split.origin, 0.0,
-            "size {size}: no daemon went to the origin: {split:?}"
-        );
+        let split = round(&cluster, &origin, &path, &blob).await.with_context(|| format!("size {size}"))?;
+        assert_eq!(split.total(), 8.0 * size as f64, "size {size}: every daemon received the file once: {split:?}");
+        assert_eq!(split.origin, 0.0, "size {size}: no daemon went to the origin: {split:?}");
         if size > 0 {
-            assert!(
-                split.peer > split.total() / 2.0,
-                "size {size}: most bytes must come from peers: {split:?}"
-            );
+            assert!(split.peer > split.total() / 2.0, "size {size}: most bytes must come from peers: {split:?}");
         }
     }
     let sn = cluster.supernode.metrics().await?;
-    let total: usize = [0, 1, PIECE - 1, PIECE, PIECE + 1, 5 * PIECE + 123]
-        .iter()
-        .sum();
-    assert_eq!(
-        sn.get("damselfly_supernode_origin_bytes_total"),
-        total as f64
-    );
+    let total: usize = [0, 1, PIECE - 1, PIECE, PIECE + 1, 5 * PIECE + 123].iter().sum();
+    assert_eq!(sn.get("damselfly_supernode_origin_bytes_total"), total as f64);
     Ok(())
 }
 
@@ -132,8 +93,8 @@ async fn slow_eight_daemons_share_256_mib() -> anyhow::Result<()> {
     let split = round(&cluster, &origin, "/big", &blob).await?;
     let wall = started.elapsed();
     let sn = cluster.supernode.metrics().await?;
-    let sn_upload = sn.get("damselfly_supernode_upload_bytes_total")
-        - sn_before.get("damselfly_supernode_upload_bytes_total");
+    let sn_upload =
+        sn.get("damselfly_supernode_upload_bytes_total") - sn_before.get("damselfly_supernode_upload_bytes_total");
     let mib = |b: f64| b / f64::from(1 << 20);
     println!(
         "256 MiB x 8 daemons: wall {:.2}s; origin {:.0} MiB; supernode upload {:.0} MiB; daemons received {:.0} MiB from peers, {:.0} MiB from the supernode ({:.1}% peer)",
@@ -144,20 +105,13 @@ async fn slow_eight_daemons_share_256_mib() -> anyhow::Result<()> {
         mib(split.supernode),
         100.0 * split.peer / split.total()
     );
-    assert!(
-        split.peer > split.total() / 2.0,
-        "most bytes must come from peers: {split:?}"
-    );
-    assert_eq!(
-        split.supernode, sn_upload,
-        "daemons' supernode bytes match the supernode's upload count"
-    );
+    assert!(split.peer > split.total() / 2.0, "most bytes must come from peers: {split:?}");
+    assert_eq!(split.supernode, sn_upload, "daemons' supernode bytes match the supernode's upload count");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complete(
-) -> anyhow::Result<()> {
+async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complete() -> anyhow::Result<()> {
     let origin = Origin::start()?;
     let blob = random_bytes(24 * PIECE, 7);
     origin.add("/blob", blob.clone());
@@ -165,17 +119,9 @@ async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complet
     let dir = tempfile::tempdir()?;
     let digest = sha256_digest(&blob);
     // Daemon 0 downloads the file and becomes its seed; then its disk goes bad.
-    cluster.daemons[0]
-        .dfget(&origin.url("/blob"), dir.path().join("seed"))
-        .digest(&digest)
-        .run_ok()
-        .await?;
-    let task_file = cluster.daemons[0]
-        .data_dir()
-        .join("tasks")
-        .join(format!("{}.data", digest.replace(':', "_")));
-    let mut bytes =
-        std::fs::read(&task_file).with_context(|| format!("read {}", task_file.display()))?;
+    cluster.daemons[0].dfget(&origin.url("/blob"), dir.path().join("seed")).digest(&digest).run_ok().await?;
+    let task_file = cluster.daemons[0].data_dir().join("tasks").join(format!("{}.data", digest.replace(':', "_")));
+    let mut bytes = std::fs::read(&task_file).with_context(|| format!("read {}", task_file.display()))?;
     for piece in bytes.chunks_mut(PIECE) {
         piece[0] ^= 0xff;
     }
@@ -185,34 +131,19 @@ async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complet
     let runs: Vec<_> = cluster.daemons[1..]
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            d.dfget(&origin.url("/blob"), dir.path().join(format!("out{i}")))
-                .digest(&digest)
-        })
+        .map(|(i, d)| d.dfget(&origin.url("/blob"), dir.path().join(format!("out{i}"))).digest(&digest))
         .collect();
     for (run, output) in runs.iter().zip(run_all(&runs).await?) {
         ensure_success(&output, &run.to_string())?;
         assert_eq!(file_sha256(run.output_path())?, sha256_hex(&blob));
     }
-    let bad_pieces: f64 = cluster
-        .daemon_metrics()
-        .await?
-        .iter()
-        .map(|m| m.get("damselfly_dfdaemon_bad_pieces_total"))
-        .sum();
+    let bad_pieces: f64 =
+        cluster.daemon_metrics().await?.iter().map(|m| m.get("damselfly_dfdaemon_bad_pieces_total")).sum();
     assert!(bad_pieces >= 1.0, "the corrupt pieces were detected");
     let peers = cluster.supernode.get_json("/api/v1/peers").await?;
-    let reported: Vec<&str> = peers["bad"]
-        .as_array()
-        .context("bad list")?
-        .iter()
-        .filter_map(|p| p["id"].as_str())
-        .collect();
-    assert_eq!(
-        reported,
-        vec![bad_id.trim()],
-        "the corrupting daemon is reported: {peers}"
-    );
+    let reported: Vec<&str> =
+        peers["bad"].as_array().context("bad list")?.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(reported, vec![bad_id.trim()], "the corrupting daemon is reported: {peers}");
     assert_eq!(origin.requests("/blob"), 1);
     Ok(())
 }
@@ -230,15 +161,9 @@ async fn killing_a_parent_mid_download_does_not_stop_the_others() -> anyhow::Res
         .daemons
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            d.dfget(&origin.url("/slow"), dir.path().join(format!("out{i}")))
-                .digest(&digest)
-        })
+        .map(|(i, d)| d.dfget(&origin.url("/slow"), dir.path().join(format!("out{i}"))).digest(&digest))
         .collect();
-    let children: Vec<_> = runs
-        .iter()
-        .map(|r| r.spawn())
-        .collect::<anyhow::Result<_>>()?;
+    let children: Vec<_> = runs.iter().map(|r| r.spawn()).collect::<anyhow::Result<_>>()?;
     // Wait until the victim holds pieces that others fetch from it, then kill -9 it.
     let victim = 0;
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
@@ -271,19 +196,11 @@ async fn a_finished_task_is_served_from_the_local_cache() -> anyhow::Result<()> 
     let cluster = Cluster::start(1, ClusterOpts::default()).await?;
     let dir = tempfile::tempdir()?;
     let d = &cluster.daemons[0];
-    d.dfget(&origin.url("/again"), dir.path().join("a"))
-        .run_ok()
-        .await?;
-    d.dfget(&origin.url("/again"), dir.path().join("b"))
-        .run_ok()
-        .await?;
+    d.dfget(&origin.url("/again"), dir.path().join("a")).run_ok().await?;
+    d.dfget(&origin.url("/again"), dir.path().join("b")).run_ok().await?;
     assert_eq!(file_sha256(dir.path().join("b"))?, sha256_hex(&blob));
     assert_eq!(origin.bytes_served(), blob.len() as u64);
     let received = Split::of(&cluster.daemon_metrics().await?).total();
-    assert_eq!(
-        received,
-        blob.len() as f64,
-        "the second download moved no bytes"
-    );
+    assert_eq!(received, blob.len() as f64, "the second download moved no bytes");
     Ok(())
 }

@@ -52,21 +52,12 @@ impl Shared {
     /// Fills the free window of member `slot`, rarest pieces first; puts it in the waiting queue
     /// when room and candidates remain without a parent. Returns whether the supernode got a new
     /// upload.
-    pub(super) fn fill(
-        &mut self,
-        task: &mut TaskState,
-        slot: u32,
-        now: Duration,
-        out: &mut Outbox,
-    ) -> bool {
+    pub(super) fn fill(&mut self, task: &mut TaskState, slot: u32, now: Duration, out: &mut Outbox) -> bool {
         let Some(m) = task.member(slot) else {
             return false;
         };
-        let mut room = if task.downloading(m) {
-            self.config.window_per_peer.saturating_sub(m.assigned.len())
-        } else {
-            0
-        };
+        let mut room =
+            if task.downloading(m) { self.config.window_per_peer.saturating_sub(m.assigned.len()) } else { 0 };
         if room == 0 {
             task.set_waiting(slot, false);
             return false;
@@ -103,10 +94,7 @@ impl Shared {
             .copied()
             .filter(|&p| !m.held.contains(p) && !m.assigned.contains_key(&p))
             .map(|p| {
-                let copies = task
-                    .pieces
-                    .get(p as usize)
-                    .map_or(0, |ps| ps.holder_count + ps.inflight);
+                let copies = task.pieces.get(p as usize).map_or(0, |ps| ps.holder_count + ps.inflight);
                 (copies, rng.next_u64(), p)
             })
             .collect();
@@ -122,13 +110,7 @@ impl Shared {
     /// The parent for `child` to fetch `piece` from now, if any: the least loaded usable holder
     /// with a free slot; else the supernode if no usable peer holds the piece at all, no recent
     /// supernode copy is in flight and the supernode has a free slot.
-    fn choose_parent(
-        &mut self,
-        task: &TaskState,
-        child: u32,
-        piece: u32,
-        now: Duration,
-    ) -> Option<Pick> {
+    fn choose_parent(&mut self, task: &TaskState, child: u32, piece: u32, now: Duration) -> Option<Pick> {
         let ps = task.pieces.get(piece as usize)?;
         let failed = task.member(child)?.failed.get(&piece);
         if ps.holder_count > 0 {
@@ -170,21 +152,11 @@ impl Shared {
     /// Whether a supernode copy of the piece started less than `stalled_after` ago is in flight.
     fn recent_supernode_copy(&self, ps: &PieceState, now: Duration) -> bool {
         let stalled_after = self.config.stalled_after;
-        ps.sn_copies
-            .iter()
-            .any(|&(_, start)| now.saturating_sub(start) < stalled_after)
+        ps.sn_copies.iter().any(|&(_, start)| now.saturating_sub(start) < stalled_after)
     }
 
     /// Records the assignment of `piece` to `child` from `pick` and queues it for sending.
-    fn assign(
-        &mut self,
-        task: &mut TaskState,
-        child: u32,
-        piece: u32,
-        pick: Pick,
-        now: Duration,
-        out: &mut Outbox,
-    ) {
+    fn assign(&mut self, task: &mut TaskState, child: u32, piece: u32, pick: Pick, now: Duration, out: &mut Outbox) {
         let (source, parent) = match pick {
             Pick::Supernode => {
                 self.sn_uploads += 1;
@@ -199,19 +171,9 @@ impl Shared {
                 };
                 let (gid, id, addr) = (h.gid, h.id.clone(), h.addr);
                 if let Some(rec) = self.peers.get_mut(gid) {
-                    rec.uploads.push(Upload {
-                        task: task.id.clone(),
-                        child,
-                        piece,
-                    });
+                    rec.uploads.push(Upload { task: task.id.clone(), child, piece });
                 }
-                (
-                    Source::Peer {
-                        id: id.clone(),
-                        gid: Some(gid),
-                    },
-                    Parent::Peer { id, addr },
-                )
+                (Source::Peer { id: id.clone(), gid: Some(gid) }, Parent::Peer { id, addr })
             }
         };
         if let Some(ps) = task.pieces.get_mut(piece as usize) {
@@ -220,21 +182,13 @@ impl Shared {
         if let Some(m) = task.member_mut(child) {
             m.assigned.insert(piece, source);
         }
-        out.assigns
-            .entry(child)
-            .or_default()
-            .push(Assignment { piece, parent });
+        out.assigns.entry(child).or_default().push(Assignment { piece, parent });
     }
 
     /// Ends `child`'s assignment of `piece` (finished, failed or abandoned) and frees its
     /// parent's upload slot. Returns where it was from, or `None` if there was no such
     /// assignment.
-    pub(super) fn release(
-        &mut self,
-        task: &mut TaskState,
-        child: u32,
-        piece: u32,
-    ) -> Option<Source> {
+    pub(super) fn release(&mut self, task: &mut TaskState, child: u32, piece: u32) -> Option<Source> {
         let source = task.member_mut(child)?.assigned.remove(&piece)?;
         if let Some(ps) = task.pieces.get_mut(piece as usize) {
             ps.inflight = ps.inflight.saturating_sub(1);
@@ -246,8 +200,7 @@ impl Shared {
             Source::Supernode => self.sn_uploads = self.sn_uploads.saturating_sub(1),
             Source::Peer { gid: Some(gid), .. } => {
                 if let Some(rec) = self.peers.get_mut(*gid) {
-                    rec.uploads
-                        .retain(|u| !(u.child == child && u.piece == piece && u.task == task.id));
+                    rec.uploads.retain(|u| !(u.child == child && u.piece == piece && u.task == task.id));
                 }
             }
             Source::Peer { gid: None, .. } => {}
@@ -257,21 +210,11 @@ impl Shared {
 
     /// Offers new capacity to the task's waiting peers, longest waiting first, until the
     /// capacity is used up (or, with `fresh.all`, to every waiting peer).
-    pub(super) fn drain(
-        &mut self,
-        task: &mut TaskState,
-        fresh: &Fresh,
-        now: Duration,
-        out: &mut Outbox,
-    ) {
+    pub(super) fn drain(&mut self, task: &mut TaskState, fresh: &Fresh, now: Duration, out: &mut Outbox) {
         if fresh.is_empty() || task.failed() {
             return;
         }
-        let mut sn_open = if fresh.supernode {
-            self.supernode_open(task, now)
-        } else {
-            Vec::new()
-        };
+        let mut sn_open = if fresh.supernode { self.supernode_open(task, now) } else { Vec::new() };
         let mut cursor: Option<(u64, u32)> = None;
         loop {
             let open_peer = fresh.peers.iter().any(|&s| self.can_upload(task, s));
@@ -280,10 +223,7 @@ impl Shared {
             }
             let next = match cursor {
                 None => task.waiting.first(),
-                Some(c) => task
-                    .waiting
-                    .range((Bound::Excluded(c), Bound::Unbounded))
-                    .next(),
+                Some(c) => task.waiting.range((Bound::Excluded(c), Bound::Unbounded)).next(),
             };
             let Some(&key) = next else {
                 break;
@@ -307,11 +247,7 @@ impl Shared {
         task.sn_candidates
             .iter()
             .copied()
-            .filter(|&p| {
-                task.pieces
-                    .get(p as usize)
-                    .is_some_and(|ps| !self.recent_supernode_copy(ps, now))
-            })
+            .filter(|&p| task.pieces.get(p as usize).is_some_and(|ps| !self.recent_supernode_copy(ps, now)))
             .collect()
     }
 
@@ -319,10 +255,7 @@ impl Shared {
     fn can_upload(&self, task: &TaskState, slot: u32) -> bool {
         task.member(slot).is_some_and(|m| {
             m.held_count > 0
-                && self
-                    .peers
-                    .get(m.gid)
-                    .is_some_and(|r| !r.bad && r.uploads.len() < self.config.max_uploads_per_peer)
+                && self.peers.get(m.gid).is_some_and(|r| !r.bad && r.uploads.len() < self.config.max_uploads_per_peer)
         })
     }
 
@@ -333,15 +266,8 @@ impl Shared {
             return false;
         };
         let from_peer = fresh_peers.iter().any(|&s| {
-            s != slot
-                && self.can_upload(task, s)
-                && task
-                    .member(s)
-                    .is_some_and(|p| p.held.has_any_not_in(&w.held))
+            s != slot && self.can_upload(task, s) && task.member(s).is_some_and(|p| p.held.has_any_not_in(&w.held))
         });
-        from_peer
-            || sn_open
-                .iter()
-                .any(|&p| !w.held.contains(p) && !w.assigned.contains_key(&p))
+        from_peer || sn_open.iter().any(|&p| !w.held.contains(p) && !w.assigned.contains_key(&p))
     }
 }

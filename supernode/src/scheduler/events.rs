@@ -29,23 +29,11 @@ impl Scheduler {
         if task.failed() {
             return;
         }
-        task.info = Some(TaskInfo {
-            content_length,
-            piece_size,
-        });
-        broadcast(task, out, || Down::TaskInfo {
-            content_length,
-            piece_size,
-        });
+        task.info = Some(TaskInfo { content_length, piece_size });
+        broadcast(task, out, || Down::TaskInfo { content_length, piece_size });
     }
 
-    pub(super) fn piece_landed(
-        &mut self,
-        now: Duration,
-        id: &TaskId,
-        meta: PieceMeta,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn piece_landed(&mut self, now: Duration, id: &TaskId, meta: PieceMeta, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -61,10 +49,7 @@ impl Scheduler {
         }
         task.landed.push(n);
         task.sn_candidates.insert(n);
-        let mut fresh = Fresh {
-            supernode: true,
-            ..Fresh::default()
-        };
+        let mut fresh = Fresh { supernode: true, ..Fresh::default() };
         let holders: Vec<(u32, bool)> = task
             .members()
             .filter(|(_, m)| m.held.contains(n))
@@ -79,9 +64,7 @@ impl Scheduler {
         let window = self.shared.config.window_per_peer;
         let lacking: Vec<u32> = task
             .members()
-            .filter(|(_, m)| {
-                task.downloading(m) && !m.held.contains(n) && m.assigned.len() < window
-            })
+            .filter(|(_, m)| task.downloading(m) && !m.held.contains(n) && m.assigned.len() < window)
             .map(|(s, _)| s)
             .collect();
         for slot in lacking {
@@ -105,34 +88,19 @@ impl Scheduler {
         if !matches!(task.origin, Origin::Fetching) {
             return;
         }
-        task.origin = Origin::Complete {
-            total_pieces,
-            content_length,
-        };
-        broadcast(task, out, || Down::Complete {
-            total_pieces,
-            content_length,
-        });
+        task.origin = Origin::Complete { total_pieces, content_length };
+        broadcast(task, out, || Down::Complete { total_pieces, content_length });
         self.finish(id, out);
     }
 
-    pub(super) fn origin_failed(
-        &mut self,
-        id: &TaskId,
-        status: Option<u16>,
-        message: String,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn origin_failed(&mut self, id: &TaskId, status: Option<u16>, message: String, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
         if !matches!(task.origin, Origin::Fetching) {
             return;
         }
-        broadcast(task, out, || Down::Failed {
-            status,
-            message: message.clone(),
-        });
+        broadcast(task, out, || Down::Failed { status, message: message.clone() });
         task.origin = Origin::Failed { status, message };
         let waiting: Vec<u32> = task.waiting.iter().map(|&(_, slot)| slot).collect();
         for slot in waiting {
@@ -150,11 +118,7 @@ impl Scheduler {
         have: &[u32],
         out: &mut Vec<Action>,
     ) {
-        if self
-            .tasks
-            .get(&id)
-            .is_some_and(|t| self.shared.slot(t, &peer).is_some())
-        {
+        if self.tasks.get(&id).is_some_and(|t| self.shared.slot(t, &peer).is_some()) {
             // Re-registration: start over from what the peer says it holds now.
             self.peer_left(now, &id, &peer, out);
         }
@@ -163,10 +127,7 @@ impl Scheduler {
         if let Some(rec) = self.shared.peers.get_mut(gid) {
             rec.tasks.insert(id.clone());
         }
-        let task = self
-            .tasks
-            .entry(id.clone())
-            .or_insert_with(|| TaskState::new(id.clone()));
+        let task = self.tasks.entry(id.clone()).or_insert_with(|| TaskState::new(id.clone()));
         let bound = task.piece_bound();
         let mut held = BitSet::default();
         let mut held_count = 0;
@@ -265,9 +226,7 @@ impl Scheduler {
         let mut fresh = Fresh::default();
         fresh.add_source(task, &source);
         let blamed = match (&source, parent) {
-            (Source::Peer { id: assigned, .. }, Some(reported)) if assigned == reported => {
-                Some(reported)
-            }
+            (Source::Peer { id: assigned, .. }, Some(reported)) if assigned == reported => Some(reported),
             _ => None,
         };
         let mut parent_slot = None;
@@ -296,13 +255,7 @@ impl Scheduler {
         flush(task, outbox, out);
     }
 
-    pub(super) fn peer_done(
-        &mut self,
-        now: Duration,
-        id: &TaskId,
-        peer: &PeerId,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn peer_done(&mut self, now: Duration, id: &TaskId, peer: &PeerId, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -313,10 +266,7 @@ impl Scheduler {
             return;
         }
         let mut fresh = Fresh::default();
-        let assigned: Vec<u32> = task
-            .member(slot)
-            .map(|m| m.assigned.keys().copied().collect())
-            .unwrap_or_default();
+        let assigned: Vec<u32> = task.member(slot).map(|m| m.assigned.keys().copied().collect()).unwrap_or_default();
         for piece in assigned {
             if let Some(source) = self.shared.release(task, slot, piece) {
                 fresh.add_source(task, &source);
@@ -328,9 +278,7 @@ impl Scheduler {
             Some(total) => (0..total).collect(),
             None => task.landed.clone(),
         };
-        let bad = task
-            .member(slot)
-            .is_some_and(|m| self.shared.is_bad_gid(m.gid));
+        let bad = task.member(slot).is_some_and(|m| self.shared.is_bad_gid(m.gid));
         if let Some(m) = task.member_mut(slot) {
             for &p in &all {
                 m.held_count += u32::from(m.held.insert(p));
@@ -348,13 +296,7 @@ impl Scheduler {
         self.finish(id, out);
     }
 
-    pub(super) fn peer_left(
-        &mut self,
-        now: Duration,
-        id: &TaskId,
-        peer: &PeerId,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn peer_left(&mut self, now: Duration, id: &TaskId, peer: &PeerId, out: &mut Vec<Action>) {
         let Some(gid) = self.shared.peers.gid(peer) else {
             return;
         };
@@ -376,12 +318,7 @@ impl Scheduler {
     }
 
     pub(super) fn peer_gone(&mut self, now: Duration, peer: &PeerId, out: &mut Vec<Action>) {
-        let Some(rec) = self
-            .shared
-            .peers
-            .gid(peer)
-            .and_then(|gid| self.shared.peers.get(gid))
-        else {
+        let Some(rec) = self.shared.peers.gid(peer).and_then(|gid| self.shared.peers.get(gid)) else {
             return;
         };
         let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
@@ -391,10 +328,7 @@ impl Scheduler {
     }
 
     pub(super) fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
-        let fresh = Fresh {
-            all: true,
-            ..Fresh::default()
-        };
+        let fresh = Fresh { all: true, ..Fresh::default() };
         for task in self.tasks.values_mut().filter(|t| !t.waiting.is_empty()) {
             let mut outbox = Outbox::default();
             self.shared.drain(task, &fresh, now, &mut outbox);
@@ -425,11 +359,7 @@ impl Scheduler {
         if before >= threshold || after < threshold {
             return false;
         }
-        out.push(Action::PeerReported {
-            peer: peer.clone(),
-            task: current.clone(),
-            strikes: after,
-        });
+        out.push(Action::PeerReported { peer: peer.clone(), task: current.clone(), strikes: after });
         let Some(gid) = self.shared.peers.gid(peer) else {
             return false;
         };
@@ -446,10 +376,7 @@ impl Scheduler {
             let Some(slot) = task.slot_of(gid) else {
                 continue;
             };
-            let held: Vec<u32> = task
-                .member(slot)
-                .map(|m| m.held.iter().collect())
-                .unwrap_or_default();
+            let held: Vec<u32> = task.member(slot).map(|m| m.held.iter().collect()).unwrap_or_default();
             let mut orphaned = false;
             for p in held {
                 orphaned |= task.remove_holder(slot, p);
@@ -458,10 +385,7 @@ impl Scheduler {
                 current_orphaned = orphaned;
             } else if orphaned {
                 let mut outbox = Outbox::default();
-                let fresh = Fresh {
-                    supernode: true,
-                    ..Fresh::default()
-                };
+                let fresh = Fresh { supernode: true, ..Fresh::default() };
                 self.shared.drain(task, &fresh, now, &mut outbox);
                 flush(task, outbox, out);
             }
@@ -498,9 +422,7 @@ impl Shared {
 
     /// Whether `peer` is at or over the strike threshold.
     fn is_bad(&self, peer: &PeerId) -> bool {
-        self.strikes
-            .get(peer)
-            .is_some_and(|&s| s >= self.config.bad_peer_strikes)
+        self.strikes.get(peer).is_some_and(|&s| s >= self.config.bad_peer_strikes)
     }
 
     fn is_bad_gid(&self, gid: u32) -> bool {
@@ -528,14 +450,10 @@ impl Shared {
             fresh.supernode |= task.remove_holder(slot, piece);
         }
         if let Some(rec) = self.peers.get_mut(gid) {
-            let (mine, rest) = std::mem::take(&mut rec.uploads)
-                .into_iter()
-                .partition(|u| u.task == task.id);
+            let (mine, rest) = std::mem::take(&mut rec.uploads).into_iter().partition(|u| u.task == task.id);
             rec.uploads = rest;
             for upload in mine {
-                let child = task
-                    .member_mut(upload.child)
-                    .and_then(|c| c.assigned.get_mut(&upload.piece));
+                let child = task.member_mut(upload.child).and_then(|c| c.assigned.get_mut(&upload.piece));
                 if let Some(Source::Peer { gid, .. }) = child {
                     *gid = None;
                 }
@@ -561,11 +479,7 @@ fn drop_holding(task: &mut TaskState, slot: u32, piece: u32) -> bool {
 /// Sends `msg()` to every member of `task`.
 fn broadcast(task: &TaskState, out: &mut Vec<Action>, msg: impl Fn() -> Down) {
     for (_, m) in task.members() {
-        out.push(Action::Send {
-            peer: m.id.clone(),
-            task: task.id.clone(),
-            msg: msg(),
-        });
+        out.push(Action::Send { peer: m.id.clone(), task: task.id.clone(), msg: msg() });
     }
 }
 
@@ -574,18 +488,9 @@ fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
     let Some(m) = task.member(slot) else {
         return;
     };
-    let mut send = |msg| {
-        out.push(Action::Send {
-            peer: m.id.clone(),
-            task: task.id.clone(),
-            msg,
-        })
-    };
+    let mut send = |msg| out.push(Action::Send { peer: m.id.clone(), task: task.id.clone(), msg });
     if let Some(info) = task.info {
-        send(Down::TaskInfo {
-            content_length: info.content_length,
-            piece_size: info.piece_size,
-        });
+        send(Down::TaskInfo { content_length: info.content_length, piece_size: info.piece_size });
     }
     let pieces: Vec<PieceMeta> = task.pieces.iter().filter_map(|p| p.meta.clone()).collect();
     if !pieces.is_empty() {
@@ -593,17 +498,10 @@ fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
     }
     match &task.origin {
         Origin::Fetching => {}
-        Origin::Complete {
-            total_pieces,
-            content_length,
-        } => send(Down::Complete {
-            total_pieces: *total_pieces,
-            content_length: *content_length,
-        }),
-        Origin::Failed { status, message } => send(Down::Failed {
-            status: *status,
-            message: message.clone(),
-        }),
+        Origin::Complete { total_pieces, content_length } => {
+            send(Down::Complete { total_pieces: *total_pieces, content_length: *content_length })
+        }
+        Origin::Failed { status, message } => send(Down::Failed { status: *status, message: message.clone() }),
     }
 }
 
@@ -611,11 +509,7 @@ fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
 fn flush(task: &TaskState, outbox: Outbox, out: &mut Vec<Action>) {
     for (slot, list) in outbox.assigns {
         if let Some(m) = task.member(slot) {
-            out.push(Action::Send {
-                peer: m.id.clone(),
-                task: task.id.clone(),
-                msg: Down::Assign(list),
-            });
+            out.push(Action::Send { peer: m.id.clone(), task: task.id.clone(), msg: Down::Assign(list) });
         }
     }
 }

@@ -368,17 +368,8 @@ impl Scheduler {
     /// A scheduler with no tasks.
     pub fn new(config: SchedulerConfig) -> Self {
         let rng = SplitMix64::new(config.seed);
-        let shared = Shared {
-            config,
-            rng,
-            peers: PeerTable::default(),
-            strikes: Default::default(),
-            sn_uploads: 0,
-        };
-        Self {
-            shared,
-            tasks: BTreeMap::new(),
-        }
+        let shared = Shared { config, rng, peers: PeerTable::default(), strikes: Default::default(), sn_uploads: 0 };
+        Self { shared, tasks: BTreeMap::new() }
     }
 
     /// Applies one event at time `now` (monotonic, any epoch) and returns what to do, in order.
@@ -386,38 +377,19 @@ impl Scheduler {
     pub fn on_event(&mut self, now: Duration, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::TaskStarted {
-                task,
-                content_length,
-                piece_size,
-            } => self.task_started(&task, content_length, piece_size, &mut out),
-            Event::PieceLanded { task, piece } => self.piece_landed(now, &task, piece, &mut out),
-            Event::OriginComplete {
-                task,
-                total_pieces,
-                content_length,
-            } => self.origin_complete(&task, total_pieces, content_length, &mut out),
-            Event::OriginFailed {
-                task,
-                status,
-                message,
-            } => self.origin_failed(&task, status, message, &mut out),
-            Event::PeerJoined {
-                task,
-                peer,
-                addr,
-                have,
-            } => self.peer_joined(now, task, peer, addr, &have, &mut out),
-            Event::PieceFinished { task, peer, piece } => {
-                self.piece_finished(now, &task, &peer, piece, &mut out)
+            Event::TaskStarted { task, content_length, piece_size } => {
+                self.task_started(&task, content_length, piece_size, &mut out)
             }
-            Event::PieceFailed {
-                task,
-                peer,
-                piece,
-                parent,
-                reason,
-            } => self.piece_failed(now, &task, &peer, piece, parent.as_ref(), reason, &mut out),
+            Event::PieceLanded { task, piece } => self.piece_landed(now, &task, piece, &mut out),
+            Event::OriginComplete { task, total_pieces, content_length } => {
+                self.origin_complete(&task, total_pieces, content_length, &mut out)
+            }
+            Event::OriginFailed { task, status, message } => self.origin_failed(&task, status, message, &mut out),
+            Event::PeerJoined { task, peer, addr, have } => self.peer_joined(now, task, peer, addr, &have, &mut out),
+            Event::PieceFinished { task, peer, piece } => self.piece_finished(now, &task, &peer, piece, &mut out),
+            Event::PieceFailed { task, peer, piece, parent, reason } => {
+                self.piece_failed(now, &task, &peer, piece, parent.as_ref(), reason, &mut out)
+            }
             Event::PeerDone { task, peer } => self.peer_done(now, &task, &peer, &mut out),
             Event::PeerLeft { task, peer } => self.peer_left(now, &task, &peer, &mut out),
             Event::PeerGone { peer } => self.peer_gone(now, &peer, &mut out),
@@ -433,16 +405,10 @@ impl Scheduler {
             Origin::Fetching if t.info.is_none() => TaskPhase::Pending,
             Origin::Fetching => TaskPhase::Fetching,
             Origin::Complete { .. } => TaskPhase::Complete,
-            Origin::Failed { status, message } => TaskPhase::Failed {
-                status: *status,
-                message: message.clone(),
-            },
+            Origin::Failed { status, message } => TaskPhase::Failed { status: *status, message: message.clone() },
         };
         let (total_pieces, complete_len) = match t.origin {
-            Origin::Complete {
-                total_pieces,
-                content_length,
-            } => (Some(total_pieces), Some(content_length)),
+            Origin::Complete { total_pieces, content_length } => (Some(total_pieces), Some(content_length)),
             _ => (None, None),
         };
         let peers = t
@@ -479,13 +445,8 @@ impl Scheduler {
     /// in id order.
     pub fn bad_peers(&self) -> Vec<(PeerId, u32)> {
         let threshold = self.shared.config.bad_peer_strikes;
-        let mut bad: Vec<_> = self
-            .shared
-            .strikes
-            .iter()
-            .filter(|(_, s)| **s >= threshold)
-            .map(|(p, s)| (p.clone(), *s))
-            .collect();
+        let mut bad: Vec<_> =
+            self.shared.strikes.iter().filter(|(_, s)| **s >= threshold).map(|(p, s)| (p.clone(), *s)).collect();
         bad.sort();
         bad
     }

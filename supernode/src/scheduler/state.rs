@@ -25,9 +25,7 @@ pub(super) struct BitSet {
 impl BitSet {
     /// Whether `i` is in the set.
     pub(super) fn contains(&self, i: u32) -> bool {
-        self.words
-            .get((i / 64) as usize)
-            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+        self.words.get((i / 64) as usize).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
     }
 
     /// Adds `i`; true if it was not there.
@@ -89,16 +87,12 @@ impl BitSet {
 
     /// All members, starting at `start` and wrapping around.
     pub(super) fn iter_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        self.range(start, self.capacity())
-            .chain(self.range(0, start))
+        self.range(start, self.capacity()).chain(self.range(0, start))
     }
 
     /// Whether some member of `self` is not in `other`.
     pub(super) fn has_any_not_in(&self, other: &BitSet) -> bool {
-        self.words
-            .iter()
-            .enumerate()
-            .any(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) != 0)
+        self.words.iter().enumerate().any(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) != 0)
     }
 }
 
@@ -172,12 +166,7 @@ impl PeerTable {
         if let Some(gid) = self.gid(id) {
             return gid;
         }
-        let rec = PeerRec {
-            id: id.clone(),
-            tasks: BTreeSet::new(),
-            uploads: Vec::new(),
-            bad,
-        };
+        let rec = PeerRec { id: id.clone(), tasks: BTreeSet::new(), uploads: Vec::new(), bad };
         let gid = match self.free.pop() {
             Some(gid) => {
                 self.recs[gid as usize] = Some(rec);
@@ -214,14 +203,8 @@ impl PeerTable {
 #[derive(Clone, Debug)]
 pub(super) enum Origin {
     Fetching,
-    Complete {
-        total_pieces: u32,
-        content_length: u64,
-    },
-    Failed {
-        status: Option<u16>,
-        message: String,
-    },
+    Complete { total_pieces: u32, content_length: u64 },
+    Failed { status: Option<u16>, message: String },
 }
 
 /// What the origin's response headers said.
@@ -333,10 +316,7 @@ impl TaskState {
 
     /// Members with their slots, in slot order.
     pub(super) fn members(&self) -> impl Iterator<Item = (u32, &Member)> + '_ {
-        self.members
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| Some((i as u32, m.as_ref()?)))
+        self.members.iter().enumerate().filter_map(|(i, m)| Some((i as u32, m.as_ref()?)))
     }
 
     pub(super) fn slot_of(&self, gid: u32) -> Option<u32> {
@@ -386,9 +366,7 @@ impl TaskState {
     }
 
     pub(super) fn is_landed(&self, piece: u32) -> bool {
-        self.pieces
-            .get(piece as usize)
-            .is_some_and(|p| p.meta.is_some())
+        self.pieces.get(piece as usize).is_some_and(|p| p.meta.is_some())
     }
 
     pub(super) fn failed(&self) -> bool {

@@ -1,1 +1,863 @@
-//! Tests.
+//! Deterministic tests of the scheduler, driven by a tiny in-memory swarm: every assignment is
+//! carried out (or failed, or held) at the next step, and every message is checked against what
+//! the peers know.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use damselfly_common::id::{PeerId, TaskId};
+
+use super::*;
+
+const PIECE: u32 = 1 << 20;
+
+fn tid() -> TaskId {
+    TaskId::new("task")
+}
+
+fn pid(i: usize) -> PeerId {
+    PeerId::new(format!("p{i}"))
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16))
+}
+
+fn meta(n: u32) -> PieceMeta {
+    PieceMeta { number: n, offset: u64::from(n) * u64::from(PIECE), size: PIECE, sha256: [n as u8; 32] }
+}
+
+/// What happens to one transfer at a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Finish,
+    Fail(FailReason),
+    /// Still transferring.
+    Keep,
+}
+
+/// What one peer was told and holds.
+#[derive(Default, Debug)]
+struct View {
+    held: BTreeSet<u32>,
+    known: BTreeSet<u32>,
+    info: bool,
+    total: Option<u32>,
+    failed: bool,
+    done: bool,
+}
+
+/// An in-memory swarm around one scheduler and one task.
+struct Swarm {
+    s: Scheduler,
+    cfg: SchedulerConfig,
+    now: Duration,
+    /// Transfers in progress: (child, piece, parent).
+    pending: Vec<(PeerId, u32, Parent)>,
+    /// Transfers whose parent left: they no longer take one of its upload slots.
+    orphans: Vec<(PeerId, u32, Parent)>,
+    views: BTreeMap<PeerId, View>,
+    /// Peers that left or are gone.
+    gone: BTreeSet<PeerId>,
+    /// Every assignment ever made, in order.
+    log: Vec<(PeerId, Assignment)>,
+    sn_assigned: usize,
+    /// Current uploads per parent (`None`: the supernode), as the peers see them.
+    uploads: HashMap<Option<PeerId>, usize>,
+    peak_peer_uploads: usize,
+    peak_sn_uploads: usize,
+    reported: Vec<(PeerId, u32)>,
+    idle: usize,
+}
+
+impl Swarm {
+    fn new(cfg: SchedulerConfig) -> Self {
+        Self {
+            s: Scheduler::new(cfg.clone()),
+            cfg,
+            now: Duration::ZERO,
+            pending: Vec::new(),
+            orphans: Vec::new(),
+            views: BTreeMap::new(),
+            gone: BTreeSet::new(),
+            log: Vec::new(),
+            sn_assigned: 0,
+            uploads: HashMap::new(),
+            peak_peer_uploads: 0,
+            peak_sn_uploads: 0,
+            reported: Vec::new(),
+            idle: 0,
+        }
+    }
+
+    fn event(&mut self, e: Event) -> Vec<Action> {
+        let actions = self.s.on_event(self.now, e);
+        self.apply(&actions);
+        let sn_pending = self.pending.iter().filter(|(_, _, p)| *p == Parent::Supernode).count();
+        assert_eq!(self.s.supernode_uploads_in_flight(), sn_pending, "supernode slot accounting");
+        actions
+    }
+
+    fn apply(&mut self, actions: &[Action]) {
+        for action in actions {
+            match action {
+                Action::Send { peer, task, msg } => {
+                    assert_eq!(*task, tid());
+                    assert!(!self.gone.contains(peer), "message to departed {peer}");
+                    self.deliver(peer, msg);
+                }
+                Action::PeerReported { peer, strikes, .. } => self.reported.push((peer.clone(), *strikes)),
+                Action::TaskIdle { .. } => self.idle += 1,
+            }
+        }
+    }
+
+    fn deliver(&mut self, peer: &PeerId, msg: &Down) {
+        let view = self.views.entry(peer.clone()).or_default();
+        match msg {
+            Down::TaskInfo { .. } => view.info = true,
+            Down::Pieces(list) => view.known.extend(list.iter().map(|m| m.number)),
+            Down::Complete { total_pieces, .. } => view.total = Some(*total_pieces),
+            Down::Failed { .. } => view.failed = true,
+            Down::Assign(list) => {
+                assert!(!list.is_empty());
+                for a in list.clone() {
+                    self.check_assignment(peer, &a);
+                }
+            }
+        }
+    }
+
+    fn check_assignment(&mut self, child: &PeerId, a: &Assignment) {
+        let view = &self.views[child];
+        assert!(!view.held.contains(&a.piece), "{child} assigned piece {} it holds", a.piece);
+        assert!(view.known.contains(&a.piece), "{child} assigned unknown piece {}", a.piece);
+        assert!(!view.done && !view.failed);
+        let mut all = self.pending.iter().chain(&self.orphans);
+        assert!(!all.any(|(c, p, _)| c == child && *p == a.piece), "double assignment");
+        let in_flight = self.pending.iter().chain(&self.orphans).filter(|(c, _, _)| c == child).count();
+        assert!(in_flight < self.cfg.window_per_peer, "window exceeded");
+        let key = match &a.parent {
+            Parent::Supernode => {
+                self.sn_assigned += 1;
+                None
+            }
+            Parent::Peer { id, addr: parent_addr } => {
+                assert_ne!(id, child);
+                assert!(!self.gone.contains(id), "departed parent {id}");
+                assert!(!self.reported.iter().any(|(r, _)| r == id), "bad parent {id}");
+                assert!(self.views[id].held.contains(&a.piece), "parent {id} lacks piece {}", a.piece);
+                let i: usize = id.as_str()[1..].parse().unwrap();
+                assert_eq!(*parent_addr, addr(i));
+                Some(id.clone())
+            }
+        };
+        let n = self.uploads.entry(key.clone()).or_default();
+        *n += 1;
+        if key.is_some() {
+            self.peak_peer_uploads = self.peak_peer_uploads.max(*n);
+            assert!(*n <= self.cfg.max_uploads_per_peer, "peer upload limit exceeded");
+        } else {
+            self.peak_sn_uploads = self.peak_sn_uploads.max(*n);
+            assert!(*n <= self.cfg.max_supernode_uploads, "supernode upload limit exceeded");
+        }
+        self.pending.push((child.clone(), a.piece, a.parent.clone()));
+        self.log.push((child.clone(), a.clone()));
+    }
+
+    /// The origin fetch: headers, `pieces` pieces, completion.
+    fn origin(&mut self, pieces: u32) {
+        self.start();
+        for n in 0..pieces {
+            self.land(n);
+        }
+        self.complete(pieces);
+    }
+
+    fn start(&mut self) {
+        let len = Some(u64::from(PIECE) * 64);
+        self.event(Event::TaskStarted { task: tid(), content_length: len, piece_size: PIECE });
+    }
+
+    fn land(&mut self, n: u32) -> Vec<Action> {
+        self.event(Event::PieceLanded { task: tid(), piece: meta(n) })
+    }
+
+    fn complete(&mut self, pieces: u32) {
+        let len = u64::from(pieces) * u64::from(PIECE);
+        self.event(Event::OriginComplete { task: tid(), total_pieces: pieces, content_length: len });
+    }
+
+    fn join(&mut self, i: usize, have: Vec<u32>) -> Vec<Action> {
+        let view = self.views.entry(pid(i)).or_default();
+        view.held = have.iter().copied().collect();
+        self.gone.remove(&pid(i));
+        self.event(Event::PeerJoined { task: tid(), peer: pid(i), addr: addr(i), have })
+    }
+
+    fn gone(&mut self, i: usize) {
+        self.departed(i);
+        self.event(Event::PeerGone { peer: pid(i) });
+    }
+
+    fn leave(&mut self, i: usize) {
+        self.departed(i);
+        self.event(Event::PeerLeft { task: tid(), peer: pid(i) });
+    }
+
+    /// The peers' side of a departure: the peer's downloads end, the transfers it serves no
+    /// longer count against its upload slots (the children still report them).
+    fn departed(&mut self, i: usize) {
+        let id = pid(i);
+        self.gone.insert(id.clone());
+        self.pending.retain(|(c, _, _)| *c != id);
+        self.orphans.retain(|(c, _, _)| *c != id);
+        let (orphans, pending) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, _, parent)| matches!(parent, Parent::Peer { id: x, .. } if *x == id));
+        self.pending = pending;
+        self.orphans.extend::<Vec<_>>(orphans);
+        self.recount();
+        if let Some(v) = self.views.get_mut(&id) {
+            *v = View::default();
+        }
+    }
+
+    /// Recomputes the upload counts from the transfers in progress.
+    fn recount(&mut self) {
+        self.uploads.clear();
+        for (_, _, parent) in &self.pending {
+            *self.uploads.entry(parent_key(parent)).or_default() += 1;
+        }
+    }
+
+    /// Settles every transfer in progress as `outcome` says, then reports peers that hold every
+    /// piece as done.
+    fn step(&mut self, mut outcome: impl FnMut(&Self, &PeerId, u32, &Parent) -> Outcome) {
+        self.now += Duration::from_millis(100);
+        let orphans = self.orphans.iter().map(|t| (t.clone(), true));
+        let transfers: Vec<_> = self.pending.iter().map(|t| (t.clone(), false)).chain(orphans).collect();
+        for ((child, piece, parent), orphan) in transfers {
+            let result = outcome(self, &child, piece, &parent);
+            if result == Outcome::Keep {
+                continue;
+            }
+            // Still in progress unless its child departed meanwhile.
+            let list = if orphan { &mut self.orphans } else { &mut self.pending };
+            let Some(i) = list.iter().position(|(c, p, _)| *c == child && *p == piece) else {
+                continue;
+            };
+            let (child, piece, parent) = list.remove(i);
+            if !orphan {
+                *self.uploads.get_mut(&parent_key(&parent)).unwrap() -= 1;
+            }
+            let parent = match parent {
+                Parent::Supernode => None,
+                Parent::Peer { id, .. } => Some(id),
+            };
+            match result {
+                Outcome::Finish => {
+                    self.views.get_mut(&child).unwrap().held.insert(piece);
+                    self.event(Event::PieceFinished { task: tid(), peer: child, piece });
+                }
+                Outcome::Fail(reason) => {
+                    self.event(Event::PieceFailed { task: tid(), peer: child, piece, parent, reason });
+                }
+                Outcome::Keep => unreachable!(),
+            }
+        }
+        self.report_done();
+    }
+
+    fn report_done(&mut self) {
+        let done: Vec<PeerId> = self
+            .views
+            .iter()
+            .filter(|(p, v)| !self.gone.contains(*p) && !v.done && v.total.is_some_and(|t| v.held.len() == t as usize))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in done {
+            self.views.get_mut(&peer).unwrap().done = true;
+            self.event(Event::PeerDone { task: tid(), peer });
+        }
+    }
+
+    /// Steps until nothing is in flight (a tick in between); returns the number of steps.
+    fn run(&mut self, mut outcome: impl FnMut(&Self, &PeerId, u32, &Parent) -> Outcome) -> usize {
+        for steps in 1..=10_000 {
+            self.step(&mut outcome);
+            if self.pending.is_empty() && self.orphans.is_empty() {
+                self.event(Event::Tick);
+                if self.pending.is_empty() {
+                    return steps;
+                }
+            }
+        }
+        panic!("swarm did not settle");
+    }
+
+    fn everyone_done(&self, peers: impl IntoIterator<Item = usize>) -> bool {
+        peers.into_iter().all(|i| self.views[&pid(i)].done)
+    }
+
+    fn assigned_to(&self, i: usize) -> usize {
+        self.log.iter().filter(|(c, _)| *c == pid(i)).count()
+    }
+
+    fn served_by(&self, i: usize) -> usize {
+        self.log.iter().filter(|(_, a)| matches!(&a.parent, Parent::Peer { id, .. } if *id == pid(i))).count()
+    }
+}
+
+fn parent_key(parent: &Parent) -> Option<PeerId> {
+    match parent {
+        Parent::Supernode => None,
+        Parent::Peer { id, .. } => Some(id.clone()),
+    }
+}
+
+fn all_finish(_: &Swarm, _: &PeerId, _: u32, _: &Parent) -> Outcome {
+    Outcome::Finish
+}
+
+fn sends_to(actions: &[Action], peer: &PeerId) -> Vec<Down> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { peer: p, msg, .. } if p == peer => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assigns_in(actions: &[Action]) -> Vec<(PeerId, Assignment)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { peer, msg: Down::Assign(list), .. } => Some((peer.clone(), list.clone())),
+            _ => None,
+        })
+        .flat_map(|(p, list)| list.into_iter().map(move |a| (p.clone(), a)))
+        .collect()
+}
+
+#[test]
+fn eight_peers_one_piece_supernode_serves_one_copy() {
+    for join_first in [false, true] {
+        let mut sw = Swarm::new(SchedulerConfig::default());
+        if join_first {
+            (0..8).for_each(|i| drop(sw.join(i, vec![])));
+            sw.origin(1);
+        } else {
+            sw.join(0, vec![]);
+            sw.origin(1);
+            (1..8).for_each(|i| drop(sw.join(i, vec![])));
+        }
+        sw.run(all_finish);
+        assert!(sw.everyone_done(0..8));
+        assert_eq!(sw.sn_assigned, 1, "supernode copies (join_first {join_first})");
+        assert_eq!(sw.log.len(), 8);
+        assert!(sw.peak_peer_uploads <= 4);
+        assert_eq!(sw.s.supernode_uploads_in_flight(), 0);
+    }
+}
+
+#[test]
+fn eight_peers_sixty_four_pieces_everyone_completes_from_one_supernode_copy_each() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(0, vec![]);
+    sw.origin(64);
+    (1..8).for_each(|i| drop(sw.join(i, vec![])));
+    let steps = sw.run(all_finish);
+    assert!(sw.everyone_done(0..8));
+    for i in 0..8 {
+        assert_eq!(sw.views[&pid(i)].held.len(), 64);
+        assert_eq!(sw.assigned_to(i), 64, "each piece assigned once to each peer");
+    }
+    // A second supernode copy of a piece needs a stalled first copy (none here: every step is
+    // 100 ms, far below `stalled_after`) or no usable holder (nobody leaves or fails), so the
+    // supernode sends each piece exactly once: no slack is needed.
+    assert_eq!(sw.sn_assigned, 64);
+    assert!(sw.peak_peer_uploads <= 4 && sw.peak_peer_uploads > 0);
+    assert!(sw.peak_sn_uploads <= 32);
+    assert!(steps < 64, "the swarm pipelines ({steps} steps)");
+    let summary = sw.s.task_summary(&tid()).unwrap();
+    assert_eq!(summary.phase, TaskPhase::Complete);
+    assert!(summary.peers.iter().all(|p| p.done && p.pieces_held == 64 && p.in_flight == 0));
+    assert_eq!(sw.idle, 1, "task idle once everybody is done");
+}
+
+#[test]
+fn supernode_upload_stays_one_copy_however_many_peers_join() {
+    let mut sw = Swarm::new(SchedulerConfig { seed: 7, ..SchedulerConfig::default() });
+    sw.join(0, vec![]);
+    sw.origin(16);
+    (1..200).for_each(|i| drop(sw.join(i, vec![])));
+    sw.run(all_finish);
+    assert!(sw.everyone_done(0..200));
+    assert_eq!(sw.sn_assigned, 16);
+    assert!(sw.peak_peer_uploads <= 4);
+}
+
+#[test]
+fn rarest_first_spreads_initial_supernode_assignments_over_distinct_pieces() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(0, vec![]);
+    sw.origin(64);
+    (1..5).for_each(|i| drop(sw.join(i, vec![])));
+    let pieces: BTreeSet<u32> = sw.log.iter().map(|(_, a)| a.piece).collect();
+    assert_eq!(sw.log.len(), 30, "5 peers x window 6");
+    assert_eq!(pieces.len(), 30, "no piece fetched twice from the supernode");
+    assert!(sw.log.iter().all(|(_, a)| a.parent == Parent::Supernode));
+    assert_ne!(pieces, (0..30).collect(), "ties are broken at random, not by number");
+
+    // A newcomer next to a peer holding the first half gets the rare second half first, even
+    // though a peer parent is available for the first half.
+    let mut sw2 = Swarm::new(SchedulerConfig::default());
+    sw2.join(0, (0..32).collect());
+    sw2.start();
+    (0..64).for_each(|n| drop(sw2.land(n)));
+    let actions = sw2.join(1, vec![]);
+    let got = assigns_in(&actions);
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|(_, a)| a.piece >= 32 && a.parent == Parent::Supernode), "{got:?}");
+}
+
+#[test]
+fn peers_joining_before_the_origin_answers_get_pieces_as_they_land() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    for i in 0..3 {
+        let actions = sw.join(i, vec![]);
+        assert!(sends_to(&actions, &pid(i)).is_empty(), "nothing known yet");
+    }
+    sw.start();
+    assert!((0..3).all(|i| sw.views[&pid(i)].info));
+    assert!(sw.log.is_empty());
+    for n in 0..4 {
+        let actions = sw.land(n);
+        for i in 0..3 {
+            assert!(sends_to(&actions, &pid(i)).contains(&Down::Pieces(vec![meta(n)])));
+        }
+        let got = assigns_in(&actions);
+        assert_eq!(got.len(), 1, "one supernode copy of piece {n}");
+        assert_eq!(got[0].1, Assignment { piece: n, parent: Parent::Supernode });
+    }
+    sw.step(all_finish);
+    for n in 4..8 {
+        sw.land(n);
+    }
+    sw.complete(8);
+    sw.run(all_finish);
+    assert!(sw.everyone_done(0..3));
+    assert_eq!(sw.sn_assigned, 8);
+}
+
+#[test]
+fn digest_failures_get_a_peer_reported_and_never_used_again() {
+    let cfg = SchedulerConfig { bad_peer_strikes: 4, ..SchedulerConfig::default() };
+    let mut sw = Swarm::new(cfg);
+    sw.join(0, vec![]);
+    sw.origin(8);
+    sw.step(all_finish); // p0 fetched six pieces from the supernode
+    let bad = pid(0);
+    (1..6).for_each(|i| drop(sw.join(i, vec![])));
+    assert!(sw.served_by(0) > 0, "p0 is used as a parent while it looks good");
+    let served_before = sw.served_by(0);
+    sw.run(|_, _, _, parent| match parent {
+        Parent::Peer { id, .. } if *id == pid(0) => Outcome::Fail(FailReason::Digest),
+        _ => Outcome::Finish,
+    });
+    assert_eq!(sw.reported.len(), 1, "reported exactly once: {:?}", sw.reported);
+    assert_eq!(sw.reported[0].0, bad);
+    assert!(sw.reported[0].1 >= 4);
+    assert_eq!(sw.s.bad_peers().len(), 1);
+    assert_eq!(sw.s.bad_peers()[0].0, bad);
+    // At most one round of failures (its upload slots) happened before the report.
+    assert!(sw.served_by(0) <= served_before + 4);
+    assert!(sw.everyone_done(1..6), "the others complete without p0");
+
+    // A late joiner never gets p0 either, even though p0 claims every piece.
+    let actions = sw.join(9, vec![]);
+    sw.run(all_finish);
+    assert!(assigns_in(&actions).iter().all(|(_, a)| a.parent != Parent::Peer { id: bad.clone(), addr: addr(0) }));
+    assert!(sw.everyone_done([9]));
+}
+
+#[test]
+fn child_does_not_get_the_same_failing_parent_for_the_same_piece() {
+    let mut sw = Swarm::new(SchedulerConfig { bad_peer_strikes: 100, ..SchedulerConfig::default() });
+    sw.join(0, vec![0]);
+    sw.origin(1);
+    let actions = sw.join(1, vec![]);
+    assert_eq!(assigns_in(&actions)[0].1.parent, Parent::Peer { id: pid(0), addr: addr(0) });
+    sw.step(|_, _, _, _| Outcome::Fail(FailReason::Transfer));
+    // p0 is the only holder but failed this piece for p1: the supernode serves it.
+    assert_eq!(sw.pending, vec![(pid(1), 0, Parent::Supernode)]);
+    sw.run(all_finish);
+    assert!(sw.everyone_done([1]));
+}
+
+#[test]
+fn a_holder_going_away_mid_download_does_not_stop_the_others() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(0, vec![]);
+    sw.origin(32);
+    (1..6).for_each(|i| drop(sw.join(i, vec![])));
+    for _ in 0..3 {
+        sw.step(all_finish);
+    }
+    assert!(!sw.views[&pid(0)].held.is_empty());
+    let served_before = sw.served_by(0);
+    assert!(served_before > 0);
+    sw.gone(0);
+    assert_eq!(sw.s.peer_count(), 5);
+    // Transfers from the departed peer fail; the children report and get the piece elsewhere.
+    sw.run(|sw, _, _, parent| match parent {
+        Parent::Peer { id, .. } if sw.gone.contains(id) => Outcome::Fail(FailReason::Transfer),
+        _ => Outcome::Finish,
+    });
+    assert_eq!(sw.served_by(0), served_before, "never assigned after it left");
+    assert!(sw.everyone_done(1..6));
+    assert!(sw.s.bad_peers().is_empty(), "one transfer failure each is below the threshold");
+}
+
+#[test]
+fn a_seed_joining_with_every_piece_serves_and_is_never_assigned() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(0, vec![]);
+    sw.origin(16);
+    sw.leave(0);
+    let seed = 10;
+    let actions = sw.join(seed, (0..16).collect());
+    assert!(assigns_in(&actions).is_empty());
+    let sn_before = sw.sn_assigned;
+    (1..5).for_each(|i| drop(sw.join(i, vec![])));
+    sw.run(all_finish);
+    assert!(sw.everyone_done(1..5));
+    assert_eq!(sw.assigned_to(seed), 0);
+    assert!(sw.served_by(seed) > 0);
+    assert_eq!(sw.sn_assigned, sn_before, "the seed holds everything: the supernode serves nothing");
+}
+
+#[test]
+fn a_stalled_supernode_copy_is_retried_after_stalled_after() {
+    let cfg = SchedulerConfig { stalled_after: Duration::from_secs(10), ..SchedulerConfig::default() };
+    let mut sw = Swarm::new(cfg);
+    sw.join(0, vec![]);
+    sw.origin(1);
+    assert_eq!(sw.sn_assigned, 1);
+    sw.join(1, vec![]);
+    assert_eq!(sw.sn_assigned, 1, "p1 waits for p0's copy");
+    sw.now = Duration::from_secs(5);
+    assert!(assigns_in(&sw.event(Event::Tick)).is_empty());
+    sw.now = Duration::from_secs(10);
+    let got = assigns_in(&sw.event(Event::Tick));
+    assert_eq!(got, vec![(pid(1), Assignment { piece: 0, parent: Parent::Supernode })]);
+    assert_eq!(sw.s.supernode_uploads_in_flight(), 2);
+    // Later ticks add nothing: p1's copy is recent.
+    sw.now = Duration::from_secs(11);
+    assert!(assigns_in(&sw.event(Event::Tick)).is_empty());
+    sw.run(all_finish);
+    assert!(sw.everyone_done(0..2));
+}
+
+#[test]
+fn origin_failure_reaches_every_peer_and_stops_assignments() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    (0..4).for_each(|i| drop(sw.join(i, vec![])));
+    sw.start();
+    sw.land(0);
+    let actions = sw.event(Event::OriginFailed { task: tid(), status: Some(404), message: "not found".into() });
+    for i in 0..4 {
+        let msgs = sends_to(&actions, &pid(i));
+        assert_eq!(msgs, vec![Down::Failed { status: Some(404), message: "not found".into() }]);
+    }
+    assert_eq!(sw.idle, 1);
+    assert!(matches!(sw.s.task_summary(&tid()).unwrap().phase, TaskPhase::Failed { status: Some(404), .. }));
+    // The transfer in flight ends; nothing new is assigned.
+    sw.step(all_finish);
+    assert!(sw.pending.is_empty());
+    assert!(assigns_in(&sw.land(1)).is_empty());
+    // A late joiner learns of the failure; the task is forgotten once everybody left.
+    let actions = sw.join(7, vec![]);
+    assert!(sends_to(&actions, &pid(7)).iter().any(|m| matches!(m, Down::Failed { .. })));
+    for i in [0, 1, 2, 3, 7] {
+        sw.gone(i);
+    }
+    assert!(sw.s.tasks().is_empty());
+    assert_eq!(sw.s.peer_count(), 0);
+}
+
+#[test]
+fn an_empty_file_completes_immediately() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(0, vec![]);
+    sw.event(Event::TaskStarted { task: tid(), content_length: Some(0), piece_size: PIECE });
+    sw.complete(0);
+    assert_eq!(sw.idle, 0, "p0 has not reported done yet");
+    let actions = sw.join(1, vec![]);
+    assert_eq!(
+        sends_to(&actions, &pid(1)),
+        vec![
+            Down::TaskInfo { content_length: Some(0), piece_size: PIECE },
+            Down::Complete { total_pieces: 0, content_length: 0 },
+        ]
+    );
+    sw.report_done();
+    assert!(sw.everyone_done(0..2));
+    assert!(sw.log.is_empty());
+    assert_eq!(sw.idle, 1);
+}
+
+#[test]
+fn events_for_unknown_tasks_and_peers_are_ignored() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let other = TaskId::new("nope");
+    let now = Duration::ZERO;
+    let events = vec![
+        Event::TaskStarted { task: other.clone(), content_length: None, piece_size: PIECE },
+        Event::PieceLanded { task: other.clone(), piece: meta(0) },
+        Event::OriginComplete { task: other.clone(), total_pieces: 1, content_length: 1 },
+        Event::OriginFailed { task: other.clone(), status: None, message: String::new() },
+        Event::PieceFinished { task: other.clone(), peer: pid(0), piece: 0 },
+        Event::PieceFailed { task: other.clone(), peer: pid(0), piece: 0, parent: None, reason: FailReason::Digest },
+        Event::PeerDone { task: other.clone(), peer: pid(0) },
+        Event::PeerLeft { task: other.clone(), peer: pid(0) },
+        Event::PeerGone { peer: pid(0) },
+        Event::Tick,
+    ];
+    for e in events {
+        assert!(s.on_event(now, e).is_empty());
+    }
+    assert!(s.tasks().is_empty());
+    assert!(s.task_summary(&other).is_none());
+
+    // Unknown peers (and unassigned pieces) on a known task.
+    s.on_event(now, Event::PeerJoined { task: tid(), peer: pid(0), addr: addr(0), have: vec![u32::MAX] });
+    let strangers = vec![
+        Event::PieceFinished { task: tid(), peer: pid(5), piece: 0 },
+        Event::PieceFailed { task: tid(), peer: pid(0), piece: 3, parent: Some(pid(5)), reason: FailReason::Digest },
+        Event::PeerDone { task: tid(), peer: pid(5) },
+        Event::PeerLeft { task: tid(), peer: pid(5) },
+        Event::PeerGone { peer: pid(5) },
+        Event::PieceLanded { task: tid(), piece: meta(u32::MAX) },
+    ];
+    for e in strangers {
+        assert!(s.on_event(now, e).is_empty());
+    }
+    assert!(s.bad_peers().is_empty());
+    assert_eq!(s.peer_count(), 1);
+}
+
+#[test]
+fn a_parent_named_wrongly_in_a_failure_report_gets_no_strike() {
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(1, vec![0]);
+    sw.origin(1);
+    sw.join(0, vec![]);
+    // p0 got piece 0 from p1 (peers before the supernode); it blames p2 instead.
+    assert_eq!(sw.pending, vec![(pid(0), 0, Parent::Peer { id: pid(1), addr: addr(1) })]);
+    sw.pending.clear();
+    sw.recount();
+    sw.event(Event::PieceFailed {
+        task: tid(),
+        peer: pid(0),
+        piece: 0,
+        parent: Some(pid(2)),
+        reason: FailReason::Digest,
+    });
+    assert!(sw.s.bad_peers().is_empty());
+}
+
+#[test]
+fn summary_views_and_determinism() {
+    let run = |seed| {
+        let mut sw = Swarm::new(SchedulerConfig { seed, ..SchedulerConfig::default() });
+        sw.join(0, vec![]);
+        sw.origin(20);
+        (1..6).for_each(|i| drop(sw.join(i, vec![])));
+        sw.run(all_finish);
+        sw.log
+    };
+    assert_eq!(run(1), run(1), "same seed, same decisions");
+    assert_ne!(run(1), run(2), "the seed matters");
+
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.join(3, vec![1]);
+    sw.start();
+    sw.land(0);
+    let s = sw.s.task_summary(&tid()).unwrap();
+    assert_eq!(s.landed_pieces, 1);
+    assert_eq!(s.total_pieces, None);
+    assert_eq!(s.phase, TaskPhase::Fetching);
+    assert_eq!(s.peers.len(), 1);
+    assert_eq!((s.peers[0].pieces_held, s.peers[0].in_flight, s.peers[0].done), (1, 1, false));
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["phase"], "fetching");
+    assert_eq!(sw.s.tasks(), vec![tid()]);
+}
+
+mod prop {
+    //! Random join / land / finish / fail / leave / done / tick sequences, checked against the
+    //! swarm's invariants after every event.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Join(usize, Vec<u32>),
+        Land,
+        Complete,
+        Finish(usize),
+        Fail(usize, bool),
+        Keep,
+        Leave(usize),
+        Gone(usize),
+        Done(usize),
+        Tick(u64),
+    }
+
+    const PEERS: usize = 6;
+    const PIECES: u32 = 8;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..PEERS, proptest::collection::vec(0..PIECES, 0..4)).prop_map(|(p, h)| Op::Join(p, h)),
+            2 => Just(Op::Land),
+            1 => Just(Op::Complete),
+            6 => (0..64usize).prop_map(Op::Finish),
+            2 => (0..64usize, any::<bool>()).prop_map(|(i, d)| Op::Fail(i, d)),
+            1 => Just(Op::Keep),
+            1 => (0..PEERS).prop_map(Op::Leave),
+            1 => (0..PEERS).prop_map(Op::Gone),
+            1 => (0..PEERS).prop_map(Op::Done),
+            1 => (0..15_000u64).prop_map(Op::Tick),
+        ]
+    }
+
+    /// Checks invariants as the `Swarm` does, with the model updated for the peers' side.
+    struct Model {
+        sw: Swarm,
+        members: BTreeSet<usize>,
+        landed: u32,
+        complete: bool,
+    }
+
+    impl Model {
+        fn new(seed: u64) -> Self {
+            let cfg = SchedulerConfig {
+                window_per_peer: 3,
+                max_uploads_per_peer: 2,
+                max_supernode_uploads: 3,
+                stalled_after: Duration::from_secs(5),
+                bad_peer_strikes: 3,
+                seed,
+            };
+            Self { sw: Swarm::new(cfg), members: BTreeSet::new(), landed: 0, complete: false }
+        }
+
+        fn apply(&mut self, op: Op) {
+            let sw = &mut self.sw;
+            match op {
+                Op::Join(p, have) => {
+                    if self.members.contains(&p) {
+                        sw.departed(p);
+                    }
+                    self.members.insert(p);
+                    sw.join(p, have);
+                }
+                Op::Land if !self.complete && self.landed < PIECES => {
+                    if self.landed == 0 {
+                        sw.start();
+                    }
+                    sw.land(self.landed);
+                    self.landed += 1;
+                }
+                Op::Complete if !self.complete && self.landed > 0 => {
+                    self.complete = true;
+                    sw.complete(self.landed);
+                }
+                Op::Finish(i) | Op::Fail(i, _) if !sw.pending.is_empty() || !sw.orphans.is_empty() => {
+                    self.settle(i, op)
+                }
+                Op::Keep => sw.now += Duration::from_millis(100),
+                Op::Leave(p) if self.members.remove(&p) => sw.leave(p),
+                Op::Gone(p) if self.members.remove(&p) => sw.gone(p),
+                Op::Done(p) if self.members.contains(&p) => self.done(p),
+                Op::Tick(ms) => {
+                    sw.now += Duration::from_millis(ms);
+                    sw.event(Event::Tick);
+                }
+                _ => {}
+            }
+        }
+
+        fn settle(&mut self, i: usize, op: Op) {
+            let sw = &mut self.sw;
+            let i = i % (sw.pending.len() + sw.orphans.len());
+            let (child, piece, parent) = if i < sw.pending.len() {
+                let t = sw.pending.remove(i);
+                *sw.uploads.get_mut(&parent_key(&t.2)).unwrap() -= 1;
+                t
+            } else {
+                sw.orphans.remove(i - sw.pending.len())
+            };
+            let key = parent_key(&parent);
+            match op {
+                Op::Finish(_) => {
+                    sw.views.get_mut(&child).unwrap().held.insert(piece);
+                    sw.event(Event::PieceFinished { task: tid(), peer: child, piece });
+                }
+                Op::Fail(_, digest) => {
+                    let reason = if digest { FailReason::Digest } else { FailReason::Transfer };
+                    if let (true, Some(id)) = (digest, &key) {
+                        // The parent served a bad copy: it no longer holds the piece.
+                        if let Some(v) = sw.views.get_mut(id) {
+                            v.held.remove(&piece);
+                        }
+                    }
+                    sw.event(Event::PieceFailed { task: tid(), peer: child, piece, parent: key, reason });
+                }
+                _ => unreachable!(),
+            }
+        }
+
+        fn done(&mut self, p: usize) {
+            let id = pid(p);
+            let sw = &mut self.sw;
+            let v = sw.views.get_mut(&id).unwrap();
+            if v.done {
+                return;
+            }
+            v.done = true;
+            v.held.extend(0..self.landed);
+            sw.pending.retain(|(c, _, _)| *c != id);
+            sw.orphans.retain(|(c, _, _)| *c != id);
+            sw.recount();
+            sw.event(Event::PeerDone { task: tid(), peer: id });
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn random_swarms_keep_the_invariants(seed in any::<u64>(), ops in proptest::collection::vec(op(), 1..120)) {
+            let mut m = Model::new(seed);
+            for op in ops {
+                m.apply(op);
+                // The swarm's checks run on every event; cross-check the scheduler's own view.
+                let summary = m.sw.s.task_summary(&tid());
+                if let Some(summary) = summary {
+                    for p in &summary.peers {
+                        let i: usize = p.id.as_str()[1..].parse().unwrap();
+                        prop_assert!(m.members.contains(&i));
+                        prop_assert!(p.in_flight <= 3);
+                    }
+                }
+            }
+        }
+    }
+}
