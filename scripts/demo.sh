@@ -23,7 +23,7 @@ source scripts/env.sh
 
 LAYERS="${LAYERS:-64MiB,32MiB,16MiB,4MiB,1KiB}"
 DAEMONS="${DAEMONS:-3}"
-BIN_DIR="${BIN_DIR:-target/release}"
+BIN_DIR="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 export RUST_LOG="${RUST_LOG:-info}"
 REPO=demo/app
 TAG=v1

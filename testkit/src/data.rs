@@ -104,7 +104,8 @@ mod tests {
         let data = random_bytes(256 << 20, 1);
         let took = start.elapsed();
         assert_eq!(data.len(), 256 << 20);
-        assert!(took.as_secs_f64() < 2.0, "256 MiB took {took:?}");
+        // Typically 0.3 s on two idle cores (debug build); the margin is for a loaded CI machine.
+        assert!(took.as_secs_f64() < 3.0, "256 MiB took {took:?}");
     }
 
     #[test]

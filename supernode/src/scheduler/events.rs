@@ -239,7 +239,9 @@ impl Scheduler {
                 fresh.supernode |= drop_holding(task, ps, piece);
             }
         }
-        if let Some(blamed) = blamed {
+        // A transfer from a parent that already left was bound to fail: no strike for that.
+        let departed = matches!(source, Source::Peer { gid: None, .. });
+        if let Some(blamed) = blamed.filter(|_| !(departed && reason == FailReason::Transfer)) {
             fresh.supernode |= self.strike(now, blamed, id, reason, out);
         }
         let Some(task) = self.tasks.get_mut(id) else {

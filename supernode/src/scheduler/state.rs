@@ -66,7 +66,7 @@ impl BitSet {
             if wi == first {
                 w &= !0u64 << (from % 64);
             }
-            if wi + 1 == last && to % 64 != 0 {
+            if wi + 1 == last && !to.is_multiple_of(64) {
                 w &= (1u64 << (to % 64)) - 1;
             }
             let base = wi * 64;

@@ -262,6 +262,10 @@ impl Swarm {
                     self.event(Event::PieceFinished { task: tid(), peer: child, piece });
                 }
                 Outcome::Fail(reason) => {
+                    if let (FailReason::Digest, Some(id)) = (reason, &parent) {
+                        // The parent served a bad copy: it no longer holds the piece.
+                        self.views.get_mut(id).map(|v| v.held.remove(&piece));
+                    }
                     self.event(Event::PieceFailed { task: tid(), peer: child, piece, parent, reason });
                 }
                 Outcome::Keep => unreachable!(),
@@ -274,7 +278,9 @@ impl Swarm {
         let done: Vec<PeerId> = self
             .views
             .iter()
-            .filter(|(p, v)| !self.gone.contains(*p) && !v.done && v.total.is_some_and(|t| v.held.len() == t as usize))
+            .filter(|(p, v)| {
+                !self.gone.contains(*p) && !v.done && v.total.is_some_and(|t| (0..t).all(|n| v.held.contains(&n)))
+            })
             .map(|(p, _)| p.clone())
             .collect();
         for peer in done {
@@ -519,7 +525,7 @@ fn a_holder_going_away_mid_download_does_not_stop_the_others() {
     });
     assert_eq!(sw.served_by(0), served_before, "never assigned after it left");
     assert!(sw.everyone_done(1..6));
-    assert!(sw.s.bad_peers().is_empty(), "one transfer failure each is below the threshold");
+    assert!(sw.s.bad_peers().is_empty(), "transfer failures from a departed parent are no strikes");
 }
 
 #[test]
@@ -761,6 +767,8 @@ mod prop {
 
         fn apply(&mut self, op: Op) {
             let sw = &mut self.sw;
+            // The shell starts the origin fetch when the first peer joins.
+            let started = !sw.s.tasks().is_empty();
             match op {
                 Op::Join(p, have) => {
                     if self.members.contains(&p) {
@@ -769,14 +777,14 @@ mod prop {
                     self.members.insert(p);
                     sw.join(p, have);
                 }
-                Op::Land if !self.complete && self.landed < PIECES => {
+                Op::Land if started && !self.complete && self.landed < PIECES => {
                     if self.landed == 0 {
                         sw.start();
                     }
                     sw.land(self.landed);
                     self.landed += 1;
                 }
-                Op::Complete if !self.complete && self.landed > 0 => {
+                Op::Complete if started && !self.complete && self.landed > 0 => {
                     self.complete = true;
                     sw.complete(self.landed);
                 }
@@ -841,8 +849,38 @@ mod prop {
         }
     }
 
+    impl Model {
+        /// Liveness: once the origin completes and transfers succeed, every member finishes.
+        fn finish_everyone(&mut self) -> usize {
+            if self.sw.s.tasks().is_empty() {
+                return 0;
+            }
+            while !self.complete && self.landed < PIECES {
+                self.apply(Op::Land);
+            }
+            if !self.complete {
+                self.complete = true;
+                self.sw.complete(self.landed);
+            }
+            for round in 0..200 {
+                self.sw.report_done();
+                if self.members.iter().all(|&p| self.sw.views[&pid(p)].done) {
+                    return round;
+                }
+                self.sw.step(|sw, _, _, parent| match parent {
+                    Parent::Peer { id, .. } if sw.gone.contains(id) => Outcome::Fail(FailReason::Transfer),
+                    _ => Outcome::Finish,
+                });
+                self.sw.now += Duration::from_secs(6);
+                self.sw.event(Event::Tick);
+            }
+            panic!("members never finished: {:?}", self.sw.views);
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        // No regression file: this crate's tree is shared; a failure prints its minimal input.
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn random_swarms_keep_the_invariants(seed in any::<u64>(), ops in proptest::collection::vec(op(), 1..120)) {
             let mut m = Model::new(seed);
@@ -858,6 +896,8 @@ mod prop {
                     }
                 }
             }
+            m.finish_everyone();
+            prop_assert_eq!(m.sw.s.supernode_uploads_in_flight(), 0);
         }
     }
 }
