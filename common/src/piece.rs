@@ -7,6 +7,9 @@
 //! keep about 128-256 pieces until the 16 MiB cap (4 GiB and beyond). A file whose length the
 //! origin does not announce uses [`UNKNOWN_LENGTH_PIECE_SIZE`]. An empty file has no pieces.
 
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest as _, Sha256};
+
 /// Smallest piece size.
 pub const MIN_PIECE_SIZE: u32 = 1 << 20;
 /// Largest piece size.
@@ -41,6 +44,83 @@ pub fn piece_range(len: u64, piece_size: u32, number: u32) -> Option<(u64, u32)>
     Some((offset, size))
 }
 
+/// A piece cut from the body: its bytes and sha256.
+pub struct CutPiece {
+    /// Piece number.
+    pub number: u32,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length.
+    pub size: u32,
+    /// sha256 of the bytes.
+    pub sha256: [u8; 32],
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// Cuts a byte stream into pieces of a fixed size, hashing each piece and the whole.
+pub struct PieceCutter {
+    piece_size: usize,
+    buf: BytesMut,
+    total: u64,
+    count: u32,
+    whole: Sha256,
+}
+
+impl PieceCutter {
+    /// A cutter for pieces of `piece_size` bytes.
+    pub fn new(piece_size: u32) -> Self {
+        Self { piece_size: piece_size as usize, buf: BytesMut::new(), total: 0, count: 0, whole: Sha256::new() }
+    }
+
+    /// Feeds the next bytes of the stream; returns the pieces they completed.
+    pub fn push(&mut self, mut chunk: Bytes) -> Vec<CutPiece> {
+        self.whole.update(&chunk);
+        self.total += chunk.len() as u64;
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(self.piece_size);
+            }
+            let take = (self.piece_size - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk.split_to(take));
+            if self.buf.len() == self.piece_size {
+                out.push(self.cut());
+            }
+        }
+        out
+    }
+
+    /// The last, partial piece at the end of the stream.
+    pub fn finish(&mut self) -> Option<CutPiece> {
+        (!self.buf.is_empty()).then(|| self.cut())
+    }
+
+    /// Bytes fed so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Pieces cut so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// sha256 of every byte fed so far.
+    pub fn whole_digest(&self) -> [u8; 32] {
+        self.whole.clone().finalize().into()
+    }
+
+    fn cut(&mut self) -> CutPiece {
+        let data = self.buf.split().freeze();
+        let size = data.len() as u32;
+        let offset = u64::from(self.count) * self.piece_size as u64;
+        let piece = CutPiece { number: self.count, offset, size, sha256: Sha256::digest(&data).into(), data };
+        self.count += 1;
+        piece
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +147,32 @@ mod tests {
             let total: u64 = (0..count).map(|n| u64::from(piece_range(len, p, n).expect("in range").1)).sum();
             assert_eq!(total, len);
             assert_eq!(piece_range(len, p, count), None);
+        }
+    }
+
+    #[test]
+    fn cutter_handles_interesting_sizes_and_chunkings() {
+        let p = 1024usize;
+        for len in [0, 1, p - 1, p, p + 1, 3 * p + 5] {
+            for chunk in [1, 7, p - 1, p, p + 3, 10 * p] {
+                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let mut c = PieceCutter::new(p as u32);
+                let mut pieces = Vec::new();
+                for part in data.chunks(chunk) {
+                    pieces.extend(c.push(Bytes::copy_from_slice(part)));
+                }
+                pieces.extend(c.finish());
+                assert_eq!(pieces.len(), len.div_ceil(p), "len {len} chunk {chunk}");
+                let mut joined = Vec::new();
+                for (i, piece) in pieces.iter().enumerate() {
+                    assert_eq!(piece.number as usize, i);
+                    assert_eq!(piece.offset as usize, i * p);
+                    assert_eq!(piece.sha256, <[u8; 32]>::from(Sha256::digest(&piece.data)));
+                    joined.extend_from_slice(&piece.data);
+                }
+                assert_eq!(joined, data);
+                assert_eq!(c.total as usize, len);
+            }
         }
     }
 }

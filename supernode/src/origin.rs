@@ -8,11 +8,9 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use damselfly_common::id::{Sha256Digest, TaskId};
-use damselfly_common::piece::piece_size;
+use damselfly_common::piece::{piece_size, CutPiece, PieceCutter};
 use futures_util::StreamExt;
-use sha2::{Digest as _, Sha256};
 use tracing::{info, instrument, warn};
 
 use crate::cache::{CacheState, CachedTask};
@@ -133,7 +131,7 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
             land(shared, entry, &req.task, piece).await?;
         }
     }
-    let (total, whole) = (cutter.total, cutter.whole.clone().finalize());
+    let (total, whole) = (cutter.total(), cutter.whole_digest());
     if let Some(piece) = cutter.finish() {
         land(shared, entry, &req.task, piece).await?;
     }
@@ -142,13 +140,13 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
             return Err(OriginError::Length { got: total, expected });
         }
     }
-    let got = Sha256Digest(whole.into());
+    let got = Sha256Digest(whole);
     if let Some(expected) = req.digest {
         if expected != got {
             return Err(OriginError::Digest { got, expected });
         }
     }
-    Ok((total, cutter.count))
+    Ok((total, cutter.count()))
 }
 
 /// Writes a piece to the cache file, then makes it servable and tells the scheduler.
@@ -182,89 +180,9 @@ fn forwardable(name: &str) -> bool {
     !SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
-/// A piece cut from the body: its bytes and sha256.
-struct CutPiece {
-    number: u32,
-    offset: u64,
-    size: u32,
-    sha256: [u8; 32],
-    data: Bytes,
-}
-
-/// Cuts a byte stream into pieces of a fixed size, hashing each piece and the whole.
-struct PieceCutter {
-    piece_size: usize,
-    buf: BytesMut,
-    total: u64,
-    count: u32,
-    whole: Sha256,
-}
-
-impl PieceCutter {
-    fn new(piece_size: u32) -> Self {
-        Self { piece_size: piece_size as usize, buf: BytesMut::new(), total: 0, count: 0, whole: Sha256::new() }
-    }
-
-    fn push(&mut self, mut chunk: Bytes) -> Vec<CutPiece> {
-        self.whole.update(&chunk);
-        self.total += chunk.len() as u64;
-        let mut out = Vec::new();
-        while !chunk.is_empty() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(self.piece_size);
-            }
-            let take = (self.piece_size - self.buf.len()).min(chunk.len());
-            self.buf.extend_from_slice(&chunk.split_to(take));
-            if self.buf.len() == self.piece_size {
-                out.push(self.cut());
-            }
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Option<CutPiece> {
-        (!self.buf.is_empty()).then(|| self.cut())
-    }
-
-    fn cut(&mut self) -> CutPiece {
-        let data = self.buf.split().freeze();
-        let size = data.len() as u32;
-        let offset = u64::from(self.count) * self.piece_size as u64;
-        let piece = CutPiece { number: self.count, offset, size, sha256: Sha256::digest(&data).into(), data };
-        self.count += 1;
-        piece
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cutter_handles_interesting_sizes_and_chunkings() {
-        let p = 1024usize;
-        for len in [0, 1, p - 1, p, p + 1, 3 * p + 5] {
-            for chunk in [1, 7, p - 1, p, p + 3, 10 * p] {
-                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-                let mut c = PieceCutter::new(p as u32);
-                let mut pieces = Vec::new();
-                for part in data.chunks(chunk) {
-                    pieces.extend(c.push(Bytes::copy_from_slice(part)));
-                }
-                pieces.extend(c.finish());
-                assert_eq!(pieces.len(), len.div_ceil(p), "len {len} chunk {chunk}");
-                let mut joined = Vec::new();
-                for (i, piece) in pieces.iter().enumerate() {
-                    assert_eq!(piece.number as usize, i);
-                    assert_eq!(piece.offset as usize, i * p);
-                    assert_eq!(piece.sha256, <[u8; 32]>::from(Sha256::digest(&piece.data)));
-                    joined.extend_from_slice(&piece.data);
-                }
-                assert_eq!(joined, data);
-                assert_eq!(c.total as usize, len);
-            }
-        }
-    }
 
     #[test]
     fn credentials_headers_are_forwarded_but_hop_by_hop_are_not() {
