@@ -36,6 +36,10 @@ pub struct DaemonConfig {
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
+    /// A download that makes no progress through the swarm for this long falls back to the
+    /// origin (when `origin_fallback` allows). Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// Fetch from the origin directly when no supernode is reachable. Default true (dfget's
     /// embedded peer turns it off: without a swarm it has nothing to add).
     pub origin_fallback: bool,
@@ -54,6 +58,7 @@ impl Default for DaemonConfig {
             cache_quota: None,
             ca_cert: None,
             piece_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(5),
             origin_fallback: true,
         }
     }
@@ -98,12 +103,17 @@ impl DaemonConfig {
                 return Err(ConfigError::Invalid(format!("supernode {s:?} must be HOST:PORT")));
             }
         }
-        if self.piece_timeout.is_zero() {
-            return Err(ConfigError::Invalid("piece_timeout must be greater than zero".into()));
+        if self.piece_timeout.is_zero() || self.stall_timeout.is_zero() {
+            return Err(ConfigError::Invalid("piece_timeout and stall_timeout must be greater than zero".into()));
         }
         url::Url::parse(&self.registry)
             .map_err(|e| ConfigError::Invalid(format!("registry {:?} is not a URL: {e}", self.registry)))?;
         Ok(())
+    }
+
+    /// True when `host` (as engines name it, `HOST:PORT`) is reached over plain HTTP.
+    pub fn is_insecure(&self, host: &str) -> bool {
+        self.insecure_registries.iter().any(|h| h.eq_ignore_ascii_case(host))
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, instrument, warn};
 
-use crate::storage::{LocalTask, PieceInfo, TaskFailure};
+use crate::storage::{LocalTask, PieceInfo, TaskFailure, TaskStatus};
 use crate::Daemon;
 
 /// What a download needs besides the task id.
@@ -66,14 +66,38 @@ struct Fetched {
     result: Result<Bytes, FetchError>,
 }
 
+/// Why the swarm did not deliver a task.
+#[derive(Debug)]
+enum SwarmError {
+    /// The swarm cannot deliver now (supernode unreachable or lost, no progress): the origin may.
+    Unavailable(String),
+    /// The task itself failed (origin error, digest mismatch, local storage): final.
+    Failed(TaskFailure),
+}
+
+impl From<TaskFailure> for SwarmError {
+    fn from(f: TaskFailure) -> Self {
+        Self::Failed(f)
+    }
+}
+
 /// Runs the download of `task` to its end (done or failed).
 #[instrument(skip_all, fields(task = %task.id))]
 pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest) {
     daemon.metrics.tasks_running.inc();
-    let outcome = drive(&daemon, &task, &req).await;
+    let outcome = match drive(&daemon, &task, &req).await {
+        Ok(()) => Ok(()),
+        Err(SwarmError::Failed(f)) => Err(f),
+        Err(SwarmError::Unavailable(reason)) if daemon.config.origin_fallback => {
+            warn!(%reason, "swarm unavailable: falling back to the origin");
+            crate::fallback::from_origin(&daemon, &task, &req).await
+        }
+        Err(SwarmError::Unavailable(reason)) => Err(TaskFailure { origin_status: None, message: reason }),
+    };
     daemon.metrics.tasks_running.dec();
     match outcome {
         Ok(()) => {
+            task.update(|v| v.status = TaskStatus::Done);
             daemon.metrics.tasks_completed.inc();
         }
         Err(failure) => {
@@ -84,10 +108,10 @@ pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest
     };
 }
 
-async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), TaskFailure> {
-    let fail = |message: String| TaskFailure { origin_status: None, message };
-    let sn = daemon.supernode_connection().await.map_err(|e| fail(format!("supernode unreachable: {e:#}")))?;
-    let (mut send, recv) = sn.open_bi().await.map_err(|e| fail(format!("supernode connection broke: {e}")))?;
+async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
+    let unavailable = |m: String| SwarmError::Unavailable(m);
+    let sn = daemon.supernode_connection().await.map_err(|e| unavailable(format!("supernode unreachable: {e:#}")))?;
+    let (mut send, recv) = sn.open_bi().await.map_err(|e| unavailable(format!("supernode connection broke: {e}")))?;
     let register = pb::Register {
         task_id: task.id.to_string(),
         url: req.url.to_string(),
@@ -100,25 +124,11 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
     };
-    write_frame(&mut send, &first).await.map_err(|e| fail(format!("cannot register with the supernode: {e}")))?;
+    write_frame(&mut send, &first)
+        .await
+        .map_err(|e| unavailable(format!("cannot register with the supernode: {e}")))?;
     let (down_tx, mut down_rx) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        let mut recv = recv;
-        loop {
-            match read_frame::<pb::ControlDown>(&mut recv).await {
-                Ok(Some(m)) => {
-                    if down_tx.send(Ok(m)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = down_tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
+    let reader = tokio::spawn(read_downs(recv, down_tx));
     let mut state = Conductor {
         daemon: daemon.clone(),
         task: task.clone(),
@@ -130,7 +140,30 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
     };
     let result = state.run(&mut down_rx).await;
     reader.abort();
+    if result.is_err() {
+        let leave = pb::ControlUp { kind: Some(pb::control_up::Kind::Leave(pb::Leave {})) };
+        let _ = write_frame(&mut state.send, &leave).await;
+        let _ = state.send.finish();
+    }
     result
+}
+
+/// Forwards the supernode's messages, so the conductor can select on them safely.
+async fn read_downs(mut recv: quinn::RecvStream, tx: mpsc::UnboundedSender<Result<pb::ControlDown, TransportError>>) {
+    loop {
+        match read_frame::<pb::ControlDown>(&mut recv).await {
+            Ok(Some(m)) => {
+                if tx.send(Ok(m)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
 }
 
 struct Conductor {
@@ -146,33 +179,41 @@ struct Conductor {
 type DownRx = mpsc::UnboundedReceiver<Result<pb::ControlDown, TransportError>>;
 
 impl Conductor {
-    async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), TaskFailure> {
-        let lost = |m: String| TaskFailure { origin_status: None, message: format!("lost the supernode: {m}") };
+    async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), SwarmError> {
+        let lost = |m: String| SwarmError::Unavailable(format!("lost the supernode: {m}"));
+        let stall = self.daemon.config.stall_timeout;
+        let mut last_progress = tokio::time::Instant::now();
         loop {
             if self.complete && self.task.view().complete() {
                 let done = pb::ControlUp { kind: Some(pb::control_up::Kind::Done(pb::TaskDone {})) };
                 let _ = write_frame(&mut self.send, &done).await;
                 let _ = self.send.finish();
-                self.task.update(|v| v.status = crate::storage::TaskStatus::Done);
                 return Ok(());
             }
             tokio::select! {
-                down = down_rx.recv() => match down {
-                    Some(Ok(msg)) => self.on_down(msg).await?,
-                    Some(Err(e)) => return Err(lost(e.to_string())),
-                    None => return Err(lost("control stream closed".into())),
+                down = down_rx.recv() => {
+                    last_progress = tokio::time::Instant::now();
+                    match down {
+                        Some(Ok(msg)) => self.on_down(msg).await?,
+                        Some(Err(e)) => return Err(lost(e.to_string())),
+                        None => return Err(lost("control stream closed".into())),
+                    }
                 },
                 Some(joined) = self.fetches.join_next(), if !self.fetches.is_empty() => {
-                    match joined {
-                        Ok(f) => self.on_fetched(f).await.map_err(|e| lost(e.to_string()))?,
-                        Err(e) => return Err(TaskFailure { origin_status: None, message: format!("piece fetch panicked: {e}") }),
+                    let f = joined.map_err(|e| TaskFailure { origin_status: None, message: format!("piece fetch panicked: {e}") })?;
+                    if f.result.is_ok() {
+                        last_progress = tokio::time::Instant::now();
                     }
+                    self.on_fetched(f).await.map_err(|e| lost(e.to_string()))?;
+                }
+                _ = tokio::time::sleep_until(last_progress + stall) => {
+                    return Err(SwarmError::Unavailable(format!("no progress through the swarm for {stall:?}")));
                 }
             }
         }
     }
 
-    async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), TaskFailure> {
+    async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), SwarmError> {
         use pb::control_down::Kind;
         match msg.kind {
             Some(Kind::TaskInfo(info)) => self.task.set_info(info.content_length, info.piece_size).map_err(|e| {
@@ -201,9 +242,17 @@ impl Conductor {
                 }
                 self.complete = true;
             }
+            Some(Kind::Failed(f)) if f.status != 0 => {
+                // The origin answered with an error: final, the daemon would get the same.
+                return Err(SwarmError::Failed(TaskFailure {
+                    origin_status: Some(f.status as u16),
+                    message: f.message,
+                }));
+            }
             Some(Kind::Failed(f)) => {
-                let origin_status = (f.status != 0).then_some(f.status as u16);
-                return Err(TaskFailure { origin_status, message: f.message });
+                // The supernode could not deliver (origin unreachable from it, bad content,
+                // refused registration): the origin itself may still serve this host.
+                return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
             }
             None => {}
         }

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::download::DownloadRequest;
-use crate::storage::{LocalTask, TaskStatus, TaskView};
+use crate::storage::{LocalTask, TaskFailure, TaskStatus, TaskView};
 use crate::{Daemon, ShutdownSignal};
+use sha2::{Digest as _, Sha256};
 
 /// Largest chunk a response body yields at once.
 const BODY_CHUNK: usize = 1 << 20;
@@ -54,6 +55,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/download", post(download))
         .route("/api/v1/tasks/{id}", get(task_status))
+        .merge(crate::mirror::routes())
         .with_state(daemon)
 }
 
@@ -143,25 +145,21 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
 /// Answers with the task's bytes, streamed in order as pieces arrive. Errors before the first
 /// byte become an error status; later ones break the body off (the client sees a short body).
 pub async fn stream_task(task: Arc<LocalTask>) -> Response {
-    let mut rx = task.subscribe();
-    let started = rx.wait_for(|v| v.status != TaskStatus::Pending || v.complete()).await.map(|v| v.clone());
-    let view = match started {
+    let view = match wait_started(&task).await {
         Ok(v) => v,
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "download vanished".into(), None),
+        Err(f) => {
+            let status = match f.origin_status {
+                Some(404) => StatusCode::NOT_FOUND,
+                Some(401) => StatusCode::UNAUTHORIZED,
+                Some(403) => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            return error(status, f.message, f.origin_status);
+        }
     };
-    if let TaskStatus::Failed(f) = &view.status {
-        let status = match f.origin_status {
-            Some(404) => StatusCode::NOT_FOUND,
-            Some(401) => StatusCode::UNAUTHORIZED,
-            Some(403) => StatusCode::FORBIDDEN,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        return error(status, f.message.clone(), f.origin_status);
-    }
     let task_id = task.id.to_string();
-    let stream =
-        futures_util::stream::unfold(Reader { task, rx, piece: 0, offset_in_piece: 0, finished: false }, Reader::next);
-    let mut resp = Response::new(Body::from_stream(stream));
+    let end = view.content_length;
+    let mut resp = Response::new(body(task, 0, end, None));
     if let Some(len) = view.content_length {
         resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -172,47 +170,109 @@ pub async fn stream_task(task: Arc<LocalTask>) -> Response {
     resp
 }
 
+/// Waits until the task's length and piece size are known (or it failed).
+pub async fn wait_started(task: &LocalTask) -> Result<TaskView, TaskFailure> {
+    let mut rx = task.subscribe();
+    let view = rx
+        .wait_for(|v| v.status != TaskStatus::Pending || v.complete())
+        .await
+        .map(|v| v.clone())
+        .map_err(|_| TaskFailure { origin_status: None, message: "download vanished".into() })?;
+    match view.status {
+        TaskStatus::Failed(f) => Err(f),
+        _ => Ok(view),
+    }
+}
+
+/// A body streaming bytes `start..end` of the task (`end` None: to the end, length unknown).
+/// With `verify`, the whole content is hashed as it streams and the last chunk is held back
+/// unless it matches: on a mismatch the body breaks off and the task is purged.
+pub fn body(task: Arc<LocalTask>, start: u64, end: Option<u64>, verify: Option<Verify>) -> Body {
+    let rx = task.subscribe();
+    let verify = verify.map(|v| (v, Sha256::new()));
+    let reader = Reader { task, rx, pos: start, end, verify, finished: false };
+    Body::from_stream(futures_util::stream::unfold(reader, Reader::next))
+}
+
+/// What a body checks the whole content against, and what it does on a mismatch.
+pub struct Verify {
+    /// Expected digest of the whole content.
+    pub digest: Sha256Digest,
+    /// Called with the reason when the content does not match (purges the task).
+    pub on_mismatch: Box<dyn Fn(String) + Send + Sync>,
+}
+
 /// Reads a task front to back, waiting for each piece.
 struct Reader {
     task: Arc<LocalTask>,
     rx: watch::Receiver<TaskView>,
-    piece: u32,
-    offset_in_piece: u32,
+    /// Next byte to send.
+    pos: u64,
+    /// One past the last byte to send, when known.
+    end: Option<u64>,
+    verify: Option<(Verify, Sha256)>,
     finished: bool,
 }
 
 impl Reader {
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
-        if self.finished {
+        if self.finished || self.end.is_some_and(|e| self.pos >= e) {
             return None;
         }
-        let n = self.piece;
+        let pos = self.pos;
         let ready = self
             .rx
             .wait_for(|v| {
-                v.has(n) || matches!(v.status, TaskStatus::Failed(_)) || v.total_pieces.is_some_and(|t| n >= t)
+                let n = piece_at(v, pos);
+                n.is_some_and(|n| v.has(n))
+                    || matches!(v.status, TaskStatus::Failed(_))
+                    || v.complete() && v.content_length.is_some_and(|l| pos >= l)
             })
             .await
-            .map(|v| (v.status.clone(), v.total_pieces, v.piece(n).cloned()));
-        let (status, total, info) = match ready {
+            .map(|v| (v.status.clone(), v.content_length, piece_at(&v, pos).and_then(|n| v.piece(n).cloned())));
+        let (status, len, info) = match ready {
             Ok(r) => r,
             Err(_) => return Some((Err(std::io::Error::other("download vanished")), self.stop())),
         };
         if let TaskStatus::Failed(f) = status {
             return Some((Err(std::io::Error::other(f.message)), self.stop()));
         }
-        if total.is_some_and(|t| n >= t) {
-            return None;
+        let Some(info) = info else {
+            // Past the end of a file whose length was unknown until now.
+            return if len.is_some_and(|l| pos >= l) {
+                None
+            } else {
+                Some((Err(std::io::Error::other("piece table incomplete")), self.stop()))
+            };
+        };
+        let piece_end = info.offset + u64::from(info.size);
+        let stop_at = self.end.map_or(piece_end, |e| e.min(piece_end));
+        let n = (stop_at - pos).min(BODY_CHUNK as u64) as usize;
+        let chunk = match self.task.read_at(pos, n).await {
+            Ok(c) => c,
+            Err(e) => return Some((Err(e), self.stop())),
+        };
+        self.pos += n as u64;
+        if let Err(e) = self.check_digest(&chunk, len) {
+            return Some((Err(e), self.stop()));
         }
-        let info = info?;
-        let len = ((info.size - self.offset_in_piece) as usize).min(BODY_CHUNK);
-        let chunk = self.task.read_at(info.offset + u64::from(self.offset_in_piece), len).await;
-        self.offset_in_piece += len as u32;
-        if self.offset_in_piece >= info.size {
-            self.piece += 1;
-            self.offset_in_piece = 0;
+        Some((Ok(chunk), self))
+    }
+
+    /// Hashes `chunk`; at the last byte, compares with the expected digest.
+    fn check_digest(&mut self, chunk: &Bytes, len: Option<u64>) -> std::io::Result<()> {
+        let Some((expected, hasher)) = self.verify.as_mut() else { return Ok(()) };
+        hasher.update(chunk);
+        if len.is_some_and(|l| self.pos >= l) {
+            let got: [u8; 32] = hasher.clone().finalize().into();
+            if got != expected.digest.0 {
+                let message = format!("content digest {} does not match {}", Sha256Digest(got), expected.digest);
+                tracing::error!(task = %self.task.id, %message, "content does not match its digest: purging task");
+                (expected.on_mismatch)(message.clone());
+                return Err(std::io::Error::other(message));
+            }
         }
-        Some((chunk, self))
+        Ok(())
     }
 
     /// After an error the next poll ends the stream.
@@ -220,4 +280,9 @@ impl Reader {
         self.finished = true;
         self
     }
+}
+
+/// The number of the piece holding byte `pos`, once the piece size is known.
+fn piece_at(v: &TaskView, pos: u64) -> Option<u32> {
+    (v.piece_size > 0).then(|| (pos / u64::from(v.piece_size)) as u32)
 }

@@ -7,9 +7,11 @@
 
 pub mod config;
 pub mod download;
+pub mod fallback;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod mirror;
 pub mod storage;
 
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +48,10 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// Connections to parents and the supernode.
     pub pool: ConnectionPool,
+    /// HTTP client for registries and origins (mirror pass-through, origin fallback).
+    pub http: reqwest::Client,
+    /// Registry mirror state: coalesced manifest requests and the manifest cache.
+    pub mirror: mirror::MirrorState,
     supernode: SocketAddr,
 }
 
@@ -94,6 +100,8 @@ pub async fn start(
         store: Store::open(&config.data_dir)?,
         metrics: metrics::Metrics::new(),
         pool: ConnectionPool::new(endpoint.clone(), client),
+        http: upstream_client()?,
+        mirror: mirror::MirrorState::default(),
         identity,
         advertise,
         supernode,
@@ -119,6 +127,14 @@ pub async fn run(config: DaemonConfig, shutdown: ShutdownSignal) -> anyhow::Resu
     let (_, _, handle) = start(config, shutdown).await?;
     handle.await?;
     Ok(())
+}
+
+fn upstream_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")))
+        .build()?)
 }
 
 fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
