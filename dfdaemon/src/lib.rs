@@ -53,12 +53,45 @@ pub struct Daemon {
     /// Registry mirror state: coalesced manifest requests and the manifest cache.
     pub mirror: mirror::MirrorState,
     supernode: SocketAddr,
+    /// When the last connection attempt to the supernode failed.
+    supernode_down: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a handshake with the supernode may take before it counts as down.
+pub const SUPERNODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the supernode counts as down after a failed attempt.
+pub const SUPERNODE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Daemon {
     /// The connection to the supernode (reconnects when broken).
+    ///
+    /// After a failed attempt the supernode counts as down for [`SUPERNODE_RETRY_AFTER`]: every
+    /// download in that window goes straight to its fallback instead of waiting on a dead peer.
     pub async fn supernode_connection(&self) -> anyhow::Result<Connection> {
-        Ok(self.pool.get(self.supernode, tls::SUPERNODE_SERVER_NAME).await?)
+        let down_since = *self.supernode_down.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = down_since {
+            if since.elapsed() < SUPERNODE_RETRY_AFTER {
+                bail!("supernode {} is down (last attempt {:.1?} ago)", self.supernode, since.elapsed());
+            }
+        }
+        let attempt =
+            tokio::time::timeout(SUPERNODE_CONNECT_TIMEOUT, self.pool.get(self.supernode, tls::SUPERNODE_SERVER_NAME))
+                .await;
+        let mut down = self.supernode_down.lock().unwrap_or_else(|e| e.into_inner());
+        match attempt {
+            Ok(Ok(conn)) => {
+                *down = None;
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                *down = Some(std::time::Instant::now());
+                Err(e.into())
+            }
+            Err(_) => {
+                *down = Some(std::time::Instant::now());
+                bail!("no answer from supernode {} within {SUPERNODE_CONNECT_TIMEOUT:?}", self.supernode)
+            }
+        }
     }
 
     /// Starts (or joins) the download of `task`; returns its local entry at once.
@@ -105,6 +138,7 @@ pub async fn start(
         identity,
         advertise,
         supernode,
+        supernode_down: std::sync::Mutex::new(None),
         config,
     });
     let listener = tokio::net::TcpListener::bind(daemon.config.proxy_listen)
