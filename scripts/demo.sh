@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Damselfly demo: three hosts pull every blob of an image through the swarm at once, and the
-# registry serves each blob about once.
+# Damselfly demo: three hosts, each with its own containerd and dfdaemon, pull the same image at
+# once through the swarm, and the registry serves each blob once.
 #
 #   bash scripts/demo.sh                   # as root on Debian 12 (installs what it needs)
 #   LAYERS=256MiB,64MiB,8MiB bash scripts/demo.sh
@@ -8,8 +8,9 @@
 #
 # What it does: starts a real docker-registry on a free 127.0.0.1 port, builds the release
 # binaries, pushes a generated multi-layer OCI image (scripts/make-image.py + skopeo), starts a
-# supernode on 127.0.0.1 and DAEMONS dfdaemons on 127.0.0.2, .3, ..., runs one dfget per blob
-# per daemon all at once, checks every file's sha256, and prints the supernode's origin vs upload
+# supernode on 127.0.0.1, DAEMONS dfdaemons on 127.0.0.2, .3, ... and one containerd per daemon
+# configured with deploy/containerd/hosts.toml, runs `ctr images pull` on every host at once,
+# checks every host holds the complete image with the pushed digest, and prints the supernode's origin vs upload
 # bytes, each daemon's download bytes by source, and the blob bytes the registry served (from
 # its access log). Every process it started is stopped on exit (KEEP=1 keeps the work dir).
 #
@@ -211,45 +212,65 @@ for n in $(seq "$DAEMONS"); do
     wait_http "${DAEMON_URLS[$((n - 1))]}/healthz" "dfdaemon d$n" "${DAEMON_PIDS[$((n - 1))]}"
 done
 
-say "pull: ${#DIGESTS[@]} blobs x $DAEMONS daemons, all at once"
-LOG_LINES_BEFORE="$(wc -l <"$WORK/registry.log")"
-PULL_START="$(date +%s.%N)"
-DFGET_PIDS=()
+say "$DAEMONS containerd instances (one per host)"
+CTR_SOCKS=()
 for n in $(seq "$DAEMONS"); do
-    mkdir -p "$WORK/out/d$n"
-    for digest in "${DIGESTS[@]}"; do
-        "$BIN_DIR/dfget" "http://$REG/v2/$REPO/blobs/$digest" \
-            -O "$WORK/out/d$n/${digest#sha256:}" --digest "$digest" \
-            --daemon "${DAEMON_URLS[$((n - 1))]}" --no-progress \
-            >"$WORK/out/d$n/${digest#sha256:}.log" 2>&1 &
-        DFGET_PIDS+=("$!")
+    ctd="$WORK/containerd$n"
+    mkdir -p "$ctd/root" "$ctd/state" "$ctd/hosts/$REG"
+    cat >"$ctd/config.toml" <<TOML
+version = 2
+root = "$ctd/root"
+state = "$ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$ctd/containerd.sock"
+[metrics]
+  address = ""
+TOML
+    # The engine configuration users install, from deploy/, placeholders filled in.
+    sed -e "s/{{REGISTRY}}/$REG/g" -e "s#{{MIRROR}}#${DAEMON_URLS[$((n - 1))]#http://}#g" \
+        deploy/containerd/hosts.toml >"$ctd/hosts/$REG/hosts.toml"
+    start "containerd$n" "$ctd/containerd.log" containerd --config "$ctd/config.toml"
+    CTR_SOCKS+=("$ctd/containerd.sock")
+done
+for n in $(seq "$DAEMONS"); do
+    for _ in $(seq 100); do
+        ctr -a "${CTR_SOCKS[$((n - 1))]}" version >/dev/null 2>&1 && break
+        sleep 0.1
     done
 done
+
+say "pull: ctr images pull $REG/$REPO:$TAG on $DAEMONS hosts at once, through their dfdaemons"
+LOG_LINES_BEFORE="$(wc -l <"$WORK/registry.log")"
+PULL_START="$(date +%s.%N)"
+CTR_PIDS=()
+for n in $(seq "$DAEMONS"); do
+    ctr -a "${CTR_SOCKS[$((n - 1))]}" images pull --hosts-dir "$WORK/containerd$n/hosts" \
+        "$REG/$REPO:$TAG" >"$WORK/ctr$n.log" 2>&1 &
+    CTR_PIDS+=("$!")
+done
 FAILED=0
-for pid in "${DFGET_PIDS[@]}"; do
+for pid in "${CTR_PIDS[@]}"; do
     wait "$pid" || FAILED=$((FAILED + 1))
 done
 PULL_SECONDS="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" \
     "$PULL_START" "$(date +%s.%N)")"
 if [[ $FAILED -gt 0 ]]; then
-    echo "$FAILED dfget runs failed:" >&2
-    tail -n 5 "$WORK"/out/d*/*.log >&2
+    echo "$FAILED pulls failed:" >&2
+    tail -n 5 "$WORK"/ctr*.log >&2
     exit 1
 fi
-echo "all $((DAEMONS * ${#DIGESTS[@]})) downloads finished in ${PULL_SECONDS}s"
+echo "$DAEMONS pulls finished in ${PULL_SECONDS}s"
 
-say "verify sha256"
+say "verify: every host holds the image, complete and unpacked, with the pushed manifest digest"
+PUSHED="$(curl -fsSI --noproxy '*' -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$REG/v2/$REPO/manifests/$TAG" | awk 'tolower($1) == "docker-content-digest:" { print $2 }' | tr -d '\r')"
 for n in $(seq "$DAEMONS"); do
-    for digest in "${DIGESTS[@]}"; do
-        file="$WORK/out/d$n/${digest#sha256:}"
-        actual="sha256:$(sha256sum "$file" | cut -d' ' -f1)"
-        if [[ "$actual" != "$digest" ]]; then
-            echo "d$n: $file has $actual, expected $digest" >&2
-            exit 1
-        fi
-    done
+    line="$(ctr -a "${CTR_SOCKS[$((n - 1))]}" images check | grep -F "$REG/$REPO:$TAG")"
+    echo "host $n: $line"
+    [[ "$line" == *"$PUSHED"* && "$line" == *complete* ]] || { echo "host $n: image incomplete" >&2; exit 1; }
 done
-echo "all $((DAEMONS * ${#DIGESTS[@]})) files match their digests"
 
 say "bytes moved (image: $IMAGE_BYTES bytes = $(human "$IMAGE_BYTES"))"
 SN_METRICS="$(curl -fsS --noproxy '*' "http://$SN_HTTP/metrics")"
