@@ -15,7 +15,8 @@
 # its access log). Every process it started is stopped on exit (KEEP=1 keeps the work dir).
 #
 # Knobs: LAYERS (layer sizes, default 64MiB,32MiB,16MiB,4MiB,1KiB), DAEMONS (default 3),
-# SKIP_BUILD=1, BIN_DIR (default target/release), KEEP=1, RUST_LOG (default info).
+# SKIP_BUILD=1, BIN_DIR (default target/release), KEEP=1, RUST_LOG (default info), DIRECT=1
+# (then also time the same pulls straight from the registry, for comparison).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -288,18 +289,58 @@ for n in $(seq "$DAEMONS"); do
         "$(metric "$page" damselfly_dfdaemon_upload_bytes)"
 done
 
-# Access log lines look like: 127.0.0.1 - - [date] "GET /v2/demo/app/blobs/sha256:... HTTP/1.1"
-# 200 67112960 "" "ua". Count GET blob responses logged since the pull began.
-REGISTRY_BLOB_BYTES="$(tail -n +"$((LOG_LINES_BEFORE + 1))" "$WORK/registry.log" | awk '
-    match($0, /"GET [^ ]*\/blobs\/sha256:[0-9a-f]+[^"]*" [0-9]+ [0-9]+/) {
-        split(substr($0, RSTART, RLENGTH), f, "\" "); split(f[2], s, " ")
-        if (s[1] ~ /^2/) { bytes += s[2]; n++ }
-    }
-    END { printf "%.0f %d\n", bytes, n }')"
+# registry_blob_bytes FROM_LINE: bytes and count of successful blob GETs in the registry's
+# access log after line FROM_LINE. Lines look like: 127.0.0.1 - - [date]
+# "GET /v2/demo/app/blobs/sha256:... HTTP/1.1" 200 67112960 "" "ua".
+registry_blob_bytes() {
+    tail -n +"$(($1 + 1))" "$WORK/registry.log" | awk '
+        match($0, /"GET [^ ]*\/blobs\/sha256:[0-9a-f]+[^"]*" [0-9]+ [0-9]+/) {
+            split(substr($0, RSTART, RLENGTH), f, "\" "); split(f[2], s, " ")
+            if (s[1] ~ /^2/) { bytes += s[2]; n++ }
+        }
+        END { printf "%.0f %d\n", bytes, n }'
+}
+REGISTRY_BLOB_BYTES="$(registry_blob_bytes "$LOG_LINES_BEFORE")"
 read -r REG_BYTES REG_REQUESTS <<<"$REGISTRY_BLOB_BYTES"
 printf '%-34s %14s  (%s GET requests, %s of the image)\n' "registry blob bytes served" \
     "$REG_BYTES" "$REG_REQUESTS" \
     "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}x')" \
         "$REG_BYTES" "$IMAGE_BYTES")"
 echo "(without P2P each daemon would fetch the image itself: $((DAEMONS * IMAGE_BYTES)) bytes)"
+if [[ "${DIRECT:-}" == 1 ]]; then
+    say "baseline: the same $DAEMONS pulls straight from the registry (fresh containerd instances)"
+    for n in $(seq "$DAEMONS"); do
+        ctd="$WORK/direct$n"
+        mkdir -p "$ctd/root" "$ctd/state" "$ctd/hosts/$REG"
+        sed -e "s#containerd$n#direct$n#g" "$WORK/containerd$n/config.toml" >"$ctd/config.toml"
+        # No mirror: the registry itself as the only host.
+        sed -e "s/{{REGISTRY}}/$REG/g" -e "s#{{MIRROR}}#$REG#g" deploy/containerd/hosts.toml >"$ctd/hosts/$REG/hosts.toml"
+        start "direct$n" "$ctd/containerd.log" containerd --config "$ctd/config.toml"
+    done
+    for n in $(seq "$DAEMONS"); do
+        for _ in $(seq 100); do
+            ctr -a "$WORK/direct$n/containerd.sock" version >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+    LOG_LINES_BEFORE="$(wc -l <"$WORK/registry.log")"
+    DIRECT_START="$(date +%s.%N)"
+    PIDS_DIRECT=()
+    for n in $(seq "$DAEMONS"); do
+        ctr -a "$WORK/direct$n/containerd.sock" images pull --hosts-dir "$WORK/direct$n/hosts" \
+            "$REG/$REPO:$TAG" >"$WORK/direct$n.log" 2>&1 &
+        PIDS_DIRECT+=("$!")
+    done
+    for pid in "${PIDS_DIRECT[@]}"; do
+        wait "$pid" || { echo "direct pull failed" >&2; tail -n 5 "$WORK"/direct*.log >&2; exit 1; }
+    done
+    DIRECT_SECONDS="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" \
+        "$DIRECT_START" "$(date +%s.%N)")"
+    read -r DIRECT_BYTES DIRECT_REQUESTS <<<"$(registry_blob_bytes "$LOG_LINES_BEFORE")"
+    printf '%-22s %10s %16s %10s\n' "" "wall (s)" "registry bytes" "x image"
+    printf '%-22s %10s %16s %10s\n' "through Damselfly" "$PULL_SECONDS" "$REG_BYTES" \
+        "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$REG_BYTES" "$IMAGE_BYTES")"
+    printf '%-22s %10s %16s %10s\n' "straight from registry" "$DIRECT_SECONDS" "$DIRECT_BYTES" \
+        "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$DIRECT_BYTES" "$IMAGE_BYTES")"
+fi
 say "demo done"
