@@ -3,6 +3,7 @@
 //! and every dfdaemon serve.
 
 pub mod id;
+pub mod meta;
 pub mod piece;
 pub mod size;
 pub mod telemetry;

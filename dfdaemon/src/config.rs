@@ -29,6 +29,10 @@ pub struct DaemonConfig {
     pub insecure_registries: Vec<String>,
     /// Disk quota for cached content; `None`: unbounded.
     pub cache_quota: Option<ByteSize>,
+    /// Finished tasks not read for this long are evicted (`24h`, `90m`); `None`: kept until
+    /// the quota needs their room.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
     /// Cluster CA certificate (PEM). Without it the supernode's CA is pinned on first contact
     /// (trust on first use) under `DATA_DIR/tls/ca.crt`.
     pub ca_cert: Option<PathBuf>,
@@ -56,6 +60,7 @@ impl Default for DaemonConfig {
             registry: "https://registry-1.docker.io".into(),
             insecure_registries: Vec::new(),
             cache_quota: None,
+            cache_ttl: None,
             ca_cert: None,
             piece_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(5),

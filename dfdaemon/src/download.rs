@@ -119,7 +119,9 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
         headers: req.headers.iter().map(|(n, v)| pb::Header { name: n.clone(), value: v.clone() }).collect(),
         peer_id: daemon.identity.peer_id.to_string(),
         peer_addr: daemon.advertise.to_string(),
-        have: Vec::new(),
+        // Resume: pieces already here (verified first) are not fetched again.
+        have: task.present_pieces().await,
+        announce_only: false,
     };
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
@@ -347,6 +349,17 @@ async fn fetch_from(
     fetch_piece(&conn, task, piece, info).await
 }
 
+/// Longest silence tolerated from a parent in the middle of a piece. A parent killed with -9
+/// is otherwise only noticed at the QUIC idle timeout; this lets the piece move elsewhere long
+/// before the download's stall timeout sends it to the origin.
+pub const PIECE_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn quiet_limit<T>(read: impl std::future::Future<Output = T>) -> Result<T, FetchError> {
+    tokio::time::timeout(PIECE_SILENCE_LIMIT, read)
+        .await
+        .map_err(|_| FetchError::Transfer(format!("parent silent for {PIECE_SILENCE_LIMIT:?}")))
+}
+
 /// Fetches one piece on a new stream of `conn` and verifies it against `info.sha256`.
 pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &PieceInfo) -> Result<Bytes, FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
@@ -354,8 +367,9 @@ pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &Pi
         pb::Request { kind: Some(pb::request::Kind::Piece(pb::PieceRequest { task_id: task.to_string(), piece })) };
     write_frame(&mut send, &req).await?;
     let _ = send.finish();
-    let resp: pb::PieceResponse =
-        read_frame(&mut recv).await?.ok_or_else(|| FetchError::Transfer("parent closed the stream".into()))?;
+    let resp: pb::PieceResponse = quiet_limit(read_frame(&mut recv))
+        .await??
+        .ok_or_else(|| FetchError::Transfer("parent closed the stream".into()))?;
     if resp.error != pb::PieceError::None as i32 {
         return Err(FetchError::Transfer(format!("parent refused: {}", resp.message)));
     }
@@ -366,7 +380,7 @@ pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &Pi
     let mut hasher = Sha256::new();
     while buf.len() < info.size as usize {
         let want = info.size as usize - buf.len();
-        let chunk = recv.read_chunk(want, true).await.map_err(TransportError::from)?;
+        let chunk = quiet_limit(recv.read_chunk(want, true)).await?.map_err(TransportError::from)?;
         let Some(chunk) = chunk else {
             return Err(FetchError::Transfer(format!("stream ended after {} of {} bytes", buf.len(), info.size)));
         };

@@ -5,9 +5,11 @@
 //! exposes an HTTP API on the proxy port for dfget ([`http`]). dfget's embedded mode runs the
 //! same [`Daemon`] in-process.
 
+pub mod announce;
 pub mod config;
 pub mod download;
 pub mod fallback;
+pub mod gc;
 pub mod http;
 pub mod identity;
 pub mod metrics;
@@ -98,7 +100,12 @@ impl Daemon {
     pub fn download(self: &Arc<Self>, task: &TaskId, req: DownloadRequest) -> std::io::Result<Arc<LocalTask>> {
         let (entry, fresh) = self.store.get_or_create(task)?;
         if fresh {
-            tokio::spawn(download::run(self.clone(), entry.clone(), req));
+            entry.set_origin(&req.url, req.digest.as_deref());
+            let (daemon, task) = (self.clone(), entry.clone());
+            tokio::spawn(async move {
+                download::run(daemon, task.clone(), req).await;
+                task.release_download();
+            });
         }
         Ok(entry)
     }
@@ -129,9 +136,12 @@ pub async fn start(
     let local = endpoint.local_addr()?;
     let advertise = SocketAddr::new(advertise_ip(&config, local, supernode)?, local.port());
     let client = tls::client_config(Some(&identity.identity), &identity.ca)?;
+    let metrics = metrics::Metrics::new();
+    let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
+    let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
     let daemon = Arc::new(Daemon {
-        store: Store::open(&config.data_dir)?,
-        metrics: metrics::Metrics::new(),
+        store,
+        metrics,
         pool: ConnectionPool::new(endpoint.clone(), client),
         http: upstream_client()?,
         mirror: mirror::MirrorState::default(),
@@ -149,7 +159,15 @@ pub async fn start(
     let d = daemon.clone();
     let handle = tokio::spawn(async move {
         let uploads = tokio::spawn(serve_uploads(d.clone(), endpoint.clone()));
-        http::serve(d, listener, shutdown).await;
+        // Cache lifecycle: re-announce and resume what the store loaded, repairs, eviction
+        // reports, TTL.
+        let lifecycle = tokio::spawn(announce::run(d.clone()));
+        let gc = tokio::spawn(gc::run(d.clone()));
+        http::serve(d.clone(), listener, shutdown).await;
+        lifecycle.abort();
+        gc.abort();
+        d.store.persist_access_times();
+        d.store.flush();
         uploads.abort();
         endpoint.close(0u32.into(), b"shutdown");
     });
@@ -216,6 +234,10 @@ async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
                         return;
                     };
                     if let Some(pb::request::Kind::Piece(p)) = req.kind {
+                        if TaskId::is_valid(&p.task_id) {
+                            // Pieces loaded from disk are hashed before their first upload.
+                            daemon.store.prepare_upload(&TaskId::new(p.task_id.clone()), p.piece).await;
+                        }
                         match serve_piece(&daemon.store, &p, &mut send).await {
                             Ok(n) => {
                                 daemon.metrics.upload_bytes.inc_by(n);

@@ -38,6 +38,9 @@ struct Args {
     /// Disk quota for the cache, e.g. 20GiB.
     #[arg(long, value_parser = parse_size)]
     cache_quota: Option<ByteSize>,
+    /// Evict finished tasks not read for this long, e.g. 24h (default: only the quota evicts).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cache_ttl: Option<std::time::Duration>,
     /// Cluster CA certificate (PEM); without it the supernode's CA is pinned on first use.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -69,6 +72,9 @@ fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
     c.insecure_registries.extend(args.insecure_registries);
     if args.cache_quota.is_some() {
         c.cache_quota = args.cache_quota;
+    }
+    if args.cache_ttl.is_some() {
+        c.cache_ttl = args.cache_ttl;
     }
     if args.ca_cert.is_some() {
         c.ca_cert = args.ca_cert;

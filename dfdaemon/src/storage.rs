@@ -1,19 +1,57 @@
 //! The daemon's local task store: one content file per task under `DATA_DIR/tasks/`, pieces
-//! written at their offsets, and each task's progress in a `watch` channel so that readers
+//! written at their offsets, metadata in RocksDB under `DATA_DIR/meta`
+//! ([`damselfly_common::meta`]), and each task's progress in a `watch` channel so that readers
 //! (dfget streams, the registry mirror, uploads to other peers) follow it as pieces land.
 //!
-//! A piece is marked present only after its bytes were verified against the supernode's sha256
-//! and written.
+//! # Durability
+//! * A piece becomes present in memory (and servable) once its bytes were verified against the
+//!   supernode's sha256 and written. It becomes present *on disk* a moment later: a flusher
+//!   thread `fdatasync`s the content files that received pieces, then writes the present rows of
+//!   every piece written before the sync in one RocksDB batch (group commit: the cost of a sync is
+//!   shared by every piece that landed while the previous one ran). After `kill -9` at any moment a
+//!   present row therefore always describes bytes on disk; pieces whose rows were not written yet
+//!   are fetched again.
+//! * The piece table (with the supernode's sha256) is written as it is announced; the task record
+//!   (URL without credentials, digest, sizes, state, last access, bytes) on every change of its
+//!   fields. Request headers are never stored.
+//! * Restart ([`Store::open`]) loads every task: finished ones are servable at once, partial ones
+//!   are resumed by the daemon ([`crate::announce`]).
+//!
+//! # Verification on read
+//! Pieces loaded from disk are not trusted until hashed again in this process: every read for an
+//! engine or dfget ([`LocalTask::read_at`]) and every upload to a peer
+//! ([`Store::prepare_upload`]) first hashes the pieces it touches that were not verified yet
+//! (once per piece per process), and resuming a partial task hashes all its present pieces
+//! ([`LocalTask::present_pieces`]). A piece whose bytes do not match is dropped and fetched again
+//! ([`StoreEvent::Repair`]); readers wait for it instead of failing.
+//!
+//! # Quota
+//! With a quota, every task is charged its content length when the length becomes known (its
+//! high-water mark when the origin sent none) and the least recently used finished tasks that
+//! nobody reads, uploads or downloads are evicted to make room ([`StoreEvent::Evicted`]). A task
+//! that cannot fit fails with [`QuotaError`] instead of filling the disk.
+
+mod durable;
+mod quota;
+mod restore;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use damselfly_common::id::TaskId;
+use damselfly_common::meta::{now_ms, MetaDb, MetaError, PieceRecord, TaskRecord, TaskState};
 use damselfly_common::upload::{PieceLocation, PieceSource};
 use dashmap::DashMap;
-use tokio::sync::watch;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+pub use quota::QuotaError;
+
+use crate::metrics::CacheMetrics;
 
 /// A piece as the supernode described it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,15 +132,95 @@ impl TaskView {
     pub fn has(&self, n: u32) -> bool {
         self.have.get(n as usize).copied().unwrap_or(false)
     }
+
+    /// Present pieces, ascending.
+    fn present(&self) -> Vec<u32> {
+        self.have.iter().enumerate().filter(|(_, h)| **h).map(|(i, _)| i as u32).collect()
+    }
 }
 
-/// One task's content file and progress.
+/// What the store needs the daemon to do; see [`Store::take_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Pieces of the task failed verification and were dropped: fetch them again.
+    Repair(TaskId),
+    /// The task was evicted: tell the supernode this node no longer holds it.
+    Evicted {
+        /// The task.
+        id: TaskId,
+        /// Its origin URL (without credentials), which the supernode checks the id against.
+        url: Option<String>,
+        /// Its digest, when known.
+        digest: Option<String>,
+    },
+}
+
+/// How the store manages its disk.
+#[derive(Clone, Debug, Default)]
+pub struct StoreConfig {
+    /// Bytes the cached content may take; `None`: unbounded.
+    pub quota: Option<u64>,
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The content directory could not be created or read.
+    #[error("cannot use the cache directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metadata database failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// The persisted fields of a view, to notice changes that must reach the task record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Persisted {
+    content_length: Option<u64>,
+    piece_size: u32,
+    total_pieces: Option<u32>,
+    done: bool,
+}
+
+impl Persisted {
+    fn of(v: &TaskView) -> Self {
+        Self {
+            content_length: v.content_length,
+            piece_size: v.piece_size,
+            total_pieces: v.total_pieces,
+            done: v.status == TaskStatus::Done,
+        }
+    }
+}
+
+/// One task's content file, progress and record.
 pub struct LocalTask {
     /// The task.
     pub id: TaskId,
-    file: Arc<std::fs::File>,
+    /// Tells this instance from an earlier or later one of the same task (flusher jobs).
+    serial: u64,
     path: PathBuf,
+    /// Opened on first use (tasks loaded at restart hold no descriptor until read).
+    file: OnceLock<Arc<std::fs::File>>,
     view: watch::Sender<TaskView>,
+    /// Pieces hashed in this process (received and checked, or re-read and checked): only these
+    /// are ever served.
+    verified: Mutex<Vec<bool>>,
+    /// The stored record; `bytes` is what the task is charged against the quota.
+    record: Mutex<TaskRecord>,
+    /// Last read, upload or download, ms since the epoch (persisted lazily by the GC loop).
+    last_access: AtomicU64,
+    access_dirty: AtomicBool,
+    /// A download (or repair) is running for the task.
+    downloading: AtomicBool,
+    /// Deleted (failed, evicted or replaced): nothing more is persisted for it.
+    dead: AtomicBool,
+    store: Weak<Inner>,
 }
 
 impl LocalTask {
@@ -116,15 +234,80 @@ impl LocalTask {
         self.view.borrow().clone()
     }
 
-    /// Applies `f` to the progress and notifies readers.
+    /// Applies `f` to the progress and notifies readers; changes of the length, piece size,
+    /// piece count or completion are persisted (completion only after the pieces' data and
+    /// present rows reached the disk).
     pub fn update(&self, f: impl FnOnce(&mut TaskView)) {
-        self.view.send_modify(f);
+        let mut change = None;
+        self.view.send_modify(|v| {
+            let before = Persisted::of(v);
+            f(v);
+            let after = Persisted::of(v);
+            if before != after {
+                change = Some((before, after));
+            }
+        });
+        if let Some((before, after)) = change {
+            self.persist_change(before, after);
+        }
     }
 
-    /// Records the length and piece size; pre-sizes the file.
+    fn persist_change(&self, before: Persisted, after: Persisted) {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            r.content_length = after.content_length;
+            r.piece_size = after.piece_size;
+            r.total_pieces = after.total_pieces;
+            if before.done && !after.done {
+                r.state = TaskState::Partial;
+            }
+        }
+        let Some(inner) = self.store.upgrade() else { return };
+        if after.done && !before.done {
+            inner.flusher.complete(self);
+        } else {
+            inner.write_meta(self, |b, r| {
+                b.put_task(&self.id, r);
+            });
+        }
+    }
+
+    /// Records where the task comes from (the URL without credentials; never headers).
+    pub fn set_origin(&self, url: &url::Url, digest: Option<&str>) {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            r.url = Some(damselfly_common::id::normalise_url(url));
+            r.digest = digest.map(str::to_owned);
+        }
+        if let Some(inner) = self.store.upgrade() {
+            inner.write_meta(self, |b, r| {
+                b.put_task(&self.id, r);
+            });
+        }
+    }
+
+    /// The origin URL (without credentials) and digest recorded for the task.
+    pub fn origin(&self) -> (Option<String>, Option<String>) {
+        let r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        (r.url.clone(), r.digest.clone())
+    }
+
+    fn file(&self) -> std::io::Result<Arc<std::fs::File>> {
+        if let Some(f) = self.file.get() {
+            return Ok(f.clone());
+        }
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.path)?;
+        Ok(self.file.get_or_init(|| Arc::new(f)).clone())
+    }
+
+    /// Records the length and piece size; charges the length to the quota (evicting others, or
+    /// failing with [`QuotaError`]) and pre-sizes the file.
     pub fn set_info(&self, content_length: Option<u64>, piece_size: u32) -> std::io::Result<()> {
         if let Some(len) = content_length {
-            self.file.set_len(len)?;
+            if let Some(inner) = self.store.upgrade() {
+                inner.charge(self, len).map_err(std::io::Error::other)?;
+            }
+            self.file()?.set_len(len)?;
         }
         self.update(|v| {
             v.content_length = content_length;
@@ -136,8 +319,11 @@ impl LocalTask {
         Ok(())
     }
 
-    /// Adds piece table entries.
+    /// Adds piece table entries (persisting them). A present piece whose entry changes is
+    /// dropped: its bytes were checked against another digest.
     pub fn add_pieces(&self, pieces: impl IntoIterator<Item = (u32, PieceInfo)>) {
+        let mut changed = Vec::new();
+        let mut dropped = Vec::new();
         self.update(|v| {
             for (n, info) in pieces {
                 let i = n as usize;
@@ -145,17 +331,51 @@ impl LocalTask {
                     v.pieces.resize(i + 1, None);
                     v.have.resize(i + 1, false);
                 }
+                if v.pieces[i].as_ref() == Some(&info) {
+                    continue;
+                }
+                if v.pieces[i].is_some() && v.have[i] {
+                    v.have[i] = false;
+                    v.have_count -= 1;
+                    dropped.push(n);
+                }
+                changed.push((n, PieceRecord { offset: info.offset, size: info.size, sha256: info.sha256 }));
                 v.pieces[i] = Some(info);
             }
         });
+        if changed.is_empty() {
+            return;
+        }
+        for &n in &dropped {
+            self.set_verified(n, false);
+        }
+        if let Some(inner) = self.store.upgrade() {
+            inner.write_meta(self, |b, _| {
+                for (n, p) in &changed {
+                    b.put_piece(&self.id, *n, p);
+                }
+                for &n in &dropped {
+                    b.clear_present(&self.id, n);
+                }
+            });
+        }
     }
 
-    /// Writes verified piece bytes and marks the piece present (in that order).
+    /// Writes verified piece bytes and marks the piece present (in that order); the present row
+    /// reaches the disk after the bytes do.
     pub async fn store_piece(&self, n: u32, offset: u64, data: Bytes) -> std::io::Result<()> {
-        let file = self.file.clone();
+        let inner = self.store.upgrade();
+        let end = offset + data.len() as u64;
+        let unknown_length = self.view.borrow().content_length.is_none();
+        if let (Some(inner), true) = (&inner, unknown_length) {
+            // Length unknown: charge the high-water mark as it grows.
+            inner.charge(self, end).map_err(std::io::Error::other)?;
+        }
+        let file = self.file()?;
         tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
             .await
             .map_err(std::io::Error::other)??;
+        self.set_verified(n, true);
         self.update(|v| {
             if let Some(h) = v.have.get_mut(n as usize) {
                 if !*h {
@@ -164,12 +384,20 @@ impl LocalTask {
                 }
             }
         });
+        self.touch();
+        if let Some(inner) = inner {
+            inner.flusher.present(self, n);
+        }
         Ok(())
     }
 
-    /// Reads `len` bytes at `offset` (of present pieces).
+    /// Reads `len` bytes at `offset` (of present pieces). Pieces not verified in this process
+    /// (loaded from disk) are hashed first; a bad one is dropped and the read waits for it to be
+    /// fetched again.
     pub async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        let file = self.file.clone();
+        self.touch();
+        self.verify_range(offset, len).await?;
+        let file = self.file()?;
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset)?;
@@ -179,77 +407,415 @@ impl LocalTask {
         .map_err(std::io::Error::other)?
     }
 
-    fn locate(&self, piece: u32) -> Option<PieceLocation> {
+    /// Makes sure every piece overlapping `offset..offset+len` is present and verified. The
+    /// caller saw them present: one that is not any more was dropped by a failed verification,
+    /// so this waits for the repair to bring it back (or for the task to fail).
+    async fn verify_range(&self, offset: u64, len: usize) -> std::io::Result<()> {
+        let psize = u64::from(self.view.borrow().piece_size);
+        if psize == 0 || len == 0 {
+            return Ok(());
+        }
+        let (first, last) = ((offset / psize) as u32, ((offset + len as u64 - 1) / psize) as u32);
+        for n in first..=last {
+            while !self.ensure_verified(n).await? {
+                let mut rx = self.subscribe();
+                let back = rx.wait_for(|v| v.has(n) || matches!(v.status, TaskStatus::Failed(_))).await;
+                match back.map(|v| v.status.clone()) {
+                    Ok(TaskStatus::Failed(f)) => return Err(std::io::Error::other(f.message)),
+                    Ok(_) => {}
+                    Err(_) => return Err(std::io::Error::other("task vanished")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes piece `n` if it is present and not verified yet. Returns true when it is present
+    /// and verified; a mismatch drops the piece (and asks for a repair) and returns false.
+    pub async fn ensure_verified(&self, n: u32) -> std::io::Result<bool> {
+        if self.is_verified(n) {
+            return Ok(true);
+        }
+        let info = {
+            let v = self.view.borrow();
+            match (v.has(n), v.piece(n)) {
+                (true, Some(info)) => info.clone(),
+                _ => return Ok(false),
+            }
+        };
+        let file = self.file()?;
+        let good =
+            tokio::task::spawn_blocking(move || piece_matches(&file, &info)).await.map_err(std::io::Error::other)?;
+        if good {
+            self.set_verified(n, true);
+            return Ok(true);
+        }
+        warn!(task = %self.id, piece = n, "piece on disk does not match its sha256: dropped, fetching it again");
+        self.drop_piece(n);
+        Ok(false)
+    }
+
+    /// Present pieces, every one of them verified first (bad ones are dropped): what a resumed
+    /// download registers as held.
+    pub async fn present_pieces(&self) -> Vec<u32> {
+        let present = self.view.borrow().present();
+        for n in present {
+            if let Err(e) = self.ensure_verified(n).await {
+                warn!(task = %self.id, piece = n, error = %e, "cannot read piece: dropped");
+                self.drop_piece(n);
+            }
+        }
+        self.view.borrow().present()
+    }
+
+    /// Present pieces as recorded, without verifying them (uploads verify each piece first).
+    pub fn held_pieces(&self) -> Vec<u32> {
+        self.view.borrow().present()
+    }
+
+    fn drop_piece(&self, n: u32) {
+        self.set_verified(n, false);
+        let mut dropped = false;
+        self.update(|v| {
+            if let Some(h) = v.have.get_mut(n as usize) {
+                if *h {
+                    *h = false;
+                    v.have_count -= 1;
+                    dropped = true;
+                }
+            }
+            if v.status == TaskStatus::Done {
+                v.status = TaskStatus::Running;
+            }
+        });
+        if !dropped {
+            return;
+        }
+        if let Some(inner) = self.store.upgrade() {
+            inner.write_meta(self, |b, _| {
+                b.clear_present(&self.id, n);
+            });
+            inner.metrics.corrupt_pieces.inc();
+            let _ = inner.events.send(StoreEvent::Repair(self.id.clone()));
+        }
+    }
+
+    fn is_verified(&self, n: u32) -> bool {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(n as usize).copied().unwrap_or(false)
+    }
+
+    fn set_verified(&self, n: u32, ok: bool) {
+        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() <= n as usize {
+            v.resize(n as usize + 1, false);
+        }
+        v[n as usize] = ok;
+    }
+
+    /// Claims the task's download: true when no download runs for it and the caller must start
+    /// one (and call [`LocalTask::release_download`] when it ends).
+    pub fn claim_download(&self) -> bool {
         let v = self.view.borrow();
-        if matches!(v.status, TaskStatus::Failed(_)) || !v.has(piece) {
+        if v.status == TaskStatus::Done || matches!(v.status, TaskStatus::Failed(_)) {
+            return false;
+        }
+        drop(v);
+        !self.downloading.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends a claim taken with [`LocalTask::claim_download`].
+    pub fn release_download(&self) {
+        self.downloading.store(false, Ordering::Release);
+    }
+
+    /// Notes an access (LRU and TTL go by it).
+    fn touch(&self) {
+        self.last_access.store(now_ms(), Ordering::Relaxed);
+        self.access_dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn locate(&self, piece: u32) -> Option<PieceLocation> {
+        let info = {
+            let v = self.view.borrow();
+            if matches!(v.status, TaskStatus::Failed(_)) || !v.has(piece) {
+                return None;
+            }
+            v.piece(piece)?.clone()
+        };
+        if !self.is_verified(piece) {
             return None;
         }
-        let info = v.piece(piece)?;
-        Some(PieceLocation { file: self.file.clone(), offset: info.offset, len: info.size })
+        self.touch();
+        Some(PieceLocation { file: self.file().ok()?, offset: info.offset, len: info.size })
+    }
+
+    fn charged(&self) -> u64 {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).bytes
+    }
+
+    fn is_done(&self) -> bool {
+        self.view.borrow().status == TaskStatus::Done
+    }
+
+    /// Nobody but the store holds the task, and no download or upload uses it.
+    fn idle(&self, this: &Arc<LocalTask>) -> bool {
+        Arc::strong_count(this) == 1
+            && !self.downloading.load(Ordering::Acquire)
+            && self.file.get().is_none_or(|f| Arc::strong_count(f) == 1)
+    }
+}
+
+/// True when the piece's bytes in `file` hash to its recorded sha256.
+fn piece_matches(file: &std::fs::File, info: &PieceInfo) -> bool {
+    const STEP: usize = 1 << 20;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; STEP.min(info.size as usize)];
+    let mut done = 0u64;
+    while done < u64::from(info.size) {
+        let n = (u64::from(info.size) - done).min(STEP as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], info.offset + done).is_err() {
+            return false;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    let got: [u8; 32] = hasher.finalize().into();
+    got == info.sha256
+}
+
+/// The store's shared state (tasks hold a weak reference to it).
+struct Inner {
+    dir: PathBuf,
+    tasks: DashMap<TaskId, Arc<LocalTask>>,
+    db: MetaDb,
+    /// Held around every metadata write and around marking a task dead, so that nothing is
+    /// written for a task after its rows were deleted.
+    meta_lock: Mutex<()>,
+    quota: quota::Quota,
+    flusher: durable::Flusher,
+    events: mpsc::UnboundedSender<StoreEvent>,
+    metrics: CacheMetrics,
+    flush_stats: durable::FlushStats,
+}
+
+impl Inner {
+    /// Writes a batch built by `f` for `task` unless the task is dead.
+    fn write_meta(&self, task: &LocalTask, f: impl FnOnce(&mut damselfly_common::meta::MetaBatch<'_>, &TaskRecord)) {
+        let _g = self.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if task.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let mut b = self.db.batch();
+        {
+            let r = task.record.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut b, &r);
+        }
+        if let Err(e) = b.commit() {
+            warn!(task = %task.id, error = %e, "cannot write cache metadata");
+        }
+    }
+
+    /// Marks `task` dead and deletes its rows and its content file (the caller releases its
+    /// quota charge).
+    fn delete(&self, task: &LocalTask) {
+        {
+            let _g = self.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+            task.dead.store(true, Ordering::Release);
+            let mut b = self.db.batch();
+            b.delete_task(&task.id);
+            if let Err(e) = b.commit() {
+                warn!(task = %task.id, error = %e, "cannot delete cache metadata");
+            }
+        }
+        let _ = std::fs::remove_file(&task.path);
+    }
+
+    fn new_task(
+        self: &Arc<Self>,
+        id: &TaskId,
+        file: Option<std::fs::File>,
+        view: TaskView,
+        record: TaskRecord,
+    ) -> LocalTask {
+        let path = self.dir.join(format!("{}.data", id.file_name()));
+        let cell = OnceLock::new();
+        if let Some(f) = file {
+            let _ = cell.set(Arc::new(f));
+        }
+        LocalTask {
+            id: id.clone(),
+            serial: durable::next_serial(),
+            path,
+            file: cell,
+            view: watch::Sender::new(view),
+            verified: Mutex::new(Vec::new()),
+            last_access: AtomicU64::new(record.last_access_ms),
+            record: Mutex::new(record),
+            access_dirty: AtomicBool::new(false),
+            downloading: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            store: Arc::downgrade(self),
+        }
     }
 }
 
 /// Every task this daemon holds or is downloading.
 pub struct Store {
-    dir: PathBuf,
-    tasks: DashMap<TaskId, Arc<LocalTask>>,
+    inner: Arc<Inner>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
 }
 
 impl Store {
-    /// Opens the store under `data_dir/tasks`, creating it.
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    /// [`Store::open_with`] without a quota and with metrics nobody reads (tests, benches).
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, StoreConfig::default(), CacheMetrics::default())
+    }
+
+    /// Opens the store under `data_dir` (content in `tasks/`, metadata in `meta/`), creating it,
+    /// and loads every task it held before.
+    pub fn open_with(data_dir: &Path, config: StoreConfig, metrics: CacheMetrics) -> Result<Self, StoreError> {
         let dir = data_dir.join("tasks");
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir, tasks: DashMap::new() })
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir { path: dir.clone(), source })?;
+        let db = MetaDb::open(&data_dir.join("meta"))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        metrics.quota_bytes.set(config.quota.map_or(0, |q| i64::try_from(q).unwrap_or(i64::MAX)));
+        let inner = Arc::new_cyclic(|weak| Inner {
+            dir,
+            tasks: DashMap::new(),
+            db,
+            meta_lock: Mutex::new(()),
+            quota: quota::Quota::new(config.quota),
+            flusher: durable::Flusher::start(weak.clone()),
+            events,
+            metrics,
+            flush_stats: durable::FlushStats::default(),
+        });
+        restore::load(&inner)?;
+        Ok(Self { inner, events: Mutex::new(Some(rx)) })
+    }
+
+    /// The store's requests to the daemon (repairs, eviction reports); `Some` once.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<StoreEvent>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The task if held (in any state).
     pub fn get(&self, id: &TaskId) -> Option<Arc<LocalTask>> {
-        self.tasks.get(id).map(|t| t.clone())
+        self.inner.tasks.get(id).map(|t| t.clone())
     }
 
-    /// Returns `(task, true)` when a new entry was created and its download must be started;
-    /// an existing usable entry is shared (`false`). A failed entry is replaced.
+    /// Every task held, in no particular order.
+    pub fn tasks(&self) -> Vec<Arc<LocalTask>> {
+        self.inner.tasks.iter().map(|t| t.clone()).collect()
+    }
+
+    /// Returns `(task, true)` when the caller must start a download for the task: it is new, or
+    /// it is incomplete and no download runs for it (a task loaded at restart, or one whose
+    /// pieces failed verification); the caller then owns the claim
+    /// ([`LocalTask::release_download`]). A usable entry is otherwise shared (`false`). A failed
+    /// entry is replaced.
     pub fn get_or_create(&self, id: &TaskId) -> std::io::Result<(Arc<LocalTask>, bool)> {
         use dashmap::mapref::entry::Entry;
-        match self.tasks.entry(id.clone()) {
+        match self.inner.tasks.entry(id.clone()) {
             Entry::Occupied(mut e) => {
                 if !matches!(e.get().view.borrow().status, TaskStatus::Failed(_)) {
-                    return Ok((e.get().clone(), false));
+                    let claimed = e.get().claim_download();
+                    return Ok((e.get().clone(), claimed));
                 }
-                let fresh = self.new_task(id)?;
+                let fresh = self.create(id)?;
                 e.insert(fresh.clone());
                 Ok((fresh, true))
             }
             Entry::Vacant(v) => {
-                let fresh = self.new_task(id)?;
+                let fresh = self.create(id)?;
                 v.insert(fresh.clone());
                 Ok((fresh, true))
             }
         }
     }
 
-    fn new_task(&self, id: &TaskId) -> std::io::Result<Arc<LocalTask>> {
-        let path = self.dir.join(format!("{}.data", id.file_name()));
+    fn create(&self, id: &TaskId) -> std::io::Result<Arc<LocalTask>> {
+        let path = self.inner.dir.join(format!("{}.data", id.file_name()));
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-        Ok(Arc::new(LocalTask {
-            id: id.clone(),
-            file: Arc::new(file),
-            path,
-            view: watch::Sender::new(TaskView::new()),
-        }))
+        let record = TaskRecord { last_access_ms: now_ms(), ..TaskRecord::default() };
+        let task = Arc::new(self.inner.new_task(id, Some(file), TaskView::new(), record));
+        task.downloading.store(true, Ordering::Release);
+        Ok(task)
     }
 
-    /// Marks a task failed and removes its content (nothing partial stays servable). The entry
-    /// stays, so that clients can ask why; the next download of the task replaces it.
+    /// Marks a task failed and removes its content and metadata (nothing partial stays
+    /// servable). The entry stays, so that clients can ask why; the next download of the task
+    /// replaces it.
     pub fn fail(&self, task: &LocalTask, failure: TaskFailure) {
         task.update(|v| v.status = TaskStatus::Failed(failure));
-        let _ = std::fs::remove_file(&task.path);
+        self.inner.delete(task);
+        self.inner.release(task);
+    }
+
+    /// Before uploading `piece` of `task` to a peer: verifies it if it was loaded from disk
+    /// (dropping it when bad, so that the upload is refused rather than corrupt).
+    pub async fn prepare_upload(&self, task: &TaskId, piece: u32) {
+        if let Some(t) = self.get(task) {
+            if let Err(e) = t.ensure_verified(piece).await {
+                warn!(task = %task, piece, error = %e, "cannot verify piece for upload");
+            }
+        }
+    }
+
+    /// Bytes charged against the quota by the tasks held.
+    pub fn used_bytes(&self) -> u64 {
+        self.inner.quota.used()
+    }
+
+    /// What durability cost so far: (flush rounds, file syncs, pieces recorded, time spent
+    /// syncing).
+    pub fn flush_stats(&self) -> (u64, u64, u64, std::time::Duration) {
+        let s = &self.inner.flush_stats;
+        (
+            s.rounds.load(Ordering::Relaxed),
+            s.syncs.load(Ordering::Relaxed),
+            s.pieces.load(Ordering::Relaxed),
+            std::time::Duration::from_micros(s.sync_micros.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Evicts finished, idle tasks not accessed for `ttl`; returns how many.
+    pub fn evict_expired(&self, ttl: std::time::Duration) -> usize {
+        let cutoff = now_ms().saturating_sub(ttl.as_millis() as u64);
+        self.inner.evict_where(|t| t.last_access.load(Ordering::Relaxed) < cutoff)
+    }
+
+    /// Writes the access times that changed since the last call.
+    pub fn persist_access_times(&self) {
+        for t in self.tasks() {
+            if t.access_dirty.swap(false, Ordering::Relaxed) {
+                t.record.lock().unwrap_or_else(|e| e.into_inner()).last_access_ms =
+                    t.last_access.load(Ordering::Relaxed);
+                self.inner.write_meta(&t, |b, r| {
+                    b.put_task(&t.id, r);
+                });
+            }
+        }
+    }
+
+    /// Waits until every piece stored so far is durable (data synced, present rows written).
+    pub fn flush(&self) {
+        self.inner.flusher.barrier();
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Let the flusher finish what is queued and let go of the store.
+        self.inner.flusher.barrier();
     }
 }
 
 impl PieceSource for Store {
     fn locate(&self, task: &TaskId, piece: u32) -> Option<PieceLocation> {
-        self.tasks.get(task)?.locate(piece)
+        self.inner.tasks.get(task)?.locate(piece)
     }
 }
+
+#[cfg(test)]
+mod tests;

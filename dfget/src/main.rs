@@ -4,6 +4,8 @@
 //! `http://127.0.0.1:65001`) to fetch the URL and streams the answer into a temporary file
 //! beside the output, renamed into place only when complete (and verified, with `--digest`).
 //! With no daemon reachable and `--supernode` given, it runs an embedded peer for the download.
+//!
+//! `dfget preheat IMAGE ...` ([`preheat`]) asks the supernode to load an image into its cache.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,9 +18,15 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
 
+mod preheat;
+
 /// Download a URL through the Damselfly swarm.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Preheat an image into the supernode's cache: dfget preheat IMAGE (see dfget preheat --help)"
+)]
 struct Args {
     /// URL to download (http or https).
     url: String,
@@ -46,7 +54,17 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // `dfget preheat ...` is a subcommand; anything else is a download (`dfget URL -O FILE`), so
+    // the download's flags and positional URL stay exactly as they were.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "preheat") {
+        let args = preheat::PreheatArgs::parse_from(&argv[1..]);
+        return block_on(preheat::run(args));
+    }
+    block_on(run(Args::parse_from(argv)))
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     damselfly_common::telemetry::init_tracing("warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -55,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dfget: error: {e:#}");

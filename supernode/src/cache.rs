@@ -1,8 +1,21 @@
 //! The supernode's content cache: one file per task under `DATA_DIR/tasks/`, pieces recorded as
 //! they land from the origin so that they are servable before the fetch has finished.
+//!
+//! Complete tasks are durable ([`durable`]): their piece tables are in RocksDB under
+//! `DATA_DIR/meta` and a restarted supernode verifies and serves them again without going to the
+//! origin ([`restore`]). A disk quota and an optional TTL evict the least recently used idle
+//! complete tasks ([`gc`]).
 
+pub mod durable;
+pub mod gc;
+pub mod restore;
+
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use damselfly_common::meta::{now_ms, MetaDb};
 
 use damselfly_common::id::TaskId;
 use damselfly_common::upload::{PieceLocation, PieceSource};
@@ -31,12 +44,25 @@ pub struct CachedTask {
     pub file: Arc<std::fs::File>,
     path: PathBuf,
     inner: RwLock<Inner>,
+    /// Bumped on every landed piece and state change, so that waiters (preheat jobs) can await
+    /// progress instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Last registration or upload, ms since the epoch: LRU eviction and TTL go by it.
+    last_access: AtomicU64,
+    /// Set when `last_access` changed since it was last persisted.
+    access_dirty: AtomicBool,
+    /// Bytes charged against the quota.
+    charged: AtomicU64,
+    /// Loaded from disk at startup and not verified yet: its recorded piece table.
+    restoring: Mutex<Option<durable::Recorded>>,
 }
 
 struct Inner {
     state: CacheState,
     pieces: Vec<PieceMeta>,
     content_length: Option<u64>,
+    /// Why the fetch failed (no credentials: origin errors name the URL without user-info).
+    error: Option<String>,
 }
 
 impl CachedTask {
@@ -45,6 +71,8 @@ impl CachedTask {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         debug_assert_eq!(meta.number as usize, g.pieces.len());
         g.pieces.push(meta);
+        drop(g);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Sets the state (and the final length when complete).
@@ -54,6 +82,18 @@ impl CachedTask {
         if content_length.is_some() {
             g.content_length = content_length;
         }
+        drop(g);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees a change after every landed piece and state change from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Why the fetch failed, once it has.
+    pub fn error(&self) -> Option<String> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).error.clone()
     }
 
     /// Current state.
@@ -73,7 +113,19 @@ impl CachedTask {
             return None;
         }
         let meta = g.pieces.get(piece as usize)?;
+        self.touch();
         Some(PieceLocation { file: self.file.clone(), offset: meta.offset, len: meta.size })
+    }
+
+    /// Notes an access (LRU and TTL go by it).
+    fn touch(&self) {
+        self.last_access.store(now_ms(), Ordering::Relaxed);
+        self.access_dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes charged against the quota.
+    pub fn charged(&self) -> u64 {
+        self.charged.load(Ordering::Relaxed)
     }
 }
 
@@ -81,14 +133,35 @@ impl CachedTask {
 pub struct Cache {
     dir: PathBuf,
     tasks: DashMap<TaskId, Arc<CachedTask>>,
+    db: MetaDb,
+    /// Bytes the content may take; `None`: unbounded.
+    quota: Option<u64>,
+    /// Bytes charged by the tasks held.
+    used: Mutex<u64>,
+    metrics: crate::metrics::CacheMetrics,
+    /// Restored tasks waiting to be verified, next first.
+    restore_queue: Mutex<VecDeque<TaskId>>,
 }
 
 impl Cache {
-    /// Opens the cache under `data_dir/tasks`, creating it.
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    /// Opens the cache under `data_dir` (content in `tasks/`, metadata in `meta/`), creating it,
+    /// and loads the complete tasks it held (servable once [`restore::run`] verified them).
+    pub fn open(data_dir: &Path, quota: Option<u64>, metrics: crate::metrics::CacheMetrics) -> std::io::Result<Self> {
         let dir = data_dir.join("tasks");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir, tasks: DashMap::new() })
+        let db = MetaDb::open(&data_dir.join("meta")).map_err(std::io::Error::other)?;
+        metrics.quota_bytes.set(quota.map_or(0, |q| i64::try_from(q).unwrap_or(i64::MAX)));
+        let cache = Self {
+            dir,
+            tasks: DashMap::new(),
+            db,
+            quota,
+            used: Mutex::new(0),
+            metrics,
+            restore_queue: Mutex::new(VecDeque::new()),
+        };
+        cache.load().map_err(std::io::Error::other)?;
+        Ok(cache)
     }
 
     /// The task if it is cached (in any state).
@@ -103,6 +176,8 @@ impl Cache {
         match self.tasks.entry(id.clone()) {
             Entry::Occupied(mut e) => {
                 if e.get().state() != CacheState::Failed {
+                    e.get().touch();
+                    self.promote(id);
                     return Ok(None);
                 }
                 let fresh = self.new_task(id)?;
@@ -124,14 +199,32 @@ impl Cache {
             id: id.clone(),
             file: Arc::new(file),
             path,
-            inner: RwLock::new(Inner { state: CacheState::Fetching, pieces: Vec::new(), content_length: None }),
+            inner: RwLock::new(Inner {
+                state: CacheState::Fetching,
+                pieces: Vec::new(),
+                content_length: None,
+                error: None,
+            }),
+            changes: tokio::sync::watch::Sender::new(0),
+            last_access: AtomicU64::new(now_ms()),
+            access_dirty: AtomicBool::new(false),
+            charged: AtomicU64::new(0),
+            restoring: Mutex::new(None),
         }))
     }
 
-    /// Marks a task failed and removes its content file (nothing partial stays servable).
+    /// Marks a task failed and removes its content file and metadata (nothing partial stays
+    /// servable).
     pub fn fail(&self, task: &CachedTask) {
         task.set_state(CacheState::Failed, None);
-        let _ = std::fs::remove_file(&task.path);
+        self.delete(task);
+        self.release(task);
+    }
+
+    /// [`Cache::fail`], recording why (shown to preheat jobs waiting on the task).
+    pub fn fail_with(&self, task: &CachedTask, error: String) {
+        task.inner.write().unwrap_or_else(|e| e.into_inner()).error = Some(error);
+        self.fail(task);
     }
 
     /// Total bytes landed in the cache.

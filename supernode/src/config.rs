@@ -19,6 +19,10 @@ pub struct SupernodeConfig {
     pub data_dir: PathBuf,
     /// Disk quota for cached content (enforced by the cache GC); `None`: unbounded.
     pub cache_quota: Option<ByteSize>,
+    /// Finished tasks not read for this long are evicted (`24h`, `90m`); `None`: kept until
+    /// the quota needs their room.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
     /// Registries (`HOST:PORT`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Origins (`HOST` or `HOST:PORT`) the supernode may fetch from; empty: any.
@@ -42,6 +46,7 @@ impl Default for SupernodeConfig {
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8001)),
             data_dir: PathBuf::from("/var/lib/damselfly/supernode"),
             cache_quota: None,
+            cache_ttl: None,
             insecure_registries: Vec::new(),
             allow_origins: Vec::new(),
             ca_cert: None,

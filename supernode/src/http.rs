@@ -1,4 +1,5 @@
-//! The supernode's HTTP API: `/healthz`, `/metrics`, `/api/v1/tasks`, `/api/v1/peers`.
+//! The supernode's HTTP API: `/healthz`, `/metrics`, `/api/v1/tasks`, `/api/v1/peers`, and the
+//! preheat routes ([`crate::preheat::api::routes`]: `/api/v1/preheat`, Harbor's `/oapi/v1/jobs`).
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/peers", get(peers))
+        .merge(crate::preheat::api::routes())
         .with_state(shared)
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod origin;
+pub mod preheat;
 pub mod quic;
 pub mod scheduler;
 
@@ -41,8 +42,13 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// The cluster CA (signs peer certificates).
     pub ca: ClusterCa,
+    /// Preheat jobs (in memory).
+    pub preheat: preheat::Preheats,
     started: Instant,
     core: Mutex<Core>,
+    /// The connection (its peer set's address) each peer registered on last: when an older
+    /// connection of a restarted peer closes, the peer's newer registrations stay.
+    peer_conns: Mutex<HashMap<PeerId, usize>>,
 }
 
 /// The scheduler and the routes to the peers' control streams. Actions are dispatched while the
@@ -116,13 +122,17 @@ pub async fn start(
         _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
     };
     let http = origin_client(&config)?;
+    let metrics = metrics::Metrics::new();
+    let quota = config.cache_quota.map(|q| q.as_u64());
     let shared = Arc::new(Shared {
-        cache: cache::Cache::open(&config.data_dir)?,
-        metrics: metrics::Metrics::new(),
+        cache: cache::Cache::open(&config.data_dir, quota, metrics.cache.clone())?,
+        metrics,
         http,
         ca,
+        preheat: preheat::Preheats::default(),
         started: Instant::now(),
         core: Mutex::new(Core { scheduler: Scheduler::new(SchedulerConfig::default()), routes: HashMap::new() }),
+        peer_conns: Mutex::new(HashMap::new()),
         config,
     });
     let endpoint = quic::bind(&shared)?;
@@ -132,11 +142,17 @@ pub async fn start(
 
     let handle = tokio::spawn(async move {
         let ticker = tokio::spawn(tick_loop(shared.clone()));
+        // Cached tasks from before a restart: verified, then known to the scheduler again.
+        let restore = tokio::spawn(cache::restore::run(shared.clone()));
+        let gc = tokio::spawn(cache::gc::run(shared.clone()));
         let quic_task = tokio::spawn(quic::serve(shared.clone(), endpoint.clone(), shutdown.clone()));
         let http_task = tokio::spawn(http::serve(shared.clone(), listener, shutdown.clone()));
         let _ = http_task.await;
         let _ = quic_task.await;
         ticker.abort();
+        restore.abort();
+        gc.abort();
+        shared.cache.persist_access_times();
         endpoint.close(0u32.into(), b"shutdown");
         endpoint.wait_idle().await;
     });

@@ -26,6 +26,9 @@ struct Args {
     /// Disk quota for the cache, e.g. 20GiB.
     #[arg(long, value_parser = parse_size)]
     cache_quota: Option<ByteSize>,
+    /// Evict finished tasks not read for this long, e.g. 24h (default: only the quota evicts).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cache_ttl: Option<std::time::Duration>,
     /// Registry reached over plain HTTP (HOST:PORT); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -56,6 +59,9 @@ fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
     }
     if args.cache_quota.is_some() {
         c.cache_quota = args.cache_quota;
+    }
+    if args.cache_ttl.is_some() {
+        c.cache_ttl = args.cache_ttl;
     }
     c.insecure_registries.extend(args.insecure_registries);
     c.allow_origins.extend(args.allow_origins);

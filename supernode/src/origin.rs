@@ -78,6 +78,22 @@ impl OriginError {
     }
 }
 
+/// Starts the origin fetch of `req.task` unless one is running or complete: the coalescing point
+/// shared by peer registrations and preheat jobs, so that whoever asks first fetches and everyone
+/// else joins. Returns the task's cache entry and whether this call started the fetch.
+pub fn start_fetch(shared: &Arc<Shared>, req: OriginRequest) -> std::io::Result<(Arc<CachedTask>, bool)> {
+    loop {
+        if let Some(entry) = shared.cache.create_if_absent(&req.task)? {
+            tokio::spawn(run(shared.clone(), entry.clone(), req));
+            return Ok((entry, true));
+        }
+        // A usable entry exists (unless it failed or vanished in between: then try again).
+        if let Some(entry) = shared.cache.get(&req.task).filter(|e| e.state() != CacheState::Failed) {
+            return Ok((entry, false));
+        }
+    }
+}
+
 /// Runs the fetch to its end, reporting every step to the scheduler.
 #[instrument(skip_all, fields(task = %req.task))]
 pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest) {
@@ -86,14 +102,15 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
     info!(url = %url, "origin fetch started");
     match fetch(&shared, &entry, &req).await {
         Ok((len, pieces)) => {
-            entry.set_state(CacheState::Complete, Some(len));
+            // Recorded durably (content synced first) for restarts, then complete.
+            shared.cache.complete(&entry, len).await;
             info!(bytes = len, pieces, "origin fetch complete");
             shared.handle(Event::OriginComplete { task: req.task, total_pieces: pieces, content_length: len });
         }
         Err(e) => {
             warn!(error = %e, "origin fetch failed");
             shared.metrics.origin_failures.inc();
-            shared.cache.fail(&entry);
+            shared.cache.fail_with(&entry, e.to_string());
             shared.handle(Event::OriginFailed { task: req.task, status: e.status(), message: e.to_string() });
         }
     }
@@ -115,6 +132,10 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
     }
     let content_length = resp.content_length();
     let psize = piece_size(content_length);
+    if let Some(len) = content_length {
+        // Room in the cache quota before any byte is written (evicts idle tasks, or fails).
+        shared.reserve_cache(entry, len)?;
+    }
     shared.handle(Event::TaskStarted { task: req.task.clone(), content_length, piece_size: psize });
 
     let mut cutter = PieceCutter::new(psize);
@@ -151,6 +172,8 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
 
 /// Writes a piece to the cache file, then makes it servable and tells the scheduler.
 async fn land(shared: &Shared, entry: &CachedTask, task: &TaskId, piece: CutPiece) -> Result<(), OriginError> {
+    // No-op when the length was announced; otherwise charges the high-water mark.
+    shared.reserve_cache(entry, piece.offset + u64::from(piece.size))?;
     let file = entry.file.clone();
     let (offset, data) = (piece.offset, piece.data);
     tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await.map_err(std::io::Error::other)??;

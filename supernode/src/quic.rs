@@ -68,6 +68,10 @@ async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
     }
     let gone: Vec<PeerId> = peers.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
     for peer in gone {
+        if !release_conn(&shared, &peer, &peers) {
+            // The peer restarted and registered on a newer connection: its tasks stay.
+            continue;
+        }
         info!(peer = %peer, "peer gone");
         shared.handle(Event::PeerGone { peer });
     }
@@ -180,13 +184,18 @@ async fn control(
     };
     let task = TaskId::new(reg.task_id.clone());
     let peer = PeerId::new(reg.peer_id.clone());
+    if reg.announce_only {
+        return announce(shared, peers, task, peer, addr, reg.have, recv).await;
+    }
     let span = tracing::info_span!("control", task = %task, peer = %peer);
     async move {
         peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
+        claim_conn(&shared, &peer, &peers);
         let (tx, rx) = mpsc::unbounded_channel();
         shared.attach(&peer, &task, tx);
         let writer = tokio::spawn(write_downs(rx, send));
-        start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
+        // Held while the peer downloads: the cache never evicts an entry in use.
+        let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
         shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
         let result = read_ups(&shared, &task, &peer, &mut recv).await;
         shared.detach(&peer, &task);
@@ -203,10 +212,11 @@ fn start_origin_if_needed(
     url: url::Url,
     digest: Option<Sha256Digest>,
     headers: &[pb::Header],
-) {
-    let entry = match shared.cache.create_if_absent(task) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return,
+) -> Option<Arc<crate::cache::CachedTask>> {
+    let headers = headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+    let req = OriginRequest { task: task.clone(), url, digest, headers };
+    match crate::origin::start_fetch(shared, req) {
+        Ok((entry, _)) => Some(entry),
         Err(e) => {
             warn!(error = %e, "cannot create cache entry");
             shared.handle(Event::OriginFailed {
@@ -214,12 +224,52 @@ fn start_origin_if_needed(
                 status: None,
                 message: format!("supernode cache error: {e}"),
             });
-            return;
+            None
         }
-    };
-    let headers = headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
-    let req = OriginRequest { task: task.clone(), url, digest, headers };
-    tokio::spawn(crate::origin::run(shared.clone(), entry, req));
+    }
+}
+
+/// A peer tells what it holds without downloading (`Register.announce_only`): after a restart
+/// it re-announces a finished task (`have`: every piece, then `TaskDone`), after an eviction it
+/// leaves (`have` empty). No origin fetch starts and nothing is sent back.
+async fn announce(
+    shared: Arc<Shared>,
+    peers: ConnPeers,
+    task: TaskId,
+    peer: PeerId,
+    addr: SocketAddr,
+    have: Vec<u32>,
+    mut recv: RecvStream,
+) -> Result<(), TransportError> {
+    if have.is_empty() {
+        debug!(task = %task, peer = %peer, "peer dropped the task");
+        shared.handle(Event::PeerLeft { task, peer });
+        return Ok(());
+    }
+    peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
+    claim_conn(&shared, &peer, &peers);
+    shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have });
+    read_ups(&shared, &task, &peer, &mut recv).await
+}
+
+/// Records `peers`' connection as the one `peer` registered on last.
+fn claim_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers) {
+    let key = Arc::as_ptr(peers) as usize;
+    shared.peer_conns.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone(), key);
+}
+
+/// Forgets `peer`'s connection if it is `peers`' one; false when the peer registered on a newer
+/// connection since.
+fn release_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers) -> bool {
+    let key = Arc::as_ptr(peers) as usize;
+    let mut conns = shared.peer_conns.lock().unwrap_or_else(|e| e.into_inner());
+    match conns.get(peer) {
+        Some(k) if *k != key => false,
+        _ => {
+            conns.remove(peer);
+            true
+        }
+    }
 }
 
 async fn write_downs(mut rx: mpsc::UnboundedReceiver<Down>, mut send: SendStream) {

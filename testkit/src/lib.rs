@@ -43,27 +43,66 @@
 //!   (`DAMSELFLY_KEEP_TEST_DIRS=1` keeps the whole dir). Processes are SIGKILLed on drop.
 //! - [`Origin`] runs on its own thread and runtime: it keeps serving whatever flavour of runtime
 //!   the test uses.
+//!
+//! # Registries, images and container engines
+//!
+//! [`Registry`] runs the real CNCF registry (`docker-registry`, optionally private or a
+//! pull-through cache) and counts what it served from its access log; [`TestImage`] and
+//! [`TestIndex`] build deterministic OCI or Docker images in memory and push them; [`Containerd`],
+//! [`Podman`] and [`skopeo_copy_via_mirror`] pull with the real engines, configured from the very
+//! files under `deploy/` ([`hosts_dir_for`], [`registries_conf_for`]):
+//!
+//! ```no_run
+//! # async fn example(mirror_host: &str) -> anyhow::Result<()> {
+//! use damselfly_testkit::{ensure_success, hosts_dir_for, Containerd, Registry, RegistryOpts, TestImage};
+//!
+//! let registry = Registry::start(RegistryOpts::default()).await?;
+//! let image = TestImage::generate("demo/app", "v1", &[8 << 20, 1 << 20, 0], 42);
+//! image.push(&registry, None).await?;
+//! let containerd = Containerd::start().await?;
+//! let hosts = hosts_dir_for(&registry.host(), mirror_host)?; // mirror_host: a dfdaemon's proxy
+//! let mark = registry.mark().await?;
+//! ensure_success(&containerd.pull(&image.reference(&registry.host()), hosts.path()).await?, "pull")?;
+//! let log = registry.since(mark).await?;
+//! assert!(log.blob_bytes_served() <= image.total_blob_bytes());
+//! # Ok(()) }
+//! ```
+//!
+//! The engines need root (mounts, namespaces) and the Debian packages `scripts/setup.sh` installs.
 
+mod access_log;
 mod bins;
 mod cluster;
+mod containerd;
 mod data;
 mod dfdaemon;
 mod dfget;
 mod http;
+mod image;
 mod metrics;
 mod net;
 mod origin;
+mod podman;
 mod process;
+mod push;
+mod registry;
 mod supernode;
+mod templates;
 
+pub use access_log::{AccessLog, AccessMark, AccessRecord};
 pub use bins::{bin_path, BIN_DIR_ENV};
 pub use cluster::{Cluster, ClusterOpts};
+pub use containerd::{hosts_dir_for, Containerd, ImageCheck};
 pub use data::{file_sha256, random_bytes, sha256_digest, sha256_hex};
 pub use dfdaemon::{Dfdaemon, DfdaemonOpts};
 pub use dfget::{dfget, ensure_success, run_all, DfgetChild, DfgetRun};
 pub use http::http_client;
+pub use image::{media_types, Blob, ImageFormat, Platform, TestImage, TestIndex};
 pub use metrics::{Metrics, Sample};
 pub use net::{free_tcp_port, free_udp_port, loopback_ip};
 pub use origin::{Origin, RequestRecord};
+pub use podman::{podman_pull, registries_conf_for, skopeo_copy_via_mirror, skopeo_copy_with, Podman};
 pub use process::KEEP_DIRS_ENV;
+pub use registry::{Registry, RegistryOpts};
 pub use supernode::{Supernode, SupernodeOpts};
+pub use templates::{fill_template, CONTAINERD_HOSTS_TOML, DOCKER_DAEMON_JSON, REGISTRIES_CONF};

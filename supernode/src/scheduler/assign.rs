@@ -1,8 +1,10 @@
-//! Choosing pieces and parents: filling a peer's window rarest first, picking the least loaded
-//! usable parent (the supernode only as a last resort), slot accounting, and offering new
-//! capacity to waiting peers.
+//! Choosing pieces and parents: filling a peer's window rarest first, picking a free, least
+//! loaded usable parent (the supernode only as a last resort), upload slot accounting, and
+//! offering new capacity to waiting peers.
 
-use std::ops::Bound;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::ops::{Bound, ControlFlow};
 use std::time::Duration;
 
 use super::state::{Outbox, PieceState, Source, TaskState, Upload};
@@ -11,8 +13,15 @@ use super::{Assignment, Parent, Shared};
 /// At most this many candidate pieces are tried per fill (keeps a fill cheap when most pieces
 /// have no parent right now).
 const CANDIDATE_SCAN: usize = 64;
-/// At most this many holders are looked at when choosing a parent.
-const HOLDER_SCAN: usize = 64;
+/// A parent is the least loaded of at most this many free holders, found from a random start.
+const PARENT_SAMPLE: usize = 8;
+/// At most this many fresh peers are tracked per event; more are left to the ticks.
+const FRESH_PEERS_MAX: usize = 16;
+/// A drain stops after this many waiting peers in a row could not use the new capacity.
+const DRAIN_MISSES: usize = 64;
+
+/// Candidate pieces keyed (copies, random tie-break, piece), popping the rarest first.
+type Candidates = BinaryHeap<Reverse<(u32, u64, u32)>>;
 
 /// Capacity that appeared while handling an event: who may be able to serve waiting peers now.
 #[derive(Debug, Default)]
@@ -21,8 +30,6 @@ pub(super) struct Fresh {
     pub(super) peers: Vec<u32>,
     /// The supernode gained a free upload slot or a piece it may serve.
     pub(super) supernode: bool,
-    /// Reconsider every waiting peer (ticks, or too much changed to track).
-    pub(super) all: bool,
 }
 
 impl Fresh {
@@ -33,10 +40,6 @@ impl Fresh {
             Source::Peer { gid: Some(gid), .. } => self.peers.extend(task.slot_of(*gid)),
             Source::Peer { gid: None, .. } => {}
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.peers.is_empty() && !self.supernode && !self.all
     }
 }
 
@@ -50,103 +53,130 @@ enum Pick {
 
 impl Shared {
     /// Fills the free window of member `slot`, rarest pieces first; puts it in the waiting queue
-    /// when room and candidates remain without a parent. Returns whether the supernode got a new
-    /// upload.
-    pub(super) fn fill(&mut self, task: &mut TaskState, slot: u32, now: Duration, out: &mut Outbox) -> bool {
+    /// when room and candidates remain without a parent.
+    pub(super) fn fill(&mut self, task: &mut TaskState, slot: u32, now: Duration, out: &mut Outbox) {
         let Some(m) = task.member(slot) else {
-            return false;
+            return;
         };
         let mut room =
             if task.downloading(m) { self.config.window_per_peer.saturating_sub(m.assigned.len()) } else { 0 };
         if room == 0 {
             task.set_waiting(slot, false);
-            return false;
+            return;
         }
-        let (candidates, total) = self.candidates(task, slot);
-        let mut used_supernode = false;
+        let (mut candidates, total) = self.candidates(task, slot, now);
         let mut assigned = 0;
-        for piece in candidates {
-            if room == 0 {
+        for _ in 0..CANDIDATE_SCAN {
+            let Some(Reverse((_, _, piece))) = candidates.pop().filter(|_| room > 0) else {
                 break;
-            }
-            let Some(pick) = self.choose_parent(task, slot, piece, now) else {
-                continue;
             };
-            used_supernode |= matches!(pick, Pick::Supernode);
-            self.assign(task, slot, piece, pick, now, out);
-            room -= 1;
-            assigned += 1;
+            if let Some(pick) = self.choose_parent(task, slot, piece, now) {
+                self.assign(task, slot, piece, pick, now, out);
+                room -= 1;
+                assigned += 1;
+            }
         }
         task.set_waiting(slot, room > 0 && total > assigned);
-        used_supernode
     }
 
-    /// Landed pieces `slot` neither holds nor was assigned: the `CANDIDATE_SCAN` rarest (fewest
-    /// holders + assignments in flight, ties in random order), and how many there are in all.
-    fn candidates(&mut self, task: &TaskState, slot: u32) -> (Vec<u32>, usize) {
+    /// Landed pieces `slot` neither holds nor was assigned and that may have a parent now (a
+    /// free holder, or none at all and the supernode may serve), as a heap that pops the rarest
+    /// first (fewest holders + assignments in flight, ties in random order); and how many
+    /// pieces it lacks in all.
+    fn candidates(&mut self, task: &TaskState, slot: u32, now: Duration) -> (Candidates, usize) {
         let Some(m) = task.member(slot) else {
-            return (Vec::new(), 0);
+            return (BinaryHeap::new(), 0);
         };
-        let rng = &mut self.rng;
-        let mut keyed: Vec<(u32, u64, u32)> = task
-            .landed
-            .iter()
-            .copied()
-            .filter(|&p| !m.held.contains(p) && !m.assigned.contains_key(&p))
-            .map(|p| {
-                let copies = task.pieces.get(p as usize).map_or(0, |ps| ps.holder_count + ps.inflight);
-                (copies, rng.next_u64(), p)
-            })
-            .collect();
-        let total = keyed.len();
-        if keyed.len() > CANDIDATE_SCAN {
-            keyed.select_nth_unstable(CANDIDATE_SCAN - 1);
-            keyed.truncate(CANDIDATE_SCAN);
+        let sn_free = self.sn_uploads < self.config.max_supernode_uploads;
+        let mut total = 0;
+        let mut keyed = Vec::new();
+        for &p in &task.landed {
+            let Some(ps) = task.pieces.get(p as usize) else {
+                continue;
+            };
+            if m.held.contains(p) || m.assigned.contains_key(&p) {
+                continue;
+            }
+            total += 1;
+            let supernode = ps.holder_count == 0 && sn_free && !self.recent_supernode_copy(ps, now);
+            // A child's failure reports may leave it no usable holder: let `choose_parent` judge.
+            if ps.open_holders > 0 || supernode || m.failed.contains_key(&p) {
+                keyed.push(Reverse((ps.holder_count + ps.inflight, self.rng.next_u64(), p)));
+            }
         }
-        keyed.sort_unstable();
-        (keyed.into_iter().map(|(_, _, p)| p).collect(), total)
+        (BinaryHeap::from(keyed), total)
     }
 
-    /// The parent for `child` to fetch `piece` from now, if any: the least loaded usable holder
-    /// with a free slot; else the supernode if no usable peer holds the piece at all, no recent
-    /// supernode copy is in flight and the supernode has a free slot.
+    /// The parent for `child` to fetch `piece` from now, if any: the least loaded of a few free
+    /// usable holders; else the supernode if no usable peer holds the piece at all (busy
+    /// holders count: the child waits for them), no recent supernode copy is in flight and the
+    /// supernode has a free slot.
     fn choose_parent(&mut self, task: &TaskState, child: u32, piece: u32, now: Duration) -> Option<Pick> {
         let ps = task.pieces.get(piece as usize)?;
         let failed = task.member(child)?.failed.get(&piece);
-        if ps.holder_count > 0 {
+        let excluded = |slot: u32| failed.is_some_and(|f| task.member(slot).is_some_and(|h| f.contains(&h.id)));
+        if ps.open_holders > 0 {
             let start = self.rng.below(ps.holders.capacity());
-            let mut usable = false;
             let mut best: Option<(usize, u32)> = None;
-            let holders = ps.holders.iter_from(start).filter(|&s| s != child);
-            for slot in holders.take(HOLDER_SCAN) {
-                let Some(h) = task.member(slot) else {
-                    continue;
-                };
-                if failed.is_some_and(|f| f.contains(&h.id)) {
-                    continue;
+            let mut seen = 0;
+            ps.holders.for_each_common_from(&task.open, start, |slot| {
+                if slot == child || excluded(slot) {
+                    return ControlFlow::Continue(());
                 }
-                let Some(rec) = self.peers.get(h.gid).filter(|r| !r.bad) else {
-                    continue;
+                let Some(load) = self.load(task, slot) else {
+                    return ControlFlow::Continue(());
                 };
-                usable = true;
-                let load = rec.uploads.len();
-                if load < self.config.max_uploads_per_peer && best.is_none_or(|(b, _)| load < b) {
+                if best.is_none_or(|(b, _)| load < b) {
                     best = Some((load, slot));
-                    if load == 0 {
-                        break;
-                    }
                 }
-            }
+                seen += 1;
+                if load == 0 || seen >= PARENT_SAMPLE {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
             if let Some((_, slot)) = best {
                 return Some(Pick::Peer(slot));
             }
-            if usable {
-                // Busy holders exist: wait for them rather than load the supernode.
+        }
+        if ps.holder_count > 0 {
+            let unusable = failed.map_or(0, |f| {
+                let holder =
+                    |id| self.peers.gid(id).and_then(|g| task.slot_of(g)).is_some_and(|s| ps.holders.contains(s));
+                f.iter().filter(|id| holder(id)).count()
+            });
+            if ps.holder_count as usize > unusable {
                 return None;
             }
         }
         let free = self.sn_uploads < self.config.max_supernode_uploads;
         (free && !self.recent_supernode_copy(ps, now)).then_some(Pick::Supernode)
+    }
+
+    /// Current uploads of member `slot`, if it may take another one.
+    fn load(&self, task: &TaskState, slot: u32) -> Option<usize> {
+        let rec = self.peers.get(task.member(slot)?.gid)?;
+        let load = rec.uploads.len();
+        (!rec.bad && load < self.config.max_uploads_per_peer).then_some(load)
+    }
+
+    /// Whether member `slot` can take another upload and has something to upload.
+    fn can_upload(&self, task: &TaskState, slot: u32) -> bool {
+        task.member(slot).is_some_and(|m| m.held_count > 0) && self.load(task, slot).is_some()
+    }
+
+    /// Brings the member's bit in `task.open` up to date with its peer's load; other tasks of
+    /// the peer are updated by [`super::Scheduler::sync_open`] after the event.
+    pub(super) fn refresh_open(&mut self, task: &mut TaskState, gid: u32) {
+        let Some(rec) = self.peers.get(gid) else {
+            return;
+        };
+        if let Some(slot) = task.slot_of(gid) {
+            task.set_open(slot, !rec.bad && rec.uploads.len() < self.config.max_uploads_per_peer);
+        }
+        if rec.tasks.len() > 1 {
+            self.dirty.push(gid);
+        }
     }
 
     /// Whether a supernode copy of the piece started less than `stalled_after` ago is in flight.
@@ -173,6 +203,7 @@ impl Shared {
                 if let Some(rec) = self.peers.get_mut(gid) {
                     rec.uploads.push(Upload { task: task.id.clone(), child, piece });
                 }
+                self.refresh_open(task, gid);
                 (Source::Peer { id: id.clone(), gid: Some(gid) }, Parent::Peer { id, addr })
             }
         };
@@ -202,45 +233,136 @@ impl Shared {
                 if let Some(rec) = self.peers.get_mut(*gid) {
                     rec.uploads.retain(|u| !(u.child == child && u.piece == piece && u.task == task.id));
                 }
+                self.refresh_open(task, *gid);
             }
             Source::Peer { gid: None, .. } => {}
         }
         Some(source)
     }
 
-    /// Offers new capacity to the task's waiting peers, longest waiting first, until the
-    /// capacity is used up (or, with `fresh.all`, to every waiting peer).
+    /// Offers the capacity that appeared to the task's waiting peers, round robin from where the
+    /// last offer stopped, one piece per peer per visit, until the capacity is used up or
+    /// `DRAIN_MISSES` peers in a row (or the whole queue) could not use it. Capacity left over
+    /// stays available: a peer finds it with its next fill, and ticks refill waiting peers.
     pub(super) fn drain(&mut self, task: &mut TaskState, fresh: &Fresh, now: Duration, out: &mut Outbox) {
-        if fresh.is_empty() || task.failed() {
+        if task.failed() {
             return;
         }
+        let mut peers = fresh.peers.clone();
+        peers.sort_unstable();
+        peers.dedup();
+        peers.truncate(FRESH_PEERS_MAX);
         let mut sn_open = if fresh.supernode { self.supernode_open(task, now) } else { Vec::new() };
-        let mut cursor: Option<(u64, u32)> = None;
-        loop {
-            let open_peer = fresh.peers.iter().any(|&s| self.can_upload(task, s));
-            if !fresh.all && sn_open.is_empty() && !open_peer {
+        let mut misses = 0;
+        let mut cursor = task.drain_cursor;
+        while misses < DRAIN_MISSES.min(task.waiting.len()) {
+            if sn_open.is_empty() && !peers.iter().any(|&s| self.can_upload(task, s)) {
                 break;
             }
-            let next = match cursor {
-                None => task.waiting.first(),
-                Some(c) => task.waiting.range((Bound::Excluded(c), Bound::Unbounded)).next(),
-            };
-            let Some(&key) = next else {
+            let next = task.waiting.range((Bound::Excluded(cursor), Bound::Unbounded)).next();
+            let Some(&key) = next.or_else(|| task.waiting.first()) else {
                 break;
             };
-            cursor = Some(key);
-            if !fresh.all && !self.may_gain(task, key.1, &fresh.peers, &sn_open) {
-                continue;
-            }
-            if self.fill(task, key.1, now, out) && !sn_open.is_empty() {
-                sn_open = self.supernode_open(task, now);
+            cursor = key;
+            if self.offer(task, key.1, &peers, &mut sn_open, now, out) {
+                misses = 0;
+            } else {
+                misses += 1;
             }
         }
+        task.drain_cursor = cursor;
+    }
+
+    /// Gives waiting member `w` one piece from a fresh peer or, failing that, from the
+    /// supernode's newly servable pieces. Returns whether it got one.
+    fn offer(
+        &mut self,
+        task: &mut TaskState,
+        w: u32,
+        peers: &[u32],
+        sn_open: &mut Vec<u32>,
+        now: Duration,
+        out: &mut Outbox,
+    ) -> bool {
+        let window = self.config.window_per_peer;
+        if !task.member(w).is_some_and(|m| task.downloading(m) && m.assigned.len() < window) {
+            task.set_waiting(w, false);
+            return false;
+        }
+        let mut pick = None;
+        for &p in peers {
+            if p != w && self.can_upload(task, p) {
+                if let Some(piece) = self.pick_from(task, w, p) {
+                    pick = Some((piece, Pick::Peer(p)));
+                    break;
+                }
+            }
+        }
+        if pick.is_none() {
+            pick = self.pick_supernode_piece(task, w, sn_open).map(|piece| (piece, Pick::Supernode));
+        }
+        let Some((piece, pick)) = pick else {
+            return false;
+        };
+        self.assign(task, w, piece, pick, now, out);
+        if matches!(pick, Pick::Supernode) {
+            sn_open.retain(|&p| p != piece);
+            if self.sn_uploads >= self.config.max_supernode_uploads {
+                sn_open.clear();
+            }
+        }
+        if task.member(w).is_some_and(|m| m.assigned.len() >= window) {
+            task.set_waiting(w, false);
+        }
+        true
+    }
+
+    /// The rarest piece parent `p` can give child `w` (landed, held by `p`, not held by or
+    /// assigned to `w`, `p` not reported failing it for `w`); ties random.
+    fn pick_from(&mut self, task: &TaskState, w: u32, p: u32) -> Option<u32> {
+        let (child, parent) = (task.member(w)?, task.member(p)?);
+        let usable = |piece: u32| {
+            task.is_landed(piece)
+                && !child.assigned.contains_key(&piece)
+                && !child.failed.get(&piece).is_some_and(|f| f.contains(&parent.id))
+        };
+        let pieces = parent.held.and_not_iter(&child.held).filter(|&piece| usable(piece));
+        self.rarest(task, pieces)
+    }
+
+    /// The rarest of `sn_open` that `w` neither holds nor was assigned; ties random.
+    fn pick_supernode_piece(&mut self, task: &TaskState, w: u32, sn_open: &[u32]) -> Option<u32> {
+        let child = task.member(w)?;
+        let pieces = sn_open.iter().copied().filter(|&p| !child.held.contains(p) && !child.assigned.contains_key(&p));
+        self.rarest(task, pieces)
+    }
+
+    /// The piece with the fewest copies among `pieces`, ties broken at random (reservoir).
+    fn rarest(&mut self, task: &TaskState, pieces: impl Iterator<Item = u32>) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None;
+        let mut ties = 0;
+        for piece in pieces {
+            let key = copies(task, piece);
+            match best {
+                Some((k, _)) if key > k => {}
+                Some((k, _)) if key == k => {
+                    ties += 1;
+                    if self.rng.below(ties + 1) == 0 {
+                        best = Some((key, piece));
+                    }
+                }
+                _ => {
+                    best = Some((key, piece));
+                    ties = 0;
+                }
+            }
+        }
+        best.map(|(_, piece)| piece)
     }
 
     /// Pieces the supernode could serve right now (no usable holder, no recent copy in
     /// flight), or none when it has no free slot.
-    fn supernode_open(&self, task: &TaskState, now: Duration) -> Vec<u32> {
+    pub(super) fn supernode_open(&self, task: &TaskState, now: Duration) -> Vec<u32> {
         if self.sn_uploads >= self.config.max_supernode_uploads {
             return Vec::new();
         }
@@ -251,23 +373,23 @@ impl Shared {
             .collect()
     }
 
-    /// Whether member `slot` can take another upload (and has something to upload).
-    fn can_upload(&self, task: &TaskState, slot: u32) -> bool {
-        task.member(slot).is_some_and(|m| {
-            m.held_count > 0
-                && self.peers.get(m.gid).is_some_and(|r| !r.bad && r.uploads.len() < self.config.max_uploads_per_peer)
-        })
+    /// Tick: fully refills up to `limit` waiting members, continuing where the last tick
+    /// stopped, so that every waiting member is reconsidered within a few ticks.
+    pub(super) fn refill_waiting(&mut self, task: &mut TaskState, limit: usize, now: Duration, out: &mut Outbox) {
+        let from = task.tick_cursor;
+        let mut batch: Vec<(u64, u32)> = task.waiting.range((from, 0)..).take(limit).copied().collect();
+        if batch.len() < limit {
+            let more = limit - batch.len();
+            batch.extend(task.waiting.range(..(from, 0)).take(more).copied());
+        }
+        task.tick_cursor = batch.last().map_or(0, |&(seq, _)| seq + 1);
+        for (_, slot) in batch {
+            self.fill(task, slot, now, out);
+        }
     }
+}
 
-    /// Cheap pre-check: could the waiting member `slot` use the fresh capacity? (False
-    /// positives only cost a fill.)
-    fn may_gain(&self, task: &TaskState, slot: u32, fresh_peers: &[u32], sn_open: &[u32]) -> bool {
-        let Some(w) = task.member(slot) else {
-            return false;
-        };
-        let from_peer = fresh_peers.iter().any(|&s| {
-            s != slot && self.can_upload(task, s) && task.member(s).is_some_and(|p| p.held.has_any_not_in(&w.held))
-        });
-        from_peer || sn_open.iter().any(|&p| !w.held.contains(p) && !w.assigned.contains_key(&p))
-    }
+/// Copies of `piece` in the swarm or on their way: usable holders + assignments in flight.
+fn copies(task: &TaskState, piece: u32) -> u32 {
+    task.pieces.get(piece as usize).map_or(0, |ps| ps.holder_count + ps.inflight)
 }

@@ -11,9 +11,9 @@ use super::assign::Fresh;
 use super::state::{BitSet, Member, Origin, Outbox, Source, TaskInfo, TaskState};
 use super::{Action, Down, FailReason, PieceMeta, Scheduler, Shared};
 
-/// When a new piece has more holders than this, every waiting peer is reconsidered instead of
-/// tracking each holder as fresh capacity.
-const FRESH_PEERS_MAX: usize = 16;
+/// Waiting members fully reconsidered per task per tick (a safety net: events offer new
+/// capacity to waiting members as it appears).
+const TICK_REFILL: usize = 256;
 
 impl Scheduler {
     pub(super) fn task_started(
@@ -23,9 +23,9 @@ impl Scheduler {
         piece_size: u32,
         out: &mut Vec<Action>,
     ) {
-        let Some(task) = self.tasks.get_mut(id) else {
-            return;
-        };
+        // A fetch that no peer has joined yet (a preheat) creates the task, so that the pieces
+        // it lands are known to peers that join later.
+        let task = self.tasks.entry(id.clone()).or_insert_with(|| TaskState::new(id.clone()));
         if task.failed() {
             return;
         }
@@ -59,7 +59,6 @@ impl Scheduler {
             task.add_holder(slot, n, bad);
             fresh.peers.push(slot);
         }
-        fresh.all = fresh.peers.len() > FRESH_PEERS_MAX;
         broadcast(task, out, || Down::Pieces(vec![meta.clone()]));
         let window = self.shared.config.window_per_peer;
         let lacking: Vec<u32> = task
@@ -147,6 +146,7 @@ impl Scheduler {
             wait_seq: None,
         };
         let slot = task.add_member(member);
+        self.shared.refresh_open(task, gid);
         for &p in &landed_held {
             task.add_holder(slot, p, bad);
         }
@@ -325,16 +325,45 @@ impl Scheduler {
         };
         let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
         for id in tasks {
+            self.sync_open();
             self.peer_left(now, &id, peer, out);
         }
     }
 
+    /// Tick: stalled supernode copies may be retried, and a batch of waiting members is fully
+    /// reconsidered.
     pub(super) fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
-        let fresh = Fresh { all: true, ..Fresh::default() };
-        for task in self.tasks.values_mut().filter(|t| !t.waiting.is_empty()) {
+        let fresh = Fresh { supernode: true, ..Fresh::default() };
+        let ids: Vec<TaskId> =
+            self.tasks.iter().filter(|(_, t)| !t.waiting.is_empty()).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            self.sync_open();
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             let mut outbox = Outbox::default();
             self.shared.drain(task, &fresh, now, &mut outbox);
+            self.shared.refill_waiting(task, TICK_REFILL, now, &mut outbox);
             flush(task, outbox, out);
+        }
+    }
+
+    /// Refreshes the `open` bits of peers whose load changed in another task.
+    pub(super) fn sync_open(&mut self) {
+        let max = self.shared.config.max_uploads_per_peer;
+        for gid in std::mem::take(&mut self.shared.dirty) {
+            let Some(rec) = self.shared.peers.get(gid) else {
+                continue;
+            };
+            let open = !rec.bad && rec.uploads.len() < max;
+            for id in &rec.tasks {
+                let Some(task) = self.tasks.get_mut(id) else {
+                    continue;
+                };
+                if let Some(slot) = task.slot_of(gid) {
+                    task.set_open(slot, open);
+                }
+            }
         }
     }
 
@@ -378,6 +407,7 @@ impl Scheduler {
             let Some(slot) = task.slot_of(gid) else {
                 continue;
             };
+            task.set_open(slot, false);
             let held: Vec<u32> = task.member(slot).map(|m| m.held.iter().collect()).unwrap_or_default();
             let mut orphaned = false;
             for p in held {
@@ -454,6 +484,9 @@ impl Shared {
         if let Some(rec) = self.peers.get_mut(gid) {
             let (mine, rest) = std::mem::take(&mut rec.uploads).into_iter().partition(|u| u.task == task.id);
             rec.uploads = rest;
+            if rec.tasks.len() > 1 {
+                self.dirty.push(gid);
+            }
             for upload in mine {
                 let child = task.member_mut(upload.child).and_then(|c| c.assigned.get_mut(&upload.piece));
                 if let Some(Source::Peer { gid, .. }) = child {

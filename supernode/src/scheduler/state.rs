@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use damselfly_common::id::{PeerId, TaskId};
@@ -58,26 +59,7 @@ impl BitSet {
 
     /// The members in `from..to`, ascending.
     pub(super) fn range(&self, from: u32, to: u32) -> impl Iterator<Item = u32> + '_ {
-        let to = to.min(self.capacity());
-        let first = from / 64;
-        let last = to.div_ceil(64);
-        (first..last.max(first)).flat_map(move |wi| {
-            let mut w = self.words[wi as usize];
-            if wi == first {
-                w &= !0u64 << (from % 64);
-            }
-            if wi + 1 == last && !to.is_multiple_of(64) {
-                w &= (1u64 << (to % 64)) - 1;
-            }
-            let base = wi * 64;
-            std::iter::from_fn(move || {
-                (w != 0).then(|| {
-                    let bit = w.trailing_zeros();
-                    w &= w - 1;
-                    base + bit
-                })
-            })
-        })
+        ones(move |i| self.words[i], from, to.min(self.capacity()))
     }
 
     /// All members, ascending.
@@ -85,15 +67,61 @@ impl BitSet {
         self.range(0, self.capacity())
     }
 
-    /// All members, starting at `start` and wrapping around.
-    pub(super) fn iter_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        self.range(start, self.capacity()).chain(self.range(0, start))
+    /// Calls `f` on the members of both `self` and `other`, starting at `start` and wrapping
+    /// around, until `f` breaks. A tight loop over words: empty stretches cost little.
+    pub(super) fn for_each_common_from(&self, other: &BitSet, start: u32, mut f: impl FnMut(u32) -> ControlFlow<()>) {
+        let n = self.words.len().min(other.words.len());
+        if n == 0 {
+            return;
+        }
+        let start = start as usize % (n * 64);
+        let (sw, high) = (start / 64, !0u64 << (start % 64));
+        let mut visit = |wi: usize, mask: u64| {
+            let mut w = self.words[wi] & other.words[wi] & mask;
+            while w != 0 {
+                let bit = w.trailing_zeros();
+                w &= w - 1;
+                f((wi * 64) as u32 + bit)?;
+            }
+            ControlFlow::Continue(())
+        };
+        let _ = (|| {
+            visit(sw, high)?;
+            for wi in (sw + 1..n).chain(0..sw) {
+                visit(wi, !0)?;
+            }
+            visit(sw, !high)
+        })();
     }
 
-    /// Whether some member of `self` is not in `other`.
-    pub(super) fn has_any_not_in(&self, other: &BitSet) -> bool {
-        self.words.iter().enumerate().any(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) != 0)
+    /// Members of `self` that are not in `other`, ascending.
+    pub(super) fn and_not_iter<'a>(&'a self, other: &'a BitSet) -> impl Iterator<Item = u32> + 'a {
+        let word = move |i: usize| self.words[i] & !other.words.get(i).copied().unwrap_or(0);
+        ones(word, 0, self.capacity())
     }
+}
+
+/// The set bits in `from..to` of the words `word(0)`, `word(1)`, ... (which must cover `to`).
+fn ones(word: impl Fn(usize) -> u64 + Copy, from: u32, to: u32) -> impl Iterator<Item = u32> {
+    let first = from / 64;
+    let last = to.div_ceil(64);
+    (first..last.max(first)).flat_map(move |wi| {
+        let mut w = if from < to { word(wi as usize) } else { 0 };
+        if wi == first {
+            w &= !0u64 << (from % 64);
+        }
+        if wi + 1 == last && !to.is_multiple_of(64) {
+            w &= (1u64 << (to % 64)) - 1;
+        }
+        let base = wi * 64;
+        std::iter::from_fn(move || {
+            (w != 0).then(|| {
+                let bit = w.trailing_zeros();
+                w &= w - 1;
+                base + bit
+            })
+        })
+    })
 }
 
 /// SplitMix64: a tiny, good-enough PRNG for tie-breaking; seeded, so runs are reproducible.
@@ -197,6 +225,12 @@ impl PeerTable {
     pub(super) fn len(&self) -> usize {
         self.index.len()
     }
+
+    /// Every registered peer with its index (for invariant checks).
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &PeerRec)> + '_ {
+        self.recs.iter().enumerate().filter_map(|(i, r)| Some((i as u32, r.as_ref()?)))
+    }
 }
 
 /// Where a task's origin fetch stands.
@@ -234,6 +268,9 @@ pub(super) struct PieceState {
     /// Member slots that hold the piece and may serve it (bad peers excluded).
     pub(super) holders: BitSet,
     pub(super) holder_count: u32,
+    /// Holders that may take another upload (in `TaskState::open`): 0 means no peer can serve
+    /// the piece right now, without scanning the holders.
+    pub(super) open_holders: u32,
     /// Outstanding assignments of the piece, any parent.
     pub(super) inflight: u32,
     /// Supernode copies in flight: (child slot, start time).
@@ -282,6 +319,13 @@ pub(super) struct TaskState {
     /// Members with free window and something to fetch that got nothing: (seq, slot), FIFO.
     pub(super) waiting: BTreeSet<(u64, u32)>,
     next_seq: u64,
+    /// Where the next tick's refill of waiting members starts (a waiting seq).
+    pub(super) tick_cursor: u64,
+    /// The waiting entry the last drain stopped at: the next one continues after it.
+    pub(super) drain_cursor: (u64, u32),
+    /// Members that may take another upload (not bad, below the upload limit): with a piece's
+    /// holders, finds a free parent without looking at busy ones. Change with `set_open`.
+    pub(super) open: BitSet,
     /// Members that have not reported done.
     pub(super) active: usize,
     pub(super) idle_reported: bool,
@@ -301,6 +345,9 @@ impl TaskState {
             free_slots: Vec::new(),
             waiting: BTreeSet::new(),
             next_seq: 0,
+            tick_cursor: 0,
+            drain_cursor: (0, 0),
+            open: BitSet::default(),
             active: 0,
             idle_reported: false,
         }
@@ -346,6 +393,7 @@ impl TaskState {
     pub(super) fn take_member(&mut self, slot: u32) -> Option<Member> {
         let m = self.members.get_mut(slot as usize)?.take()?;
         self.by_gid.remove(&m.gid);
+        self.set_open(slot, false);
         self.free_slots.push(slot);
         if !m.done {
             self.active = self.active.saturating_sub(1);
@@ -388,6 +436,7 @@ impl TaskState {
         };
         if p.meta.is_some() && p.holders.insert(slot) {
             p.holder_count += 1;
+            p.open_holders += u32::from(self.open.contains(slot));
             self.sn_candidates.remove(&piece);
         }
     }
@@ -402,11 +451,30 @@ impl TaskState {
             return false;
         }
         p.holder_count -= 1;
+        p.open_holders -= u32::from(self.open.contains(slot));
         if p.holder_count == 0 && p.meta.is_some() {
             self.sn_candidates.insert(piece);
             return true;
         }
         false
+    }
+
+    /// Records whether member `slot` may take another upload, keeping the pieces'
+    /// `open_holders` counts in step.
+    pub(super) fn set_open(&mut self, slot: u32, open: bool) {
+        let changed = if open { self.open.insert(slot) } else { self.open.remove(slot) };
+        let Some(m) = self.members.get(slot as usize).and_then(Option::as_ref).filter(|_| changed) else {
+            return;
+        };
+        for piece in m.held.iter() {
+            if let Some(p) = self.pieces.get_mut(piece as usize).filter(|p| p.holders.contains(slot)) {
+                if open {
+                    p.open_holders += 1;
+                } else {
+                    p.open_holders -= 1;
+                }
+            }
+        }
     }
 
     /// Marks the member done (it downloads no more).

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use damselfly_common::id::{PeerId, TaskId};
 
+use super::state::Source;
 use super::*;
 
 const PIECE: u32 = 1 << 20;
@@ -96,6 +97,7 @@ impl Swarm {
         self.apply(&actions);
         let sn_pending = self.pending.iter().filter(|(_, _, p)| *p == Parent::Supernode).count();
         assert_eq!(self.s.supernode_uploads_in_flight(), sn_pending, "supernode slot accounting");
+        self.s.check_invariants();
         actions
     }
 
@@ -316,6 +318,58 @@ impl Swarm {
     }
 }
 
+impl Scheduler {
+    /// Recomputes every derived count and index from the assignments and holdings and checks
+    /// that the incremental bookkeeping agrees.
+    fn check_invariants(&self) {
+        let max = self.shared.config.max_uploads_per_peer;
+        let mut sn_uploads = 0;
+        let mut uploads: BTreeMap<u32, usize> = BTreeMap::new();
+        for task in self.tasks.values() {
+            let bad = |gid: u32| self.shared.peers.get(gid).is_none_or(|r| r.bad);
+            for (slot, m) in task.members() {
+                let rec = self.shared.peers.get(m.gid).unwrap();
+                assert!(rec.tasks.contains(&task.id));
+                assert_eq!(task.open.contains(slot), !rec.bad && rec.uploads.len() < max, "open bit of {}", m.id);
+                assert_eq!(m.held_count as usize, m.held.iter().count());
+                assert_eq!(m.wait_seq.is_some_and(|seq| task.waiting.contains(&(seq, slot))), m.wait_seq.is_some());
+                assert!(m.assigned.len() <= self.shared.config.window_per_peer);
+                for (&p, source) in &m.assigned {
+                    assert!(task.is_landed(p) && !m.held.contains(p));
+                    match source {
+                        Source::Supernode => sn_uploads += 1,
+                        Source::Peer { gid: Some(g), .. } => *uploads.entry(*g).or_default() += 1,
+                        Source::Peer { gid: None, .. } => {}
+                    }
+                }
+            }
+            assert_eq!(task.waiting.len(), task.members().filter(|(_, m)| m.wait_seq.is_some()).count());
+            assert_eq!(task.active, task.members().filter(|(_, m)| !m.done).count());
+            for &p in &task.landed {
+                let ps = &task.pieces[p as usize];
+                let holders: Vec<u32> =
+                    task.members().filter(|(_, m)| m.held.contains(p) && !bad(m.gid)).map(|(s, _)| s).collect();
+                assert_eq!(ps.holders.iter().collect::<Vec<_>>(), holders, "holders of piece {p}");
+                assert_eq!(ps.holder_count as usize, holders.len());
+                let open = holders.iter().filter(|&&s| task.open.contains(s)).count();
+                assert_eq!(ps.open_holders as usize, open, "open holders of piece {p}");
+                let inflight = task.members().filter(|(_, m)| m.assigned.contains_key(&p)).count();
+                assert_eq!(ps.inflight as usize, inflight, "in flight of piece {p}");
+                let sn = task.members().filter(|(_, m)| matches!(m.assigned.get(&p), Some(Source::Supernode))).count();
+                assert_eq!(ps.sn_copies.len(), sn);
+                assert_eq!(task.sn_candidates.contains(&p), holders.is_empty());
+            }
+        }
+        assert_eq!(self.shared.sn_uploads, sn_uploads);
+        assert!(sn_uploads <= self.shared.config.max_supernode_uploads);
+        for (gid, rec) in self.shared.peers.iter() {
+            assert_eq!(rec.uploads.len(), uploads.get(&gid).copied().unwrap_or(0), "uploads of {}", rec.id);
+            assert!(rec.uploads.len() <= max);
+            assert!(!rec.tasks.is_empty());
+        }
+    }
+}
+
 fn parent_key(parent: &Parent) -> Option<PeerId> {
     match parent {
         Parent::Supernode => None,
@@ -457,6 +511,34 @@ fn peers_joining_before_the_origin_answers_get_pieces_as_they_land() {
     sw.run(all_finish);
     assert!(sw.everyone_done(0..3));
     assert_eq!(sw.sn_assigned, 8);
+}
+
+#[test]
+fn a_fetch_nobody_joined_yet_is_known_to_peers_that_join_later() {
+    // A preheat: the origin fetch starts, lands and completes before any peer registers.
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    sw.start();
+    for n in 0..2 {
+        sw.land(n);
+    }
+    let early = sw.join(0, vec![]);
+    assert_eq!(sends_to(&early, &pid(0))[1], Down::Pieces(vec![meta(0), meta(1)]), "pieces landed so far");
+    for n in 2..4 {
+        sw.land(n);
+    }
+    sw.complete(4);
+    let late = sw.join(1, vec![]);
+    let told = sends_to(&late, &pid(1));
+    assert!(told.contains(&Down::Complete { total_pieces: 4, content_length: 4 * u64::from(PIECE) }), "{told:?}");
+    sw.run(all_finish);
+    assert!(sw.everyone_done(0..2));
+
+    // A failed fetch nobody joined leaves nothing behind.
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let other = TaskId::new("preheat-failed");
+    s.on_event(Duration::ZERO, Event::TaskStarted { task: other.clone(), content_length: None, piece_size: PIECE });
+    s.on_event(Duration::ZERO, Event::OriginFailed { task: other.clone(), status: None, message: "gone".into() });
+    assert!(s.tasks().is_empty());
 }
 
 #[test]
@@ -621,8 +703,8 @@ fn events_for_unknown_tasks_and_peers_are_ignored() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let other = TaskId::new("nope");
     let now = Duration::ZERO;
+    // (TaskStarted is not among them: it creates its task, see the preheat test below.)
     let events = vec![
-        Event::TaskStarted { task: other.clone(), content_length: None, piece_size: PIECE },
         Event::PieceLanded { task: other.clone(), piece: meta(0) },
         Event::OriginComplete { task: other.clone(), total_pieces: 1, content_length: 1 },
         Event::OriginFailed { task: other.clone(), status: None, message: String::new() },
@@ -702,6 +784,56 @@ fn summary_views_and_determinism() {
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["phase"], "fetching");
     assert_eq!(sw.s.tasks(), vec![tid()]);
+}
+
+#[test]
+fn the_upload_limit_holds_across_tasks() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let (a, b) = (TaskId::new("a"), TaskId::new("b"));
+    let now = Duration::ZERO;
+    for t in [&a, &b] {
+        s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: None, piece_size: PIECE });
+        for n in 0..8 {
+            s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
+        }
+        let len = 8 * u64::from(PIECE);
+        s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 8, content_length: len });
+        s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(0), addr: addr(0), have: (0..8).collect() });
+    }
+    // Transfers from the seed p0 in progress, and how many each task got in all.
+    let mut from_seed: Vec<(TaskId, PeerId, u32)> = Vec::new();
+    let mut served: BTreeMap<TaskId, usize> = BTreeMap::new();
+    let mut record = |actions: Vec<Action>, from_seed: &mut Vec<(TaskId, PeerId, u32)>| {
+        for action in actions {
+            if let Action::Send { peer, task, msg: Down::Assign(list) } = action {
+                for x in list {
+                    assert_ne!(x.parent, Parent::Supernode, "the seed holds everything");
+                    if matches!(&x.parent, Parent::Peer { id, .. } if *id == pid(0)) {
+                        *served.entry(task.clone()).or_default() += 1;
+                        from_seed.push((task.clone(), peer.clone(), x.piece));
+                    }
+                }
+            }
+        }
+        assert!(from_seed.len() <= 4, "seed uploads across tasks: {}", from_seed.len());
+    };
+    for i in 1..9 {
+        let task = if i < 5 { &a } else { &b };
+        let actions =
+            s.on_event(now, Event::PeerJoined { task: task.clone(), peer: pid(i), addr: addr(i), have: vec![] });
+        record(actions, &mut from_seed);
+    }
+    assert_eq!(from_seed.len(), 4);
+    s.check_invariants();
+    // Transfers from the seed finish one at a time (the others never do, so windows fill up);
+    // ticks hand the seed's free slots to the other task's waiting peers too.
+    while !from_seed.is_empty() {
+        let (task, peer, piece) = from_seed.remove(0);
+        record(s.on_event(now, Event::PieceFinished { task, peer, piece }), &mut from_seed);
+        record(s.on_event(now, Event::Tick), &mut from_seed);
+        s.check_invariants();
+    }
+    assert!(served[&a] > 0 && served[&b] > 0, "{served:?}");
 }
 
 mod prop {

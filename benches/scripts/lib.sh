@@ -1,0 +1,51 @@
+# shellcheck shell=bash
+# Shared by the benchmark scripts. Source it, don't run it.
+#
+# Sets REPO (the repository root, current directory afterwards) and BIN (the release binaries),
+# sources scripts/env.sh, and offers:
+#   build                 cargo build --release --bins (the workspace binaries and the benchmarks)
+#   netns_cleanup PREFIX  SIGKILLs every process in, and deletes, each namespace named PREFIX*
+#   need_root WHAT        fails with a clear message unless running as root
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+# shellcheck source=../../scripts/env.sh
+source scripts/env.sh
+BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
+RESULTS="$REPO/benches/results"
+
+say() { echo "==== [$(date +%H:%M:%S)] $*" >&2; }
+
+build() {
+    if [[ "${SKIP_BUILD:-}" == 1 ]]; then
+        return 0
+    fi
+    say "cargo build --release --bins"
+    cargo build --release --bins
+}
+
+netns_cleanup() {
+    local prefix="$1" ns pid
+    [[ ${#prefix} -ge 3 ]] || return 0
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}" || true); do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+need_root() {
+    if [[ "$(id -u)" -ne 0 ]]; then
+        echo "$1 needs root (network namespaces, tc)" >&2
+        exit 2
+    fi
+}
+
+# machine_line: date, CPU, cores, memory and load, for the results files.
+machine_line() {
+    local cpu
+    cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), ${cpu:-unknown CPU}, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start, commit ${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')}"
+}

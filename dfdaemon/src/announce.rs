@@ -1,0 +1,142 @@
+//! What the daemon tells the supernode about its cache, outside downloads.
+//!
+//! * At startup, every task the store loaded is made known again: a finished one is
+//!   re-announced on a short control stream (`Register { announce_only, have: all pieces }`
+//!   then `TaskDone`), so the supernode schedules this node as a parent for it right away; a
+//!   partial one is resumed as a download whose `Register.have` lists the pieces already here
+//!   (verified first), so only the missing pieces are fetched.
+//! * A finished task whose pieces fail verification later ([`StoreEvent::Repair`]) is resumed
+//!   the same way.
+//! * An evicted task ([`StoreEvent::Evicted`]) is reported with `Register { announce_only,
+//!   have: [] }` then `Leave`, so the supernode stops sending children here for it.
+//!
+//! Announcements carry no headers (none are stored): with `announce_only` the supernode starts
+//! no origin fetch for them. A resumed download has no headers either; if the supernode must go
+//! to the origin for it and the origin wants credentials, the resume fails and the next request
+//! from an engine or dfget (with its credentials) starts the task again.
+
+use std::sync::Arc;
+
+use damselfly_common::id::TaskId;
+use damselfly_common::transport::write_frame;
+use damselfly_proto as pb;
+use tracing::{debug, info, warn};
+
+use crate::download::{self, DownloadRequest};
+use crate::storage::{LocalTask, StoreEvent, TaskStatus};
+use crate::Daemon;
+
+/// Announcements written at once at startup.
+const ANNOUNCE_PARALLELISM: usize = 32;
+
+/// Announces and resumes what the store loaded, then serves the store's events until aborted.
+pub async fn run(daemon: Arc<Daemon>) {
+    let Some(mut events) = daemon.store.take_events() else { return };
+    startup(&daemon).await;
+    while let Some(event) = events.recv().await {
+        match event {
+            StoreEvent::Repair(id) => {
+                if let Some(task) = daemon.store.get(&id) {
+                    resume(&daemon, &task);
+                }
+            }
+            StoreEvent::Evicted { id, url, digest } => {
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = announce(&d, &id, url, digest, Vec::new()).await {
+                        debug!(task = %id, error = %e, "cannot report eviction to the supernode");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn startup(daemon: &Arc<Daemon>) {
+    let started = std::time::Instant::now();
+    let (done, partial): (Vec<_>, Vec<_>) =
+        daemon.store.tasks().into_iter().partition(|t| t.view().status == TaskStatus::Done);
+    for task in &partial {
+        resume(daemon, task);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    let mut failed = 0usize;
+    for task in done.iter().cloned() {
+        while set.len() >= ANNOUNCE_PARALLELISM {
+            if let Some(Ok(Err(_))) = set.join_next().await {
+                failed += 1;
+            }
+        }
+        let d = daemon.clone();
+        set.spawn(async move {
+            let (url, digest) = task.origin();
+            announce(&d, &task.id, url, digest, task.held_pieces()).await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(Err(e)) = r {
+            debug!(error = %e, "re-announce failed");
+            failed += 1;
+        }
+    }
+    if !done.is_empty() || !partial.is_empty() {
+        info!(
+            finished = done.len(),
+            resumed = partial.len(),
+            failed,
+            took_ms = started.elapsed().as_millis() as u64,
+            "cache re-announced to the supernode"
+        );
+    }
+}
+
+/// Starts a download for an incomplete task loaded from disk (or repaired), unless one runs.
+pub fn resume(daemon: &Arc<Daemon>, task: &Arc<LocalTask>) {
+    let (url, digest) = task.origin();
+    let Some(url) = url.and_then(|u| url::Url::parse(&u).ok()) else {
+        warn!(task = %task.id, "cannot resume a task without a recorded URL");
+        return;
+    };
+    if !task.claim_download() {
+        return;
+    }
+    info!(task = %task.id, have = task.held_pieces().len(), "resuming download");
+    let req = DownloadRequest { url, digest, headers: Vec::new() };
+    let (d, t) = (daemon.clone(), task.clone());
+    tokio::spawn(async move {
+        download::run(d, t.clone(), req).await;
+        t.release_download();
+    });
+}
+
+/// Tells the supernode which pieces of `id` this node holds (`have` empty: none any more).
+async fn announce(
+    daemon: &Daemon,
+    id: &TaskId,
+    url: Option<String>,
+    digest: Option<String>,
+    have: Vec<u32>,
+) -> anyhow::Result<()> {
+    let Some(url) = url else { anyhow::bail!("no URL recorded for task {id}") };
+    let conn = daemon.supernode_connection().await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let leaving = have.is_empty();
+    let register = pb::Register {
+        task_id: id.to_string(),
+        url,
+        digest: digest.unwrap_or_default(),
+        headers: Vec::new(),
+        peer_id: daemon.identity.peer_id.to_string(),
+        peer_addr: daemon.advertise.to_string(),
+        have,
+        announce_only: true,
+    };
+    let up = |kind| pb::ControlUp { kind: Some(kind) };
+    let first = pb::Request { kind: Some(pb::request::Kind::Control(up(pb::control_up::Kind::Register(register)))) };
+    write_frame(&mut send, &first).await?;
+    let last =
+        if leaving { pb::control_up::Kind::Leave(pb::Leave {}) } else { pb::control_up::Kind::Done(pb::TaskDone {}) };
+    write_frame(&mut send, &up(last)).await?;
+    let _ = send.finish();
+    Ok(())
+}
