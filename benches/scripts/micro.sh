@@ -12,6 +12,7 @@ CRITERION="${CARGO_TARGET_DIR:-$REPO/target}/criterion"
 python3 - "$CRITERION" "$MACHINE" "$*" >"$RESULTS/micro.md" <<'PY'
 import json, os, sys
 root, machine, args = sys.argv[1], sys.argv[2], sys.argv[3]
+suffix = " " + args if args else ""
 rows = []
 for dirpath, _, files in os.walk(root):
     if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
@@ -26,7 +27,7 @@ for dirpath, _, files in os.walk(root):
     rows.append((bench["group_id"], bench.get("function_id") or "", bench.get("value_str") or "", ns, lo, hi, rate))
 rows.sort(key=lambda r: (r[0], r[1], float(r[2]) if r[2].replace('.', '').isdigit() else 0))
 print("# Micro-benchmarks of the hot paths\n")
-print(f"Measured {machine}. Command: `bash benches/scripts/micro.sh {args}` (criterion; mean with 95% "
+print(f"Measured {machine}. Command: `bash benches/scripts/micro.sh{suffix}` (criterion; mean with 95% "
       "confidence interval; GB/s = bytes per nanosecond).\n")
 print("| group | benchmark | MiB | mean | 95% CI | GB/s |")
 print("|---|---|---|---|---|---|")

@@ -15,7 +15,7 @@ LAYERS="${LAYERS:-128MiB,64MiB,32MiB,32MiB}"
 REPS="${REPS:-5}"
 NAME=bench/mirror
 TAG=v1
-WORK="$(mktemp -d -t damselfly-mirror.XXXXXX)"
+WORK="$(mktemp -d -t dfbench-mirror.XXXXXX)"
 PIDS=()
 cleanup() {
     local rc=$? pid

@@ -12,7 +12,7 @@ say "sim $*"
 {
     echo "# Simulation: the supernode's scheduler with thousands of hosts"
     echo
-    echo "Measured $MACHINE. Command: \`bash benches/scripts/sim.sh $*\`."
+    echo "Measured $MACHINE. Command: \`bash benches/scripts/sim.sh${*:+ $*}\`."
     echo
     cat "$RESULTS/sim.md.tmp"
 } >"$RESULTS/sim.md"

@@ -10,7 +10,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root "the smoke test"
 PREFIX="dfsmk$$-"
-OUT="$(mktemp -d -t damselfly-bench-smoke.XXXXXX)"
+OUT="$(mktemp -d -t dfbench-smoke.XXXXXX)"
 trap 'rc=$?; trap - EXIT; netns_cleanup "$PREFIX"; rm -rf "$OUT"; exit $rc' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -6,7 +6,8 @@
 #   sudo bash benches/scripts/swarm.sh --hosts 2,4 --image small=8MiB,4MiB
 #
 # Extra arguments go to swarm-bench (see `target/release/swarm-bench --help`). Results:
-# benches/results/swarm.md, swarm.json, swarm-<image>.svg. Namespaces and processes are removed on
+# benches/results/swarm.md, swarm.json, swarm-<image>.svg (RESULTS_DIR and NAME override the
+# directory and the file stem, e.g. for experiments). Namespaces and processes are removed on
 # exit, however it exits.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root "the swarm benchmark"
@@ -17,9 +18,11 @@ trap 'exit 143' TERM
 bash scripts/setup.sh >&2
 build
 MACHINE="$(machine_line)"
+RESULTS="${RESULTS_DIR:-$RESULTS}"
+NAME="${NAME:-swarm}"
 say "swarm-bench $*"
-"$BIN/swarm-bench" --prefix "$PREFIX" --results "$RESULTS" "$@"
+"$BIN/swarm-bench" --prefix "$PREFIX" --results "$RESULTS" --name "$NAME" "$@"
 sed -i "1a\\
 \\
-Measured $MACHINE. Command: \`sudo bash benches/scripts/swarm.sh $*\`." "$RESULTS/swarm.md"
-say "results in $RESULTS/swarm.md"
+Measured $MACHINE. Command: \`sudo bash benches/scripts/swarm.sh${*:+ $*}\`." "$RESULTS/$NAME.md"
+say "results in $RESULTS/$NAME.md"

@@ -11,7 +11,7 @@ say "transfer-bench $*"
 {
     echo "# Single-transfer ceiling"
     echo
-    echo "Measured $MACHINE. Command: \`bash benches/scripts/transfer.sh $*\`."
+    echo "Measured $MACHINE. Command: \`bash benches/scripts/transfer.sh${*:+ $*}\`."
     echo
     cat "$RESULTS/transfer.md.tmp"
 } >"$RESULTS/transfer.md"

@@ -99,7 +99,8 @@ impl Chart {
         let y_max = nice_ceiling(ys.fold(0.0, f64::max));
         let pw = W - LEFT - RIGHT;
         let ph = H - TOP - BOTTOM;
-        let sx = |x: f64| LEFT + (x.log2() - x_min.log2()) / (x_max.log2() - x_min.log2()) * pw;
+        // 5% of the width free on each side, so that points and bars clear the frame.
+        let sx = |x: f64| LEFT + pw * (0.05 + 0.9 * (x.log2() - x_min.log2()) / (x_max.log2() - x_min.log2()));
         let sy = |y: f64| TOP + ph - y / y_max * ph;
 
         let mut s = String::new();

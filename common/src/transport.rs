@@ -16,9 +16,9 @@ use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerCo
 
 /// How long a silent connection lives. Keep-alives run at a fraction of it, so only a dead or
 /// unreachable peer reaches it: that is how a kill -9'd parent is noticed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// Keep-alive interval on every connection.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// Per-stream receive window: one piece of up to 16 MiB can be in flight without stalls.
 const STREAM_WINDOW: u32 = 16 << 20;
 /// Per-connection receive window (several pieces in parallel on one connection).

@@ -41,7 +41,7 @@ pub struct DaemonConfig {
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
     /// A download that makes no progress through the swarm for this long falls back to the
-    /// origin (when `origin_fallback` allows). Default 5 s.
+    /// origin (when `origin_fallback` allows). Default 6 s (above the scheduler's 3 s retry of a stuck supernode copy).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
     /// Fetch from the origin directly when no supernode is reachable. Default true (dfget's
@@ -63,7 +63,7 @@ impl Default for DaemonConfig {
             cache_ttl: None,
             ca_cert: None,
             piece_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(6),
             origin_fallback: true,
         }
     }

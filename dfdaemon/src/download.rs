@@ -343,7 +343,7 @@ async fn fetch_from(
 ) -> Result<Bytes, FetchError> {
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),
-        (Some(_), Some(addr)) => daemon.pool.get(addr, tls::PEER_SERVER_NAME).await?,
+        (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
     fetch_piece(&conn, task, piece, info).await
@@ -362,10 +362,12 @@ async fn quiet_limit<T>(read: impl std::future::Future<Output = T>) -> Result<T,
 
 /// Fetches one piece on a new stream of `conn` and verifies it against `info.sha256`.
 pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &PieceInfo) -> Result<Bytes, FetchError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
+    // Every step is bounded: a parent that died without closing its connection must cost
+    // seconds, not the connection's idle timeout.
+    let (mut send, mut recv) = quiet_limit(conn.open_bi()).await?.map_err(TransportError::from)?;
     let req =
         pb::Request { kind: Some(pb::request::Kind::Piece(pb::PieceRequest { task_id: task.to_string(), piece })) };
-    write_frame(&mut send, &req).await?;
+    quiet_limit(write_frame(&mut send, &req)).await??;
     let _ = send.finish();
     let resp: pb::PieceResponse = quiet_limit(read_frame(&mut recv))
         .await??

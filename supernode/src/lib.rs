@@ -63,8 +63,10 @@ impl Shared {
     pub fn handle(&self, event: Event) {
         let now = self.started.elapsed();
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::trace!(?event, "scheduler event");
         let actions = core.scheduler.on_event(now, event);
         for action in actions {
+            tracing::trace!(?action, "scheduler action");
             match action {
                 Action::Send { peer, task, msg } => {
                     if let Some(tx) = core.routes.get(&(peer, task)) {

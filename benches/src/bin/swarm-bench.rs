@@ -73,6 +73,9 @@ struct Args {
     /// Keep the work directory (logs, data dirs).
     #[arg(long)]
     keep: bool,
+    /// Only redraw the SVG charts from a `swarm.json` of an earlier run (into `--results`).
+    #[arg(long)]
+    charts_from: Option<PathBuf>,
     /// A dfdaemon TOML config file given to every dfdaemon (`--config`), for experiments such
     /// as a longer `stall_timeout`; flags still win.
     #[arg(long)]
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         Some(Role::Agent { start_at_ms, out, tool, daemon, dfget, blobs }) => {
             rt.block_on(agent(*start_at_ms, out, tool, daemon, dfget, blobs))
         }
+        None if args.charts_from.is_some() => redraw(&args),
         None => {
             let prefix = args.prefix.clone().unwrap_or_else(|| format!("dfb{}-", std::process::id() % 100_000));
             let result = rt.block_on(async {
@@ -534,6 +538,18 @@ impl Bench<'_> {
             }
             Err(_) => result.errors.push(format!("pull did not finish within {limit:?}")),
         }
+        if result.errors.len() > 3 {
+            let more = result.errors.len() - 3;
+            result.errors.truncate(3);
+            result.errors.push(format!("(+{more} more)"));
+        }
+        for e in &mut result.errors {
+            if e.len() > 300 {
+                let cut = (0..=300).rev().find(|&i| e.is_char_boundary(i)).unwrap_or(0);
+                e.truncate(cut);
+                e.push('…');
+            }
+        }
         let done: Vec<f64> = result.completion.iter().flatten().copied().collect();
         if !done.is_empty() {
             result.summary = Some(summarize(&done));
@@ -731,7 +747,7 @@ async fn orchestrate(args: &Args, prefix: &str) -> anyhow::Result<()> {
         args.images.iter().map(|s| parse_image(s)).collect::<anyhow::Result<_>>()?
     };
     let max_n = args.hosts.iter().copied().max().unwrap_or(2);
-    let temp = tempfile::Builder::new().prefix("damselfly-swarm-").tempdir()?;
+    let temp = tempfile::Builder::new().prefix("dfbench-swarm-").tempdir()?;
     let work = temp.path().to_path_buf();
     eprintln!("namespaces {prefix}*: origin, supernode and {max_n} hosts; work dir {}", work.display());
     let mut spec: Vec<(String, f64, f64)> =
@@ -888,6 +904,20 @@ fn write_results(args: &Args, images: &[Image], results: &[RunResult], took: Dur
     }
     std::fs::write(args.results.join(format!("{}.md", args.name)), md)?;
     std::fs::write(args.results.join(format!("{}.json", args.name)), serde_json::to_string_pretty(results)?)?;
+    Ok(())
+}
+
+fn redraw(args: &Args) -> anyhow::Result<()> {
+    let path = args.charts_from.as_deref().context("no --charts-from")?;
+    let results: Vec<RunResult> = serde_json::from_slice(&std::fs::read(path)?)?;
+    let mut names: Vec<&str> = results.iter().map(|r| r.image.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let mine: Vec<&RunResult> = results.iter().filter(|r| r.image == name).collect();
+        let bytes = mine.first().map_or(0, |r| r.image_bytes);
+        let image = Image { name: name.to_string(), layers: Vec::new(), blobs: vec![(String::new(), bytes)] };
+        std::fs::write(args.results.join(format!("{}-{name}.svg", args.name)), chart(&image, &mine).to_svg())?;
+    }
     Ok(())
 }
 

@@ -322,7 +322,7 @@ async fn start_cluster(work: &Path, url: &str, digest: &str, output_dir: &Path) 
     let mut supernode = Proc::spawn("supernode", &work.join("supernode.log"), &bin("supernode")?, &args)?;
     wait_healthy(sn_http, &mut supernode, Duration::from_secs(30)).await?;
     let (warm, warm_http) = start_daemon(work, "warm", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), sn_quic).await?;
-    let out = output_dir.join(format!("damselfly-transfer-warm-{}", std::process::id()));
+    let out = output_dir.join(format!("dfbench-transfer-warm-{}", std::process::id()));
     let took = dfget(url, digest, warm_http, &out, &work.join("dfget-warm.log")).await;
     let _ = std::fs::remove_file(&out);
     eprintln!("warmed the first dfdaemon in {:.2} s", took?.0.as_secs_f64());
@@ -333,7 +333,7 @@ async fn damselfly_rep(c: &Cluster, rep: usize, url: &str, digest: &str, output_
     let name = format!("cold{rep}");
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3 + rep as u8));
     let (daemon, http) = start_daemon(&c.work, &name, ip, c.sn_quic).await?;
-    let out = output_dir.join(format!("damselfly-transfer-{}-{rep}", std::process::id()));
+    let out = output_dir.join(format!("dfbench-transfer-{}-{rep}", std::process::id()));
     eprintln!(
         "rep {rep}: downloading dfdaemon pid {:?}, uploading dfdaemon pid {:?}, supernode pid {:?} (for perf -p)",
         daemon.pid(),
@@ -374,7 +374,7 @@ async fn damselfly_rep(c: &Cluster, rep: usize, url: &str, digest: &str, output_
 
 async fn orchestrate(args: &Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let temp = tempfile::Builder::new().prefix("damselfly-transfer-").tempdir()?;
+    let temp = tempfile::Builder::new().prefix("dfbench-transfer-").tempdir()?;
     let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(work.join("origin"))?;
     std::fs::create_dir_all(&args.output_dir)?;

@@ -83,7 +83,7 @@ pub struct SchedulerConfig {
     /// Max concurrent uploads assigned to the supernode itself. Default 32.
     pub max_supernode_uploads: usize,
     /// After this long without a finish report for a supernode copy of a piece, another
-    /// supernode copy of that piece may be assigned (the first child may be stuck). Default 10 s.
+    /// supernode copy of that piece may be assigned (the first child may be stuck). Default 3 s: well above a piece transfer, well below the download stall timeout.
     #[serde(with = "humantime_serde")]
     pub stalled_after: Duration,
     /// Strikes after which a peer is no longer used as a parent anywhere (a digest failure
@@ -100,7 +100,7 @@ impl Default for SchedulerConfig {
             window_per_peer: 6,
             max_uploads_per_peer: 4,
             max_supernode_uploads: 32,
-            stalled_after: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(3),
             bad_peer_strikes: 2,
             seed: 0,
         }

@@ -1033,3 +1033,29 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn a_parent_killed_without_a_goodbye_is_routed_around_once_children_report_it() {
+    // kill -9: the supernode does not see the parent go (its connection lingers until the idle
+    // timeout), only the children's transfer failures.
+    let mut sw = Swarm::new(SchedulerConfig::default());
+    (0..6).for_each(|i| drop(sw.join(i, vec![])));
+    sw.origin(48);
+    for _ in 0..3 {
+        sw.step(all_finish);
+    }
+    let dead = pid(0);
+    let mut steps = 0;
+    while !sw.everyone_done(1..6) {
+        steps += 1;
+        assert!(steps < 200, "the living peers are stuck: {:?}", sw.pending);
+        sw.step(|_, child, _, parent| match parent {
+            _ if *child == dead => Outcome::Keep,
+            Parent::Peer { id, .. } if *id == dead => Outcome::Fail(FailReason::Transfer),
+            _ => Outcome::Finish,
+        });
+        if sw.pending.iter().all(|(c, _, _)| *c == dead) {
+            sw.event(Event::Tick);
+        }
+    }
+}
