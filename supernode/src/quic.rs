@@ -194,9 +194,10 @@ async fn control(
         let (tx, rx) = mpsc::unbounded_channel();
         shared.attach(&peer, &task, tx);
         let writer = tokio::spawn(write_downs(rx, send));
+        // Joined first, so that a fetch failing at once still reaches this peer.
+        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
         // Held while the peer downloads: the cache never evicts an entry in use.
         let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
-        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
         let result = read_ups(&shared, &task, &peer, &mut recv).await;
         shared.detach(&peer, &task);
         writer.abort();
