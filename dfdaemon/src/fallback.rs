@@ -15,25 +15,6 @@ use crate::download::DownloadRequest;
 use crate::storage::{LocalTask, PieceInfo, TaskFailure};
 use crate::Daemon;
 
-/// Request headers worth forwarding to an origin.
-pub fn forwardable(name: &str) -> bool {
-    const SKIP: &[&str] = &[
-        "host",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "range",
-        "accept-encoding",
-    ];
-    !SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
-}
-
 /// Downloads `req` from its origin into `task`.
 #[instrument(skip_all, fields(task = %task.id))]
 pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadRequest) -> Result<(), TaskFailure> {
@@ -41,7 +22,7 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     info!(url = %damselfly_common::id::normalise_url(&req.url), "fetching from the origin directly");
     let mut builder = daemon.http.get(req.url.clone());
     for (name, value) in &req.headers {
-        if forwardable(name) {
+        if damselfly_common::headers::forwardable(name) {
             builder = builder.header(name.as_str(), value.as_slice());
         }
     }

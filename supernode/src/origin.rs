@@ -122,7 +122,7 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
         |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: e.without_url().to_string() };
     let mut builder = shared.http.get(req.url.clone());
     for (name, value) in &req.headers {
-        if forwardable(name) {
+        if damselfly_common::headers::forwardable(name) {
             builder = builder.header(name.as_str(), value.as_slice());
         }
     }
@@ -181,36 +181,4 @@ async fn land(shared: &Shared, entry: &CachedTask, task: &TaskId, piece: CutPiec
     entry.add_piece(meta.clone());
     shared.handle(Event::PieceLanded { task: task.clone(), piece: meta });
     Ok(())
-}
-
-/// Request headers that make sense to forward to an origin (hop-by-hop and framing headers are
-/// the HTTP client's business).
-fn forwardable(name: &str) -> bool {
-    const SKIP: &[&str] = &[
-        "host",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "range",
-        "accept-encoding",
-    ];
-    !SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_headers_are_forwarded_but_hop_by_hop_are_not() {
-        assert!(forwardable("Authorization"));
-        assert!(!forwardable("Host"));
-        assert!(!forwardable("range"));
-    }
 }
