@@ -14,6 +14,7 @@ cd "$REPO"
 source scripts/env.sh
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
 RESULTS="$REPO/benches/results"
+mkdir -p "$RESULTS"
 
 say() { echo "==== [$(date +%H:%M:%S)] $*" >&2; }
 

@@ -118,6 +118,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU time (user + system) of the waited-for children of the calling process, seconds.
+pub fn children_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 16 (cutime) and 17 (cstime) of stat(5).
+    let cutime: f64 = fields.get(13)?.parse().ok()?;
+    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    Some((cutime + cstime) / 100.0)
+}
+
 /// A TCP port on `ip` that was free a moment ago.
 pub fn free_tcp_port(ip: IpAddr) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())

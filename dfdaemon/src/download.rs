@@ -205,10 +205,18 @@ impl Conductor {
                     let f = joined.map_err(|e| TaskFailure { origin_status: None, message: format!("piece fetch panicked: {e}") })?;
                     if f.result.is_ok() {
                         last_progress = tokio::time::Instant::now();
+                        self.daemon.swarm_progressed();
                     }
                     self.on_fetched(f).await.map_err(|e| lost(e.to_string()))?;
                 }
                 _ = tokio::time::sleep_until(last_progress + stall) => {
+                    // Stalled only if the swarm delivers nothing to this host at all: under load
+                    // a task may wait for upload slots its siblings hold.
+                    let host = self.daemon.last_swarm_progress();
+                    if host.elapsed() < stall {
+                        last_progress = host;
+                        continue;
+                    }
                     return Err(SwarmError::Unavailable(format!("no progress through the swarm for {stall:?}")));
                 }
             }

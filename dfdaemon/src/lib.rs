@@ -57,6 +57,9 @@ pub struct Daemon {
     supernode: SocketAddr,
     /// When the last connection attempt to the supernode failed.
     supernode_down: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When any task last received a piece from the swarm. A task waiting for upload slots
+    /// that other tasks of this host occupy is not stalled: the swarm is working for it.
+    swarm_progress: std::sync::Mutex<tokio::time::Instant>,
 }
 
 /// How long a handshake with the supernode may take before it counts as down.
@@ -94,6 +97,16 @@ impl Daemon {
                 bail!("no answer from supernode {} within {SUPERNODE_CONNECT_TIMEOUT:?}", self.supernode)
             }
         }
+    }
+
+    /// Records that a piece arrived from the swarm.
+    pub fn swarm_progressed(&self) {
+        *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    }
+
+    /// When a piece last arrived from the swarm, for any task.
+    pub fn last_swarm_progress(&self) -> tokio::time::Instant {
+        *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts (or joins) the download of `task`; returns its local entry at once.
@@ -149,6 +162,7 @@ pub async fn start(
         advertise,
         supernode,
         supernode_down: std::sync::Mutex::new(None),
+        swarm_progress: std::sync::Mutex::new(tokio::time::Instant::now()),
         config,
     });
     let listener = tokio::net::TcpListener::bind(daemon.config.proxy_listen)

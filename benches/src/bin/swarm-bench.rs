@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use damselfly_benches::bound::{lower_bound, Bound};
-use damselfly_benches::harness::{bin, metric, Proc};
+use damselfly_benches::harness::{bin, children_cpu_seconds, metric, Proc};
 use damselfly_benches::netns::{cleanup_prefix, Host, Topology};
 use damselfly_benches::report::{Chart, Series, Table};
 use damselfly_benches::stats::{summarize, Summary};
@@ -121,6 +121,9 @@ struct AgentReport {
     /// Each blob's finish time, ms since the epoch (None: failed).
     ends_ms: Vec<Option<f64>>,
     errors: Vec<String>,
+    /// CPU seconds of the fetch processes (dfget or curl) together.
+    #[serde(default)]
+    client_cpu: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +159,12 @@ struct RunResult {
     proxy_served: u64,
     supernode_peak_rss: u64,
     daemon_peak_rss_max: u64,
+    /// CPU seconds used by the fetching clients (dfget or curl) of every host.
+    #[serde(default)]
+    client_cpu: f64,
+    /// CPU seconds used by the serving processes (supernode and dfdaemons, or the cache).
+    #[serde(default)]
+    server_cpu: f64,
     /// Distinct WARN/ERROR messages of the Damselfly processes, with counts.
     warnings: Vec<(String, usize)>,
     errors: Vec<String>,
@@ -261,7 +270,7 @@ async fn agent(
             }
         }));
     }
-    let mut report = AgentReport { ends_ms: Vec::new(), errors: Vec::new() };
+    let mut report = AgentReport { ends_ms: Vec::new(), errors: Vec::new(), client_cpu: 0.0 };
     for t in tasks {
         match t.await {
             Ok(Ok(end)) => report.ends_ms.push(Some(end)),
@@ -276,6 +285,7 @@ async fn agent(
         }
     }
     let _ = std::fs::remove_dir_all(out);
+    report.client_cpu = children_cpu_seconds().unwrap_or(0.0);
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -468,6 +478,8 @@ impl Bench<'_> {
             proxy_served: 0,
             supernode_peak_rss: 0,
             daemon_peak_rss_max: 0,
+            client_cpu: 0.0,
+            server_cpu: 0.0,
             warnings: Vec::new(),
             errors: Vec::new(),
         };
@@ -522,6 +534,7 @@ impl Bench<'_> {
                         .and_then(|o| Ok(serde_json::from_slice::<AgentReport>(&o.stdout)?));
                     match parsed {
                         Ok(r) if r.errors.is_empty() => {
+                            result.client_cpu += r.client_cpu;
                             let end = r.ends_ms.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
                             result.completion.push(Some((end - start_at) / 1000.0));
                         }
@@ -642,6 +655,7 @@ impl Bench<'_> {
         procs: &[Proc],
         result: &mut RunResult,
     ) {
+        result.server_cpu = procs.iter().filter_map(Proc::cpu_seconds).sum();
         match system {
             "damselfly" => {
                 if let Ok(page) = ns_get(sn_ns, &format!("http://{sn_ip}:{SN_HTTP}/metrics"), &[]).await {
@@ -827,12 +841,16 @@ fn write_results(args: &Args, images: &[Image], results: &[RunResult], took: Dur
          (Damselfly: `dfget` per blob through its dfdaemon; baselines: `curl` per blob). Completion time is \
          from the common start to the host's last blob; the bound is max(F/u_s, F/d_min, N·F/(u_s+Σu_i)). \
          \"origin ÷ F\" is the blob bytes the origin registry served (its access log) over the image size. \
+         \"CPU cores busy\" is the CPU time of the serving processes (supernode and dfdaemons, or the cache) \
+         and of the fetching clients (dfget, curl) over the slowest host's completion time; the machine has \
+         {} cores, and kernel time spent in the bridge and tbf is not counted. \
          Total run time {:.0} s.\n\n",
         fmt_rate(args.host_up),
         fmt_rate(args.host_down),
         fmt_rate(args.origin_rate),
         fmt_rate(args.sn_rate),
         fmt_rate(args.origin_rate + args.sn_rate),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         took.as_secs_f64()
     );
     for image in images {
@@ -862,6 +880,7 @@ fn write_results(args: &Args, images: &[Image], results: &[RunResult], took: Dur
             "from peers ÷ (N·F)",
             "supernode / cache peak RSS",
             "dfdaemon peak RSS (max)",
+            "CPU cores busy (servers + clients)",
             "errors",
         ]);
         let mine: Vec<&RunResult> = results.iter().filter(|r| r.image == image.name).collect();
@@ -895,6 +914,7 @@ fn write_results(args: &Args, images: &[Image], results: &[RunResult], took: Dur
                 },
                 if r.supernode_peak_rss > 0 { fmt_bytes(r.supernode_peak_rss as f64) } else { "-".into() },
                 if r.daemon_peak_rss_max > 0 { fmt_bytes(r.daemon_peak_rss_max as f64) } else { "-".into() },
+                s.map_or("-".into(), |s| format!("{:.2}", (r.server_cpu + r.client_cpu) / s.max)),
                 if r.errors.is_empty() { String::new() } else { r.errors.join("; ").replace('|', "/") },
             ]);
         }
