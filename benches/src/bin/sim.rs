@@ -53,6 +53,9 @@ struct Args {
     /// Print the scheduler's cost per event kind.
     #[arg(long)]
     profile: bool,
+    /// Interval of the scheduler's Tick event, seconds (the supernode uses 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    tick: f64,
     /// Seed of the scheduler's PRNG and of the join times.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
                 origin_up: args.origin_up,
                 rtt: args.rtt_ms / 1000.0,
                 join_spread: args.join_spread,
+                tick: args.tick,
                 seed: args.seed,
                 scheduler: scheduler_config(&args),
                 ..SimConfig::default()
@@ -163,7 +167,13 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            all.push(serde_json::json!({ "config": format!("{cfg:?}"), "bound": bound, "summary": s, "result": r }));
+            let mut result = serde_json::to_value(&r)?;
+            if let Some(obj) = result.as_object_mut() {
+                obj.remove("completion"); // one number per host: too big to keep
+            }
+            all.push(
+                serde_json::json!({ "config": format!("{cfg:?}"), "bound": bound, "summary": s, "result": result }),
+            );
         }
     }
     let layers: Vec<String> = args.layers.iter().map(|&l| fmt_bytes(l as f64)).collect();

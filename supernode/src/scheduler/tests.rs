@@ -462,7 +462,7 @@ fn supernode_upload_stays_one_copy_however_many_peers_join() {
 
 #[test]
 fn rarest_first_spreads_initial_supernode_assignments_over_distinct_pieces() {
-    let mut sw = Swarm::new(SchedulerConfig::default());
+    let mut sw = Swarm::new(SchedulerConfig { window_per_peer: 6, ..SchedulerConfig::default() });
     sw.join(0, vec![]);
     sw.origin(64);
     (1..5).for_each(|i| drop(sw.join(i, vec![])));
@@ -474,7 +474,7 @@ fn rarest_first_spreads_initial_supernode_assignments_over_distinct_pieces() {
 
     // A newcomer next to a peer holding the first half gets the rare second half first, even
     // though a peer parent is available for the first half.
-    let mut sw2 = Swarm::new(SchedulerConfig::default());
+    let mut sw2 = Swarm::new(SchedulerConfig { window_per_peer: 6, ..SchedulerConfig::default() });
     sw2.join(0, (0..32).collect());
     sw2.start();
     (0..64).for_each(|n| drop(sw2.land(n)));
