@@ -63,11 +63,15 @@ if [[ " ${FAILED[*]} " == *" build "* ]]; then
     skip "clippy" "build failed"
     skip "tests" "build failed"
     skip "doc tests" "build failed"
+    skip "bench smoke" "build failed"
 else
     step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
     step "tests" tee_log "$LOG_DIR/nextest.log" \
         cargo nextest run --workspace --locked --no-fail-fast "${NEXTEST_PROFILE[@]}"
     step "doc tests" tee_log "$LOG_DIR/doctest.log" cargo test --workspace --doc --locked
+    # The benchmark harness end to end at toy size (N=2 network namespaces, small files), on the
+    # debug binaries built above: checks the harness works, never the numbers.
+    step "bench smoke" env BENCH_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" SKIP_BUILD=1 bash benches/scripts/smoke.sh
 fi
 
 # Count tests over both runners: nextest's "Summary ... N tests run: N passed, N failed" and

@@ -12,7 +12,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 # shellcheck source=../../scripts/env.sh
 source scripts/env.sh
-BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
+# BENCH_BIN_DIR overrides where the binaries are (CI's smoke run uses the debug build it already has).
+BIN="${BENCH_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/release}"
 RESULTS="$REPO/benches/results"
 mkdir -p "$RESULTS"
 
