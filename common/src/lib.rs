@@ -2,6 +2,7 @@
 //! TLS identities and the QUIC transport, and the piece upload protocol that both the supernode
 //! and every dfdaemon serve.
 
+pub mod cache_metrics;
 pub mod headers;
 pub mod id;
 pub mod meta;

@@ -7,24 +7,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use damselfly_common::cache_metrics::CacheMetrics;
+
 /// Where downloaded bytes came from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     /// `peer`, `supernode` or `origin`.
     pub source: &'static str,
-}
-
-/// The cache's metrics, shared with the store that keeps them current.
-#[derive(Clone, Debug, Default)]
-pub struct CacheMetrics {
-    /// Bytes charged against the quota by the tasks held (content lengths, reserved up front).
-    pub bytes: Gauge,
-    /// The quota (0: unbounded).
-    pub quota_bytes: Gauge,
-    /// Tasks evicted (quota or TTL).
-    pub evictions: Counter,
-    /// Pieces on disk that failed verification (dropped and fetched again).
-    pub corrupt_pieces: Counter,
 }
 
 /// Counters and gauges the daemon exports on `/metrics`.
@@ -61,18 +50,7 @@ impl Metrics {
         r.register("damselfly_dfdaemon_tasks_completed", "Tasks completed", m.tasks_completed.clone());
         r.register("damselfly_dfdaemon_tasks_failed", "Tasks failed", m.tasks_failed.clone());
         r.register("damselfly_dfdaemon_tasks_running", "Tasks being downloaded", m.tasks_running.clone());
-        r.register(
-            "damselfly_dfdaemon_cache_bytes",
-            "Bytes held in the cache (charged to the quota)",
-            m.cache.bytes.clone(),
-        );
-        r.register("damselfly_dfdaemon_cache_quota_bytes", "Cache quota (0: unbounded)", m.cache.quota_bytes.clone());
-        r.register("damselfly_dfdaemon_cache_evictions", "Tasks evicted from the cache", m.cache.evictions.clone());
-        r.register(
-            "damselfly_dfdaemon_cache_corrupt_pieces",
-            "Pieces on disk whose bytes did not match their sha256 (dropped, fetched again)",
-            m.cache.corrupt_pieces.clone(),
-        );
+        m.cache.register(r, "dfdaemon");
         m
     }
 

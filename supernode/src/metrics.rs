@@ -5,18 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The cache's metrics, shared with the cache that keeps them current.
-#[derive(Clone, Debug, Default)]
-pub struct CacheMetrics {
-    /// Bytes charged against the quota by the tasks held (content lengths, reserved up front).
-    pub bytes: Gauge,
-    /// The quota (0: unbounded).
-    pub quota_bytes: Gauge,
-    /// Tasks evicted (quota or TTL).
-    pub evictions: Counter,
-    /// Pieces on disk that failed verification at restart (their task is fetched again).
-    pub corrupt_pieces: Counter,
-}
+pub use damselfly_common::cache_metrics::CacheMetrics;
 
 /// Counters and gauges the supernode exports on `/metrics`.
 #[derive(Default)]
@@ -65,18 +54,7 @@ impl Metrics {
         );
         r.register("damselfly_supernode_bad_peers", "Peers reported as bad", m.bad_peers.clone());
         r.register("damselfly_supernode_enrollments", "Peer certificates issued", m.enrollments.clone());
-        r.register(
-            "damselfly_supernode_cache_bytes",
-            "Bytes held in the cache (charged to the quota)",
-            m.cache.bytes.clone(),
-        );
-        r.register("damselfly_supernode_cache_quota_bytes", "Cache quota (0: unbounded)", m.cache.quota_bytes.clone());
-        r.register("damselfly_supernode_cache_evictions", "Tasks evicted from the cache", m.cache.evictions.clone());
-        r.register(
-            "damselfly_supernode_cache_corrupt_pieces",
-            "Cached pieces whose bytes did not match their sha256 at restart",
-            m.cache.corrupt_pieces.clone(),
-        );
+        m.cache.register(r, "supernode");
         m
     }
 
