@@ -123,13 +123,24 @@ async fn dispatch(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+    let (name, kind, reference) = match (rest.rsplit_once("/manifests/"), rest.rsplit_once("/blobs/")) {
+        (Some((name, r)), _) => (name, "manifests", r),
+        (None, Some((name, r))) => (name, "blobs", r),
+        (None, None) => {
+            return registry_error(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "only manifests and blobs are served by this mirror",
+            )
+        }
+    };
+    if !valid_name(name) {
+        return registry_error(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("invalid repository name {name:?}"));
+    }
+    if kind == "manifests" {
         return manifest(&daemon, &base, name, reference, method, &headers).await;
     }
-    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        return blob(&daemon, &base, name, digest, method, &headers).await;
-    }
-    registry_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "only manifests and blobs are served by this mirror")
+    blob(&daemon, &base, name, reference, method, &headers).await
 }
 
 fn valid_name(name: &str) -> bool {
@@ -148,9 +159,6 @@ async fn manifest(
     method: Method,
     headers: &HeaderMap,
 ) -> Response {
-    if !valid_name(name) {
-        return registry_error(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("invalid repository name {name:?}"));
-    }
     let by_digest = reference.parse::<Sha256Digest>().ok();
     let auth = auth_hash(headers);
     if let Some(d) = &by_digest {
@@ -281,9 +289,6 @@ async fn blob(
     method: Method,
     headers: &HeaderMap,
 ) -> Response {
-    if !valid_name(name) {
-        return registry_error(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("invalid repository name {name:?}"));
-    }
     let Ok(d) = digest.parse::<Sha256Digest>() else {
         return registry_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("invalid digest {digest:?}"));
     };
