@@ -58,6 +58,7 @@ fi
 
 step "setup" bash scripts/setup.sh
 step "fmt" cargo fmt --all -- --check
+step "k8s manifests" bash scripts/check-k8s.sh
 step "build" cargo build --workspace --all-targets --locked
 if [[ " ${FAILED[*]} " == *" build "* ]]; then
     skip "clippy" "build failed"
