@@ -7,10 +7,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use damselfly_common::id::TaskId;
+use damselfly_common::id::{Sha256Digest, TaskId};
 use damselfly_common::tls;
 use damselfly_common::transport::{read_frame, write_frame, TransportError};
 use damselfly_proto as pb;
@@ -18,6 +18,7 @@ use quinn::{Connection, SendStream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
 use crate::storage::{LocalTask, PieceInfo, TaskFailure, TaskStatus};
@@ -44,6 +45,10 @@ pub enum FetchError {
     /// Connection, stream, refusal or timeout: another parent may well succeed.
     #[error("transfer failed: {0}")]
     Transfer(String),
+    /// This host could not store the piece (disk full, unwritable data dir): no parent is at
+    /// fault, and fetching elsewhere will not help.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl From<TransportError> for FetchError {
@@ -63,7 +68,8 @@ struct Source {
 struct Fetched {
     piece: u32,
     source: Source,
-    result: Result<Bytes, FetchError>,
+    /// Piece length when it was fetched and verified.
+    result: Result<u32, FetchError>,
 }
 
 /// Why the swarm did not deliver a task.
@@ -81,26 +87,27 @@ impl From<TaskFailure> for SwarmError {
     }
 }
 
-/// Runs the download of `task` to its end (done or failed).
+/// Runs the download of `task` to its end (done or failed). A task with a digest is done only
+/// once its whole content matched it ([`crate::verify`]); a mismatch after a swarm download
+/// drops every piece and fetches the content once more straight from the origin.
 #[instrument(skip_all, fields(task = %task.id))]
 pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest) {
     daemon.metrics.tasks_running.inc();
-    let outcome = match drive(&daemon, &task, &req).await {
-        Ok(()) => Ok(()),
-        Err(SwarmError::Failed(f)) => Err(f),
-        Err(SwarmError::Unavailable(reason)) if daemon.config.origin_fallback => {
-            warn!(%reason, "swarm unavailable: falling back to the origin");
-            crate::fallback::from_origin(&daemon, &task, &req).await
-        }
-        Err(SwarmError::Unavailable(reason)) => Err(TaskFailure { origin_status: None, message: reason }),
-    };
+    let expected = req.digest.as_deref().and_then(|d| d.parse::<Sha256Digest>().ok());
+    let mut outcome = fetch_verified(&daemon, &task, &req, expected, false).await;
+    if let (Err(Mismatch::Content(f)), true) = (&outcome, daemon.config.origin_fallback) {
+        warn!(error = %f.message, "content does not match its digest: fetching it again from the origin");
+        daemon.metrics.bad_pieces.inc();
+        task.reset_content();
+        outcome = fetch_verified(&daemon, &task, &req, expected, true).await;
+    }
     daemon.metrics.tasks_running.dec();
     match outcome {
         Ok(()) => {
             task.update(|v| v.status = TaskStatus::Done);
             daemon.metrics.tasks_completed.inc();
         }
-        Err(failure) => {
+        Err(Mismatch::Content(failure) | Mismatch::Fetch(failure)) => {
             warn!(error = %failure.message, "download failed");
             daemon.metrics.tasks_failed.inc();
             daemon.store.fail(&task, failure);
@@ -108,10 +115,60 @@ pub async fn run(daemon: Arc<Daemon>, task: Arc<LocalTask>, req: DownloadRequest
     };
 }
 
+/// How a verified fetch failed.
+enum Mismatch {
+    /// Every piece arrived but the whole content does not match the digest.
+    Content(TaskFailure),
+    /// The fetch itself failed.
+    Fetch(TaskFailure),
+}
+
+/// Fills the task from the swarm (or the origin when the swarm cannot, or `origin_only`) while
+/// checking the whole content against `expected` as it lands.
+async fn fetch_verified(
+    daemon: &Arc<Daemon>,
+    task: &Arc<LocalTask>,
+    req: &DownloadRequest,
+    expected: Option<Sha256Digest>,
+    origin_only: bool,
+) -> Result<(), Mismatch> {
+    let follower = expected.map(|d| tokio::spawn(crate::verify::Follower::new(task.clone(), d).run()));
+    let fetched = if origin_only {
+        crate::fallback::from_origin(daemon, task, req).await
+    } else {
+        match drive(daemon, task, req).await {
+            Ok(()) => Ok(()),
+            Err(SwarmError::Failed(f)) => Err(f),
+            Err(SwarmError::Unavailable(reason)) if daemon.config.origin_fallback => {
+                warn!(%reason, "swarm unavailable: falling back to the origin");
+                crate::fallback::from_origin(daemon, task, req).await
+            }
+            Err(SwarmError::Unavailable(reason)) => Err(TaskFailure { origin_status: None, message: reason }),
+        }
+    };
+    match (fetched, follower) {
+        (Err(f), Some(follower)) => {
+            follower.abort();
+            Err(Mismatch::Fetch(f))
+        }
+        (Err(f), None) => Err(Mismatch::Fetch(f)),
+        (Ok(()), None) => Ok(()),
+        (Ok(()), Some(follower)) => match follower.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(Mismatch::Content(f)),
+            Err(e) => Err(Mismatch::Fetch(TaskFailure {
+                origin_status: None,
+                message: format!("content verification stopped: {e}"),
+            })),
+        },
+    }
+}
+
 async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
     let unavailable = |m: String| SwarmError::Unavailable(m);
     let sn = daemon.supernode_connection().await.map_err(|e| unavailable(format!("supernode unreachable: {e:#}")))?;
     let (mut send, recv) = sn.open_bi().await.map_err(|e| unavailable(format!("supernode connection broke: {e}")))?;
+    let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
     let register = pb::Register {
         task_id: task.id.to_string(),
         url: req.url.to_string(),
@@ -138,10 +195,12 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
         send,
         fetching: HashSet::new(),
         fetches: JoinSet::new(),
+        writes: TaskTracker::new(),
         complete: false,
     };
     let result = state.run(&mut down_rx).await;
     reader.abort();
+    state.drain().await;
     if result.is_err() {
         let leave = pb::ControlUp { kind: Some(pb::control_up::Kind::Leave(pb::Leave {})) };
         let _ = write_frame(&mut state.send, &leave).await;
@@ -175,6 +234,8 @@ struct Conductor {
     send: SendStream,
     fetching: HashSet<u32>,
     fetches: JoinSet<Fetched>,
+    /// The blocking writes of piece bytes (see [`Conductor::drain`]).
+    writes: TaskTracker,
     complete: bool,
 }
 
@@ -186,7 +247,7 @@ impl Conductor {
         let stall = self.daemon.config.stall_timeout;
         let mut last_progress = tokio::time::Instant::now();
         loop {
-            if self.complete && self.task.view().complete() {
+            if self.complete && self.task.with_view(|v| v.complete()) {
                 let done = pb::ControlUp { kind: Some(pb::control_up::Kind::Done(pb::TaskDone {})) };
                 let _ = write_frame(&mut self.send, &done).await;
                 let _ = self.send.finish();
@@ -207,7 +268,7 @@ impl Conductor {
                         last_progress = tokio::time::Instant::now();
                         self.daemon.swarm_progressed();
                     }
-                    self.on_fetched(f).await.map_err(|e| lost(e.to_string()))?;
+                    self.on_fetched(f).await?;
                 }
                 _ = tokio::time::sleep_until(last_progress + stall) => {
                     // Stalled only if the swarm delivers nothing to this host at all: under load
@@ -271,8 +332,8 @@ impl Conductor {
 
     fn start_fetch(&mut self, a: pb::Assignment) {
         let piece = a.piece;
-        let view = self.task.view();
-        if view.has(piece) || !self.fetching.insert(piece) {
+        let (held, info) = self.task.with_view(|v| (v.has(piece), v.piece(piece).cloned()));
+        if held || !self.fetching.insert(piece) {
             return;
         }
         let parent = a.parent.unwrap_or_default();
@@ -281,16 +342,15 @@ impl Conductor {
         } else {
             Source { peer: Some(parent.peer_id), addr: parent.addr.parse().ok() }
         };
-        let info = view.piece(piece).cloned();
-        let (daemon, sn, task_id) = (self.daemon.clone(), self.sn.clone(), self.task.id.clone());
+        let (daemon, sn, task, writes) = (self.daemon.clone(), self.sn.clone(), self.task.clone(), self.writes.clone());
         self.fetches.spawn(async move {
             let result = match info {
                 None => Err(FetchError::Transfer(format!("piece {piece} assigned before it was announced"))),
                 Some(info) => {
                     let timeout = daemon.config.piece_timeout;
-                    match tokio::time::timeout(timeout, fetch_from(&daemon, &sn, &source, &task_id, piece, &info)).await
-                    {
-                        Ok(r) => r,
+                    let fetch = fetch_from(&daemon, &sn, &source, &task, piece, &info, &writes);
+                    match tokio::time::timeout(timeout, fetch).await {
+                        Ok(r) => r.map(|()| info.size),
                         Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
                     }
                 }
@@ -299,20 +359,20 @@ impl Conductor {
         });
     }
 
-    async fn on_fetched(&mut self, f: Fetched) -> Result<(), TransportError> {
+    /// Handles a finished fetch: marks the piece present and reports it, or reports the failure
+    /// naming the parent. A local failure (the piece cannot be stored here) ends the download:
+    /// no parent is at fault and no other parent would help.
+    async fn on_fetched(&mut self, f: Fetched) -> Result<(), SwarmError> {
         self.fetching.remove(&f.piece);
         let source_label = if f.source.peer.is_some() { "peer" } else { "supernode" };
         let up = match f.result {
-            Ok(bytes) => {
-                let len = bytes.len() as u64;
-                let offset = self.task.view().piece(f.piece).map(|p| p.offset).unwrap_or(0);
-                match self.task.store_piece(f.piece, offset, bytes).await {
-                    Ok(()) => {
-                        self.daemon.metrics.downloaded(source_label, len);
-                        pb::control_up::Kind::PieceDone(pb::PieceDone { piece: f.piece })
-                    }
-                    Err(e) => failed(f.piece, &f.source, pb::FailReason::Transfer, format!("cannot store piece: {e}")),
-                }
+            Ok(size) => {
+                self.task.mark_present(f.piece);
+                self.daemon.metrics.downloaded(source_label, u64::from(size));
+                pb::control_up::Kind::PieceDone(pb::PieceDone { piece: f.piece })
+            }
+            Err(FetchError::Local(message)) => {
+                return Err(SwarmError::Failed(TaskFailure { origin_status: None, message }));
             }
             Err(FetchError::Digest(detail)) => {
                 warn!(piece = f.piece, parent = ?f.source.peer, %detail, "bad piece from parent");
@@ -328,7 +388,19 @@ impl Conductor {
                 failed(f.piece, &f.source, pb::FailReason::Transfer, detail)
             }
         };
-        write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) }).await
+        write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) })
+            .await
+            .map_err(|e| SwarmError::Unavailable(format!("lost the supernode: {e}")))
+    }
+
+    /// Lets every fetch still running end before the task changes hands (fallback, failure): a
+    /// fetch cut off in the middle of a write could otherwise land its bytes after the origin
+    /// fallback wrote and verified the same piece.
+    async fn drain(&mut self) {
+        self.fetches.abort_all();
+        while self.fetches.join_next().await.is_some() {}
+        self.writes.close();
+        self.writes.wait().await;
     }
 }
 
@@ -345,16 +417,22 @@ async fn fetch_from(
     daemon: &Daemon,
     sn: &Connection,
     source: &Source,
-    task: &TaskId,
+    task: &LocalTask,
     piece: u32,
     info: &PieceInfo,
-) -> Result<Bytes, FetchError> {
+    writes: &TaskTracker,
+) -> Result<(), FetchError> {
+    let local = |what: &str, e: std::io::Error| {
+        FetchError::Local(format!("cannot {what} {}: {e}", task.content_path().display()))
+    };
+    task.reserve(info.offset + u64::from(info.size)).map_err(|e| local("make room for", e))?;
+    let file = task.content_file().map_err(|e| local("open", e))?;
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
-    fetch_piece(&conn, task, piece, info).await
+    fetch_piece(&conn, &task.id, piece, info, &file, writes).await
 }
 
 /// Longest silence tolerated from a parent in the middle of a piece. A parent killed with -9
@@ -368,8 +446,24 @@ async fn quiet_limit<T>(read: impl std::future::Future<Output = T>) -> Result<T,
         .map_err(|_| FetchError::Transfer(format!("parent silent for {PIECE_SILENCE_LIMIT:?}")))
 }
 
-/// Fetches one piece on a new stream of `conn` and verifies it against `info.sha256`.
-pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &PieceInfo) -> Result<Bytes, FetchError> {
+/// Bytes collected from the stream before they are hashed and written in one go.
+const WRITE_BLOCK: usize = 512 << 10;
+
+/// Fetches one piece on a new stream of `conn`, writing its bytes into `file` at the piece's
+/// offset as they arrive and hashing them on the way; succeeds only when the whole piece arrived
+/// and matches `info.sha256`. Bytes of a failed fetch may be left in the file: the piece is not
+/// present until the caller marks it so.
+///
+/// Hashing and writing happen on a blocking thread, one block behind the network: while a block
+/// is hashed and written, the next one is received.
+pub async fn fetch_piece(
+    conn: &Connection,
+    task: &TaskId,
+    piece: u32,
+    info: &PieceInfo,
+    file: &Arc<std::fs::File>,
+    writes: &TaskTracker,
+) -> Result<(), FetchError> {
     // Every step is bounded: a parent that died without closing its connection must cost
     // seconds, not the connection's idle timeout.
     let (mut send, mut recv) = quiet_limit(conn.open_bi()).await?.map_err(TransportError::from)?;
@@ -386,18 +480,18 @@ pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &Pi
     if resp.size != info.size {
         return Err(FetchError::Digest(format!("parent announced {} bytes, the piece has {}", resp.size, info.size)));
     }
-    let mut buf = BytesMut::with_capacity(info.size as usize);
-    let mut hasher = Sha256::new();
-    while buf.len() < info.size as usize {
-        let want = info.size as usize - buf.len();
-        let chunk = quiet_limit(recv.read_chunk(want, true)).await?.map_err(TransportError::from)?;
+    let size = info.size as usize;
+    let mut writer = BlockWriter::new(file.clone(), info.offset, size, writes.clone());
+    let mut received = 0usize;
+    while received < size {
+        let chunk = quiet_limit(recv.read_chunk(size - received, true)).await?.map_err(TransportError::from)?;
         let Some(chunk) = chunk else {
-            return Err(FetchError::Transfer(format!("stream ended after {} of {} bytes", buf.len(), info.size)));
+            return Err(FetchError::Transfer(format!("stream ended after {received} of {size} bytes")));
         };
-        hasher.update(&chunk.bytes);
-        buf.extend_from_slice(&chunk.bytes);
+        received += chunk.bytes.len();
+        writer.push(&chunk.bytes, received == size).await?;
     }
-    let got: [u8; 32] = hasher.finalize().into();
+    let got = writer.finish().await?;
     if got != info.sha256 {
         return Err(FetchError::Digest(format!(
             "sha256 {} does not match the supernode's {}",
@@ -405,5 +499,90 @@ pub async fn fetch_piece(conn: &Connection, task: &TaskId, piece: u32, info: &Pi
             hex::encode(info.sha256)
         )));
     }
-    Ok(buf.freeze())
+    Ok(())
+}
+
+/// A block being hashed and written: hands back the hasher, the emptied buffer and the result.
+type BlockJob = tokio::task::JoinHandle<(Sha256, Vec<u8>, std::io::Result<()>)>;
+
+/// Collects a piece's bytes into blocks and hashes and writes each block on a blocking thread,
+/// keeping at most one block in flight there.
+struct BlockWriter {
+    file: Arc<std::fs::File>,
+    /// Tracks the blocking writes, so that a download can wait for them even after the fetch
+    /// that started them was cancelled.
+    writes: TaskTracker,
+    /// File offset of the next block.
+    offset: u64,
+    block: Vec<u8>,
+    /// The block being hashed and written, with the hasher; hands both back with a spare buffer.
+    busy: Option<BlockJob>,
+    hasher: Option<Sha256>,
+    spare: Vec<u8>,
+}
+
+impl BlockWriter {
+    fn new(file: Arc<std::fs::File>, offset: u64, size: usize, writes: TaskTracker) -> Self {
+        let cap = WRITE_BLOCK.min(size);
+        Self {
+            file,
+            writes,
+            offset,
+            block: Vec::with_capacity(cap),
+            busy: None,
+            hasher: Some(Sha256::new()),
+            spare: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Appends bytes; hands a full block (or the last one) to the blocking thread.
+    async fn push(&mut self, bytes: &[u8], last: bool) -> Result<(), FetchError> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = WRITE_BLOCK - self.block.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.block.extend_from_slice(now);
+            rest = later;
+            if self.block.len() == WRITE_BLOCK {
+                self.flush().await?;
+            }
+        }
+        if last && !self.block.is_empty() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the block in flight, then starts hashing and writing the current one.
+    async fn flush(&mut self) -> Result<(), FetchError> {
+        self.settle().await?;
+        let next = std::mem::take(&mut self.spare);
+        let data = std::mem::replace(&mut self.block, next);
+        let (file, offset) = (self.file.clone(), self.offset);
+        self.offset += data.len() as u64;
+        let mut hasher = self.hasher.take().unwrap_or_default();
+        self.busy = Some(self.writes.spawn_blocking(move || {
+            hasher.update(&data);
+            let written = file.write_all_at(&data, offset);
+            let mut data = data;
+            data.clear();
+            (hasher, data, written)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the block in flight, if any.
+    async fn settle(&mut self) -> Result<(), FetchError> {
+        let Some(busy) = self.busy.take() else { return Ok(()) };
+        let (hasher, buf, written) = busy.await.map_err(|e| FetchError::Local(format!("piece writer failed: {e}")))?;
+        self.hasher = Some(hasher);
+        self.spare = buf;
+        written.map_err(|e| FetchError::Local(format!("cannot write the piece: {e}")))
+    }
+
+    /// Waits for the last block; the sha256 of everything pushed.
+    async fn finish(mut self) -> Result<[u8; 32], FetchError> {
+        self.settle().await?;
+        Ok(self.hasher.take().unwrap_or_default().finalize().into())
+    }
 }

@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use crate::download::DownloadRequest;
 use crate::storage::{LocalTask, TaskFailure, TaskStatus, TaskView};
 use crate::{Daemon, ShutdownSignal};
-use sha2::{Digest as _, Sha256};
 
 /// Largest chunk a response body yields at once.
 const BODY_CHUNK: usize = 1 << 20;
@@ -33,6 +32,45 @@ pub struct DownloadBody {
     /// Headers for the origin request (name, value).
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// The client shares this host's filesystem and takes the finished file from the cache
+    /// itself (hard link or copy): the answer is a progress stream ([`ExportEvent`] lines)
+    /// ending with the content file's location, not the bytes.
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// Content type of the progress stream of a local download.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One line of a local download's progress stream.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportEvent {
+    /// Bytes present so far, and the total once known.
+    Progress {
+        /// Bytes of present pieces.
+        bytes: u64,
+        /// Content length, once known.
+        total: Option<u64>,
+    },
+    /// The task is done (complete and verified): the content file to link or copy.
+    Done {
+        /// Path of the content file on this host.
+        path: String,
+        /// Its device and inode, so the client can check it links the file the daemon means.
+        dev: u64,
+        /// Its inode number.
+        ino: u64,
+        /// Its length.
+        size: u64,
+    },
+    /// The download failed.
+    Failed {
+        /// Why.
+        error: String,
+        /// The origin's status, when the origin refused.
+        origin_status: Option<u16>,
+    },
 }
 
 /// Error body of the API.
@@ -139,7 +177,60 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("local storage error: {e}"), None),
     };
+    if body.local {
+        return export_task(task).await;
+    }
     stream_task(task).await
+}
+
+/// Answers a local download: progress lines while the task runs, then where its verified
+/// content file is. The client puts the file in place itself, with its own permissions (the
+/// daemon never writes where a client asks it to).
+async fn export_task(task: Arc<LocalTask>) -> Response {
+    if let Err(f) = wait_started(&task).await {
+        return failure_response(f);
+    }
+    let task_id = task.id.to_string();
+    let rx = task.subscribe();
+    let lines = futures_util::stream::unfold((task, rx, true, false), |(task, mut rx, first, finished)| async move {
+        if finished {
+            return None;
+        }
+        let mut vanished = false;
+        if !first {
+            // At most one progress line per 50 ms: the watch channel keeps only the newest state.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            vanished = rx.changed().await.is_err();
+        }
+        let (event, last) = export_event(&task, vanished);
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::io::Error>(Bytes::from(line)), (task, rx, false, last)))
+    });
+    let mut resp = Response::new(Body::from_stream(lines));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    if let Ok(v) = HeaderValue::from_str(&task_id) {
+        resp.headers_mut().insert(TASK_HEADER, v);
+    }
+    resp
+}
+
+/// The event describing the task now, and whether it is the last one.
+fn export_event(task: &LocalTask, vanished: bool) -> (ExportEvent, bool) {
+    let (status, bytes, total) = task.with_view(|v| (v.status.clone(), v.present_bytes(), v.content_length));
+    match status {
+        TaskStatus::Done => match std::fs::metadata(task.content_path()) {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt;
+                let path = task.content_path().to_string_lossy().into_owned();
+                (ExportEvent::Done { path, dev: meta.dev(), ino: meta.ino(), size: meta.len() }, true)
+            }
+            Err(e) => (ExportEvent::Failed { error: format!("content file vanished: {e}"), origin_status: None }, true),
+        },
+        TaskStatus::Failed(f) => (ExportEvent::Failed { error: f.message, origin_status: f.origin_status }, true),
+        _ if vanished => (ExportEvent::Failed { error: "download vanished".into(), origin_status: None }, true),
+        _ => (ExportEvent::Progress { bytes, total }, false),
+    }
 }
 
 /// Answers with the task's bytes, streamed in order as pieces arrive. Errors before the first
@@ -147,19 +238,11 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
 pub async fn stream_task(task: Arc<LocalTask>) -> Response {
     let view = match wait_started(&task).await {
         Ok(v) => v,
-        Err(f) => {
-            let status = match f.origin_status {
-                Some(404) => StatusCode::NOT_FOUND,
-                Some(401) => StatusCode::UNAUTHORIZED,
-                Some(403) => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            return error(status, f.message, f.origin_status);
-        }
+        Err(f) => return failure_response(f),
     };
     let task_id = task.id.to_string();
     let end = view.content_length;
-    let mut resp = Response::new(body(task, 0, end, None));
+    let mut resp = Response::new(body(task, 0, end, Gate::LastByte));
     if let Some(len) = view.content_length {
         resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -168,6 +251,17 @@ pub async fn stream_task(task: Arc<LocalTask>) -> Response {
         resp.headers_mut().insert(TASK_HEADER, v);
     }
     resp
+}
+
+/// The error answer for a task that failed before its first byte.
+fn failure_response(f: TaskFailure) -> Response {
+    let status = match f.origin_status {
+        Some(404) => StatusCode::NOT_FOUND,
+        Some(401) => StatusCode::UNAUTHORIZED,
+        Some(403) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    error(status, f.message, f.origin_status)
 }
 
 /// Waits until the task's length and piece size are known (or it failed).
@@ -184,22 +278,23 @@ pub async fn wait_started(task: &LocalTask) -> Result<TaskView, TaskFailure> {
     }
 }
 
-/// A body streaming bytes `start..end` of the task (`end` None: to the end, length unknown).
-/// With `verify`, the whole content is hashed as it streams and the last chunk is held back
-/// unless it matches: on a mismatch the body breaks off and the task is purged.
-pub fn body(task: Arc<LocalTask>, start: u64, end: Option<u64>, verify: Option<Verify>) -> Body {
-    let rx = task.subscribe();
-    let verify = verify.map(|v| (v, Sha256::new()));
-    let reader = Reader { task, rx, pos: start, end, verify, finished: false };
-    Body::from_stream(futures_util::stream::unfold(reader, Reader::next))
+/// What a body waits for before it hands out bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Bytes stream as pieces arrive; the last byte waits until the task is done (for a task
+    /// with a digest: until its whole content matched it). A body cut off before the end is
+    /// what a reader sees when the content turns out wrong.
+    LastByte,
+    /// Nothing is sent before the task is done (a range: its reader cannot tell a complete
+    /// body from a verified one).
+    Done,
 }
 
-/// What a body checks the whole content against, and what it does on a mismatch.
-pub struct Verify {
-    /// Expected digest of the whole content.
-    pub digest: Sha256Digest,
-    /// Called with the reason when the content does not match (purges the task).
-    pub on_mismatch: Box<dyn Fn(String) + Send + Sync>,
+/// A body streaming bytes `start..end` of the task (`end` None: to the end, length unknown).
+pub fn body(task: Arc<LocalTask>, start: u64, end: Option<u64>, gate: Gate) -> Body {
+    let rx = task.subscribe();
+    let reader = Reader { task, rx, pos: start, end, gate, finished: false };
+    Body::from_stream(futures_util::stream::unfold(reader, Reader::next))
 }
 
 /// Reads a task front to back, waiting for each piece.
@@ -210,7 +305,7 @@ struct Reader {
     pos: u64,
     /// One past the last byte to send, when known.
     end: Option<u64>,
-    verify: Option<(Verify, Sha256)>,
+    gate: Gate,
     finished: bool,
 }
 
@@ -219,14 +314,17 @@ impl Reader {
         if self.finished || self.end.is_some_and(|e| self.pos >= e) {
             return None;
         }
+        if self.gate == Gate::Done {
+            if let Err(e) = self.wait_done().await {
+                return Some((Err(e), self.stop()));
+            }
+        }
         let pos = self.pos;
         let ready = self
             .rx
             .wait_for(|v| {
                 let n = piece_at(v, pos);
-                n.is_some_and(|n| v.has(n))
-                    || matches!(v.status, TaskStatus::Failed(_))
-                    || v.complete() && v.content_length.is_some_and(|l| pos >= l)
+                n.is_some_and(|n| v.has(n)) || v.failed() || v.complete() && v.content_length.is_some_and(|l| pos >= l)
             })
             .await
             .map(|v| (v.status.clone(), v.content_length, piece_at(&v, pos).and_then(|n| v.piece(n).cloned())));
@@ -248,31 +346,32 @@ impl Reader {
         let piece_end = info.offset + u64::from(info.size);
         let stop_at = self.end.map_or(piece_end, |e| e.min(piece_end));
         let n = (stop_at - pos).min(BODY_CHUNK as u64) as usize;
+        if len.is_some_and(|l| pos + n as u64 >= l) {
+            // The last byte of the content: only once the task is done (verified).
+            if let Err(e) = self.wait_done().await {
+                return Some((Err(e), self.stop()));
+            }
+        }
         let chunk = match self.task.read_at(pos, n).await {
             Ok(c) => c,
             Err(e) => return Some((Err(e), self.stop())),
         };
         self.pos += n as u64;
-        if let Err(e) = self.check_digest(&chunk, len) {
-            return Some((Err(e), self.stop()));
-        }
         Some((Ok(chunk), self))
     }
 
-    /// Hashes `chunk`; at the last byte, compares with the expected digest.
-    fn check_digest(&mut self, chunk: &Bytes, len: Option<u64>) -> std::io::Result<()> {
-        let Some((expected, hasher)) = self.verify.as_mut() else { return Ok(()) };
-        hasher.update(chunk);
-        if len.is_some_and(|l| self.pos >= l) {
-            let got: [u8; 32] = hasher.clone().finalize().into();
-            if got != expected.digest.0 {
-                let message = format!("content digest {} does not match {}", Sha256Digest(got), expected.digest);
-                tracing::error!(task = %self.task.id, %message, "content does not match its digest: purging task");
-                (expected.on_mismatch)(message.clone());
-                return Err(std::io::Error::other(message));
-            }
+    /// Waits until the task is done; an error when it failed instead.
+    async fn wait_done(&mut self) -> std::io::Result<()> {
+        let status = self
+            .rx
+            .wait_for(|v| v.status == TaskStatus::Done || v.failed())
+            .await
+            .map(|v| v.status.clone())
+            .map_err(|_| std::io::Error::other("download vanished"))?;
+        match status {
+            TaskStatus::Failed(f) => Err(std::io::Error::other(f.message)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// After an error the next poll ends the stream.

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mirror;
 pub mod storage;
+pub mod verify;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

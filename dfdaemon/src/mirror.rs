@@ -27,7 +27,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use sha2::{Digest as _, Sha256};
 
 use crate::download::DownloadRequest;
-use crate::http::{body, wait_started, Verify};
+use crate::http::{body, wait_started, Gate};
 use crate::storage::{TaskFailure, TaskStatus};
 use crate::Daemon;
 
@@ -329,27 +329,20 @@ async fn blob(
             return resp;
         }
     };
-    blob_response(daemon, task, &d, len, range)
+    blob_response(task, &d, len, range)
 }
 
 fn blob_response(
-    daemon: &Arc<Daemon>,
     task: Arc<crate::storage::LocalTask>,
     d: &Sha256Digest,
     len: u64,
     range: Option<(u64, u64)>,
 ) -> Response {
     let (start, end) = range.unwrap_or((0, len));
-    let verify = range.is_none().then(|| {
-        let (daemon, purge) = (daemon.clone(), task.clone());
-        Verify {
-            digest: *d,
-            on_mismatch: Box::new(move |message| {
-                daemon.store.fail(&purge, TaskFailure { origin_status: None, message })
-            }),
-        }
-    });
-    let mut resp = Response::new(body(task, start, Some(end), verify));
+    // A whole blob streams as it arrives and its last byte waits for the digest check; a range
+    // is served from a verified blob only.
+    let gate = if range.is_some() { Gate::Done } else { Gate::LastByte };
+    let mut resp = Response::new(body(task, start, Some(end), gate));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

@@ -103,6 +103,9 @@ pub struct TaskView {
     pub total_pieces: Option<u32>,
     /// State.
     pub status: TaskStatus,
+    /// Bumped whenever a piece table entry is replaced or every piece is dropped: a whole-content
+    /// hash computed under an older generation is void.
+    pub generation: u64,
 }
 
 impl TaskView {
@@ -115,7 +118,24 @@ impl TaskView {
             have_count: 0,
             total_pieces: None,
             status: TaskStatus::Pending,
+            generation: 0,
         }
+    }
+
+    /// Bytes of the pieces present.
+    pub fn present_bytes(&self) -> u64 {
+        self.have
+            .iter()
+            .zip(&self.pieces)
+            .filter(|(h, _)| **h)
+            .filter_map(|(_, p)| p.as_ref())
+            .map(|p| u64::from(p.size))
+            .sum()
+    }
+
+    /// True when the task failed.
+    pub fn failed(&self) -> bool {
+        matches!(self.status, TaskStatus::Failed(_))
     }
 
     /// True once every piece is present.
@@ -215,6 +235,12 @@ pub struct LocalTask {
     record: Mutex<TaskRecord>,
     /// Last read, upload or download, ms since the epoch (persisted lazily by the GC loop).
     last_access: AtomicU64,
+    /// Modification time (ns since the epoch) of the content file when the task was last done; 0
+    /// while it is not. A different one later means something outside the daemon wrote to the
+    /// file (a client that hard-linked the finished file, then wrote to its copy): every piece is
+    /// hashed again before it is read or uploaded. (Not the ctime: linking and unlinking change
+    /// that without touching a byte.)
+    known_mtime: AtomicU64,
     access_dirty: AtomicBool,
     /// A download (or repair) is running for the task.
     downloading: AtomicBool,
@@ -229,9 +255,15 @@ impl LocalTask {
         self.view.subscribe()
     }
 
-    /// A snapshot of the progress.
+    /// A snapshot of the progress (a copy of the whole piece table: prefer
+    /// [`LocalTask::with_view`] on hot paths).
     pub fn view(&self) -> TaskView {
         self.view.borrow().clone()
+    }
+
+    /// Runs `f` on the current progress without copying it (do not block inside).
+    pub fn with_view<R>(&self, f: impl FnOnce(&TaskView) -> R) -> R {
+        f(&self.view.borrow())
     }
 
     /// Applies `f` to the progress and notifies readers; changes of the length, piece size,
@@ -263,6 +295,9 @@ impl LocalTask {
             }
         }
         let Some(inner) = self.store.upgrade() else { return };
+        if after.done != before.done {
+            self.known_mtime.store(if after.done { self.mtime_ns() } else { 0 }, Ordering::Release);
+        }
         if after.done && !before.done {
             inner.flusher.complete(self);
         } else {
@@ -334,10 +369,13 @@ impl LocalTask {
                 if v.pieces[i].as_ref() == Some(&info) {
                     continue;
                 }
-                if v.pieces[i].is_some() && v.have[i] {
-                    v.have[i] = false;
-                    v.have_count -= 1;
-                    dropped.push(n);
+                if v.pieces[i].is_some() {
+                    v.generation += 1;
+                    if v.have[i] {
+                        v.have[i] = false;
+                        v.have_count -= 1;
+                        dropped.push(n);
+                    }
                 }
                 changed.push((n, PieceRecord { offset: info.offset, size: info.size, sha256: info.sha256 }));
                 v.pieces[i] = Some(info);
@@ -364,17 +402,41 @@ impl LocalTask {
     /// Writes verified piece bytes and marks the piece present (in that order); the present row
     /// reaches the disk after the bytes do.
     pub async fn store_piece(&self, n: u32, offset: u64, data: Bytes) -> std::io::Result<()> {
-        let inner = self.store.upgrade();
-        let end = offset + data.len() as u64;
-        let unknown_length = self.view.borrow().content_length.is_none();
-        if let (Some(inner), true) = (&inner, unknown_length) {
-            // Length unknown: charge the high-water mark as it grows.
-            inner.charge(self, end).map_err(std::io::Error::other)?;
-        }
-        let file = self.file()?;
+        self.reserve(offset + data.len() as u64)?;
+        let file = self.content_file()?;
         tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
             .await
             .map_err(std::io::Error::other)??;
+        self.mark_present(n);
+        Ok(())
+    }
+
+    /// Makes room for content up to byte `end` before it is written: when the length is unknown
+    /// the task is charged its high-water mark as it grows (a known length was charged whole by
+    /// [`LocalTask::set_info`]). Fails with a [`QuotaError`] when it cannot fit.
+    pub fn reserve(&self, end: u64) -> std::io::Result<()> {
+        let unknown_length = self.view.borrow().content_length.is_none();
+        if let (Some(inner), true) = (self.store.upgrade(), unknown_length) {
+            inner.charge(self, end).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// The task's content file, for writers that put piece bytes in place themselves (then
+    /// [`LocalTask::mark_present`] once the bytes are verified). Bytes written there are never
+    /// served before that.
+    pub fn content_file(&self) -> std::io::Result<Arc<std::fs::File>> {
+        self.file()
+    }
+
+    /// Path of the content file (complete and verified once the task is done).
+    pub fn content_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Marks piece `n` present: its bytes are in the content file and were verified against the
+    /// piece table in this process. Its present row reaches the disk after the bytes do.
+    pub fn mark_present(&self, n: u32) {
         self.set_verified(n, true);
         self.update(|v| {
             if let Some(h) = v.have.get_mut(n as usize) {
@@ -385,10 +447,9 @@ impl LocalTask {
             }
         });
         self.touch();
-        if let Some(inner) = inner {
+        if let Some(inner) = self.store.upgrade() {
             inner.flusher.present(self, n);
         }
-        Ok(())
     }
 
     /// Reads `len` bytes at `offset` (of present pieces). Pieces not verified in this process
@@ -433,6 +494,7 @@ impl LocalTask {
     /// Hashes piece `n` if it is present and not verified yet. Returns true when it is present
     /// and verified; a mismatch drops the piece (and asks for a repair) and returns false.
     pub async fn ensure_verified(&self, n: u32) -> std::io::Result<bool> {
+        self.guard_external_changes();
         if self.is_verified(n) {
             return Ok(true);
         }
@@ -468,6 +530,29 @@ impl LocalTask {
         self.view.borrow().present()
     }
 
+    /// Drops every piece (the whole content did not match its digest): the task is fetched again
+    /// from scratch into the same entry.
+    pub fn reset_content(&self) {
+        let present = self.view.borrow().present();
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.update(|v| {
+            v.have.iter_mut().for_each(|h| *h = false);
+            v.pieces.iter_mut().for_each(|p| *p = None);
+            v.have_count = 0;
+            v.generation += 1;
+            if v.status == TaskStatus::Done {
+                v.status = TaskStatus::Running;
+            }
+        });
+        if let Some(inner) = self.store.upgrade() {
+            inner.write_meta(self, |b, _| {
+                for &n in &present {
+                    b.clear_present(&self.id, n);
+                }
+            });
+        }
+    }
+
     /// Present pieces as recorded, without verifying them (uploads verify each piece first).
     pub fn held_pieces(&self) -> Vec<u32> {
         self.view.borrow().present()
@@ -497,6 +582,30 @@ impl LocalTask {
             });
             inner.metrics.corrupt_pieces.inc();
             let _ = inner.events.send(StoreEvent::Repair(self.id.clone()));
+        }
+    }
+
+    /// The content file's modification time in ns, 0 when unknown.
+    fn mtime_ns(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Some(meta) = self.file.get().and_then(|f| f.metadata().ok()) else { return 0 };
+        (meta.mtime().max(0) as u64).saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec().max(0) as u64)
+    }
+
+    /// Forgets which pieces were verified when the content file of a done task changed outside
+    /// the daemon (see `known_mtime`), so that each is hashed again before its next use.
+    fn guard_external_changes(&self) {
+        let known = self.known_mtime.load(Ordering::Acquire);
+        if known == 0 {
+            return;
+        }
+        let now = self.mtime_ns();
+        if now == 0 || now == known {
+            return;
+        }
+        if self.known_mtime.compare_exchange(known, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            warn!(task = %self.id, "content file written outside the daemon: verifying every piece again");
+            self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
 
@@ -652,6 +761,7 @@ impl Inner {
             last_access: AtomicU64::new(record.last_access_ms),
             record: Mutex::new(record),
             access_dirty: AtomicBool::new(false),
+            known_mtime: AtomicU64::new(0),
             downloading: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             store: Arc::downgrade(self),

@@ -13,11 +13,12 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use dfdaemon::http::{ApiError, DownloadBody, TaskStatusView, TASK_HEADER};
+use dfdaemon::http::{ApiError, DownloadBody, TaskStatusView, NDJSON, TASK_HEADER};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
 
+mod export;
 mod preheat;
 
 /// Download a URL through the Damselfly swarm.
@@ -97,11 +98,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(d) = &args.digest {
         d.parse::<damselfly_common::id::Sha256Digest>()?;
     }
-    let body = DownloadBody { url: args.url.clone(), digest: args.digest.clone(), headers };
-    let tmp = temp_beside(&args.output)?;
+    if args.output.is_dir() {
+        bail!("output {} is a directory", args.output.display());
+    }
+    let mut body = DownloadBody { url: args.url.clone(), digest: args.digest.clone(), headers, local: false };
     let client = reqwest::Client::new();
     let mut _embedded = None;
     let mut daemon_url = args.daemon.clone();
+    // A daemon on this host shares its filesystem: take the finished file from its cache.
+    body.local = is_loopback(&daemon_url);
     let resp = match post(&client, &args.daemon, &body).await {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
@@ -109,6 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 bail!("no dfdaemon reachable at {} and no --supernode given for an embedded peer", args.daemon);
             };
             let embedded = Embedded::start(sn, args.ca_cert.clone()).await?;
+            body.local = true;
             let r = post(&client, &embedded.url, &body).await.context("embedded peer failed")?;
             daemon_url = embedded.url.clone();
             _embedded = Some(embedded);
@@ -116,11 +122,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => bail!("dfdaemon at {} failed: {e}", args.daemon),
     };
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let err = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
-        bail!("{err}");
+    let resp = check_status(resp).await?;
+    let is_export =
+        resp.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == NDJSON.as_bytes());
+    if is_export {
+        let progress = progress_bar(None, args.no_progress);
+        let outcome = export::follow(resp, &progress).await;
+        progress.finish_and_clear();
+        match outcome? {
+            export::Outcome::Failed(error) => bail!("download failed: {error}"),
+            export::Outcome::Done(done) => match export::place(&done, &args.output) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take the file from the daemon's cache: streaming it");
+                }
+            },
+        }
+        body.local = false;
+        let resp = check_status(post(&client, &daemon_url, &body).await?).await?;
+        return stream_to_file(&client, &daemon_url, resp, &args).await;
     }
+    stream_to_file(&client, &daemon_url, resp, &args).await
+}
+
+/// Turns an error answer into an error with the daemon's reason.
+async fn check_status(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let err = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
+    bail!("{err}");
+}
+
+/// Whether the daemon URL names this host.
+fn is_loopback(daemon: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(daemon) else { return false };
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Receives the content over HTTP into a temporary file beside the output, renamed into place
+/// when complete (and matching `--digest`).
+async fn stream_to_file(
+    client: &reqwest::Client,
+    daemon_url: &str,
+    resp: reqwest::Response,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let tmp = temp_beside(&args.output)?;
     let expected_len = resp.content_length();
     let task = resp.headers().get(TASK_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let progress = progress_bar(expected_len, args.no_progress);
@@ -130,7 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Ok(w), _) => w,
         // The daemon breaks the body off when the download fails midway: ask it why.
         (Err(e), Some(task)) => {
-            bail!("{}", failure_reason(&client, &daemon_url, &task).await.unwrap_or(format!("{e:#}")))
+            bail!("{}", failure_reason(client, daemon_url, &task).await.unwrap_or(format!("{e:#}")))
         }
         (Err(e), None) => return Err(e),
     };

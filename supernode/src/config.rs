@@ -7,6 +7,8 @@ use std::time::Duration;
 use damselfly_common::size::ByteSize;
 use serde::Deserialize;
 
+use crate::scheduler::SchedulerConfig;
+
 /// Everything the supernode needs to run. Every field has a default; see each field for it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct SupernodeConfig {
     /// Longest pause between two chunks of an origin body before the fetch fails. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub origin_read_timeout: Duration,
+    /// The piece scheduler's settings (`[scheduler]` in the TOML file): download window, upload
+    /// slots, stall detection. See [`SchedulerConfig`] for each field and its default.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for SupernodeConfig {
@@ -53,6 +58,7 @@ impl Default for SupernodeConfig {
             ca_key: None,
             origin_connect_timeout: Duration::from_secs(10),
             origin_read_timeout: Duration::from_secs(60),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -97,6 +103,7 @@ impl SupernodeConfig {
         if self.origin_connect_timeout.is_zero() || self.origin_read_timeout.is_zero() {
             return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));
         }
+        self.scheduler.validate().map_err(ConfigError::Invalid)?;
         for o in self.allow_origins.iter().chain(&self.insecure_registries) {
             if o.is_empty() || o.contains('/') {
                 return Err(ConfigError::Invalid(format!("{o:?} is not HOST or HOST:PORT (no scheme, no path)")));

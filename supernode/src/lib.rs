@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use config::SupernodeConfig;
-use scheduler::{Action, Down, Event, Scheduler, SchedulerConfig};
+use scheduler::{Action, Down, Event, Scheduler};
 
 /// A shutdown signal that many tasks wait on: stop when it turns `true`.
 pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
@@ -133,7 +133,7 @@ pub async fn start(
         ca,
         preheat: preheat::Preheats::default(),
         started: Instant::now(),
-        core: Mutex::new(Core { scheduler: Scheduler::new(SchedulerConfig::default()), routes: HashMap::new() }),
+        core: Mutex::new(Core { scheduler: Scheduler::new(config.scheduler.clone()), routes: HashMap::new() }),
         peer_conns: Mutex::new(HashMap::new()),
         config,
     });

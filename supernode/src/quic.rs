@@ -184,6 +184,7 @@ async fn control(
     };
     let task = TaskId::new(reg.task_id.clone());
     let peer = PeerId::new(reg.peer_id.clone());
+    let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
     if reg.announce_only {
         return announce(shared, peers, task, peer, addr, reg.have, recv).await;
     }

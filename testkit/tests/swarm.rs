@@ -125,7 +125,11 @@ async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complet
     for piece in bytes.chunks_mut(PIECE) {
         piece[0] ^= 0xff;
     }
+    // Silent corruption (bit rot, a bad controller) leaves the modification time alone; a write
+    // through the file system would make the daemon hash every piece again and never serve them.
+    let mtime = std::fs::metadata(&task_file)?.modified()?;
     std::fs::write(&task_file, &bytes)?;
+    std::fs::OpenOptions::new().write(true).open(&task_file)?.set_modified(mtime)?;
     let bad_id = std::fs::read_to_string(cluster.daemons[0].data_dir().join("tls/peer_id"))?;
 
     let runs: Vec<_> = cluster.daemons[1..]

@@ -49,9 +49,11 @@ struct Args {
     /// Work directory for data dirs and logs (default: a temp dir, removed at the end).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Where dfget writes (default /dev/shm, so that the output's fsync is not a disk benchmark).
-    #[arg(long, default_value = "/dev/shm")]
-    output_dir: PathBuf,
+    /// Where dfget writes (default: the work directory, on the same filesystem as the daemons'
+    /// caches, where the plain quinn receiver writes too; dfget then takes the finished file
+    /// from its daemon's cache by hard link).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
     /// Write the markdown results here as well.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -217,14 +219,35 @@ async fn quic_fetch(
         let sink = sink.clone();
         let base = (size / streams as u64) * i as u64 + (i as u64).min(size % streams as u64);
         tasks.push(tokio::spawn(async move {
+            // Like a store would: collect 1 MiB, then write it at its offset on a blocking
+            // thread while the next block arrives.
             let mut got = 0u64;
-            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-                if let Some(file) = &sink {
-                    use std::os::unix::fs::FileExt;
-                    let (file, bytes, at) = (file.clone(), chunk.bytes.clone(), base + got);
-                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, at)).await??;
+            let mut block: Vec<u8> = Vec::with_capacity(CHUNK);
+            let mut busy: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+            loop {
+                let chunk = recv.read_chunk(usize::MAX, true).await?;
+                let end = chunk.is_none();
+                if let Some(chunk) = &chunk {
+                    got += chunk.bytes.len() as u64;
+                    block.extend_from_slice(&chunk.bytes);
                 }
-                got += chunk.bytes.len() as u64;
+                if let (Some(file), true) = (&sink, block.len() >= CHUNK || end && !block.is_empty()) {
+                    use std::os::unix::fs::FileExt;
+                    if let Some(b) = busy.take() {
+                        b.await??;
+                    }
+                    let data = std::mem::replace(&mut block, Vec::with_capacity(CHUNK));
+                    let (file, at) = (file.clone(), base + got - data.len() as u64);
+                    busy = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, at)));
+                } else if sink.is_none() {
+                    block.clear();
+                }
+                if end {
+                    break;
+                }
+            }
+            if let Some(b) = busy.take() {
+                b.await??;
             }
             anyhow::Ok(got)
         }));
@@ -377,7 +400,8 @@ async fn orchestrate(args: &Args) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("dfbench-transfer-").tempdir()?;
     let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(work.join("origin"))?;
-    std::fs::create_dir_all(&args.output_dir)?;
+    let output_dir = args.output_dir.clone().unwrap_or_else(|| work.join("out"));
+    std::fs::create_dir_all(&output_dir)?;
 
     // Certificates for the plain quinn transfer, from a cluster CA like the product's.
     let ids = work.join("ids");
@@ -392,7 +416,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<()> {
     let url = format!("http://{}/blob", listener.local_addr()?);
     let origin = tokio::spawn(serve_files(listener, work.join("origin")));
 
-    let cluster = start_cluster(&work, &url, &digest, &args.output_dir).await?;
+    let cluster = start_cluster(&work, &url, &digest, &output_dir).await?;
     let mut samples = Vec::new();
     for rep in 0..args.reps {
         let (child, addr, mut lines) =
@@ -437,7 +461,7 @@ async fn orchestrate(args: &Args) -> anyhow::Result<()> {
             });
         }
 
-        let sample = damselfly_rep(&cluster, rep, &url, &digest, &args.output_dir).await?;
+        let sample = damselfly_rep(&cluster, rep, &url, &digest, &output_dir).await?;
         eprintln!("rep {rep}: dfget {:.2} s ({})", sample.seconds, sample.note);
         samples.push(sample);
     }

@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::ops::{Bound, ControlFlow};
 use std::time::Duration;
 
-use super::state::{Outbox, PieceState, Source, TaskState, Upload};
+use super::state::{Outbox, PeerRec, PieceState, Source, TaskState, Upload};
 use super::{Assignment, Parent, Shared};
 
 /// At most this many candidate pieces are tried per fill (keeps a fill cheap when most pieces
@@ -156,8 +156,13 @@ impl Shared {
     /// Current uploads of member `slot`, if it may take another one.
     fn load(&self, task: &TaskState, slot: u32) -> Option<usize> {
         let rec = self.peers.get(task.member(slot)?.gid)?;
-        let load = rec.uploads.len();
+        let load = self.load_of(rec);
         (!rec.bad && load < self.config.max_uploads_per_peer).then_some(load)
+    }
+
+    /// A peer's upload load: its uploads in flight, across tasks.
+    pub(super) fn load_of(&self, rec: &PeerRec) -> usize {
+        rec.uploads.len()
     }
 
     /// Whether member `slot` can take another upload and has something to upload.
@@ -172,17 +177,35 @@ impl Shared {
             return;
         };
         if let Some(slot) = task.slot_of(gid) {
-            task.set_open(slot, !rec.bad && rec.uploads.len() < self.config.max_uploads_per_peer);
+            task.set_open(slot, !rec.bad && self.load_of(rec) < self.config.max_uploads_per_peer);
         }
         if rec.tasks.len() > 1 {
             self.dirty.push(gid);
         }
     }
 
-    /// Whether a supernode copy of the piece started less than `stalled_after` ago is in flight.
+    /// Whether a supernode copy of the piece is in flight that is not stalled yet (see
+    /// [`Shared::stall_limit`]).
     fn recent_supernode_copy(&self, ps: &PieceState, now: Duration) -> bool {
-        let stalled_after = self.config.stalled_after;
-        ps.sn_copies.iter().any(|&(_, start)| now.saturating_sub(start) < stalled_after)
+        let limit = self.stall_limit();
+        ps.sn_copies.iter().any(|&(_, start)| now.saturating_sub(start) < limit)
+    }
+
+    /// How long a supernode copy may run before another copy of the piece may be sent:
+    /// `stalled_after`, or four times the average copy time when the supernode is busier.
+    pub(super) fn stall_limit(&self) -> Duration {
+        let typical = self.sn_copy_time.map_or(Duration::ZERO, |t| t * 4);
+        self.config.stalled_after.max(typical)
+    }
+
+    /// Records that a supernode copy started at `started` finished at `now`.
+    pub(super) fn note_supernode_copy(&mut self, started: Duration, now: Duration) {
+        let took = now.saturating_sub(started);
+        self.sn_copy_time = Some(match self.sn_copy_time {
+            None => took,
+            // An exponential moving average with weight 1/8 for the newest sample.
+            Some(avg) => (avg * 7 + took) / 8,
+        });
     }
 
     /// Records the assignment of `piece` to `child` from `pick` and queues it for sending.

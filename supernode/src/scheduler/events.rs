@@ -180,7 +180,12 @@ impl Scheduler {
             return;
         }
         let mut fresh = Fresh::default();
+        let sn_start =
+            task.pieces.get(piece as usize).and_then(|ps| ps.sn_copies.iter().find(|c| c.0 == slot)).map(|c| c.1);
         if let Some(source) = self.shared.release(task, slot, piece) {
+            if let (Source::Supernode, Some(start)) = (&source, sn_start) {
+                self.shared.note_supernode_copy(start, now);
+            }
             fresh.add_source(task, &source);
         }
         let Some(m) = task.member_mut(slot) else {
@@ -325,7 +330,7 @@ impl Scheduler {
         };
         let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
         for id in tasks {
-            self.sync_open();
+            self.sync_open(now, out);
             self.peer_left(now, &id, peer, out);
         }
     }
@@ -337,7 +342,7 @@ impl Scheduler {
         let ids: Vec<TaskId> =
             self.tasks.iter().filter(|(_, t)| !t.waiting.is_empty()).map(|(id, _)| id.clone()).collect();
         for id in ids {
-            self.sync_open();
+            self.sync_open(now, out);
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -348,22 +353,37 @@ impl Scheduler {
         }
     }
 
-    /// Refreshes the `open` bits of peers whose load changed in another task.
-    pub(super) fn sync_open(&mut self) {
+    /// Refreshes the `open` bits of peers whose load changed in another task, and offers a peer
+    /// that gained a free upload slot to the waiting members of those tasks at once (a slot
+    /// freed in one task is used by another without waiting for a tick).
+    pub(super) fn sync_open(&mut self, now: Duration, out: &mut Vec<Action>) {
         let max = self.shared.config.max_uploads_per_peer;
+        let mut opened: Vec<(TaskId, u32)> = Vec::new();
         for gid in std::mem::take(&mut self.shared.dirty) {
             let Some(rec) = self.shared.peers.get(gid) else {
                 continue;
             };
-            let open = !rec.bad && rec.uploads.len() < max;
+            let open = !rec.bad && self.shared.load_of(rec) < max;
             for id in &rec.tasks {
                 let Some(task) = self.tasks.get_mut(id) else {
                     continue;
                 };
                 if let Some(slot) = task.slot_of(gid) {
+                    if open && !task.open.contains(slot) && !task.waiting.is_empty() {
+                        opened.push((id.clone(), slot));
+                    }
                     task.set_open(slot, open);
                 }
             }
+        }
+        for (id, slot) in opened {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let fresh = Fresh { peers: vec![slot], supernode: false };
+            let mut outbox = Outbox::default();
+            self.shared.drain(task, &fresh, now, &mut outbox);
+            flush(task, outbox, out);
         }
     }
 

@@ -96,6 +96,21 @@ pub struct SchedulerConfig {
     pub seed: u64,
 }
 
+impl SchedulerConfig {
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_per_peer == 0 || self.max_uploads_per_peer == 0 || self.max_supernode_uploads == 0 {
+            return Err(
+                "scheduler: window_per_peer, max_uploads_per_peer and max_supernode_uploads must be at least 1".into(),
+            );
+        }
+        if self.stalled_after.is_zero() || self.bad_peer_strikes == 0 {
+            return Err("scheduler: stalled_after and bad_peer_strikes must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
@@ -377,6 +392,10 @@ struct Shared {
     strikes: std::collections::HashMap<PeerId, u32>,
     /// Uploads assigned to the supernode and not yet finished, failed or abandoned.
     sn_uploads: usize,
+    /// Moving average of how long a supernode copy takes to finish: a copy counts as stalled
+    /// only after several times this (and at least `stalled_after`), so a busy supernode does
+    /// not send a second copy of a piece whose first copy is merely slow.
+    sn_copy_time: Option<Duration>,
     /// Peers whose load changed while they are in several tasks: their bit in the other tasks'
     /// `open` sets is refreshed after the event.
     dirty: Vec<u32>,
@@ -392,6 +411,7 @@ impl Scheduler {
             peers: PeerTable::default(),
             strikes: Default::default(),
             sn_uploads: 0,
+            sn_copy_time: None,
             dirty: Vec::new(),
         };
         Self { shared, tasks: BTreeMap::new() }
@@ -421,7 +441,13 @@ impl Scheduler {
             Event::PeerGone { peer } => self.peer_gone(now, &peer, &mut out),
             Event::Tick => self.tick(now, &mut out),
         }
-        self.sync_open();
+        // Draining one task may change loads seen by others: settle until nothing is dirty.
+        for _ in 0..4 {
+            if self.shared.dirty.is_empty() {
+                break;
+            }
+            self.sync_open(now, &mut out);
+        }
         out
     }
 
