@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::state::{Outbox, PeerRec, PieceState, Source, TaskState, Upload};
 use super::{Assignment, Parent, Shared};
+use damselfly_common::id::TaskId;
 
 /// At most this many candidate pieces are tried per fill (keeps a fill cheap when most pieces
 /// have no parent right now).
@@ -88,6 +89,7 @@ impl Shared {
             return (BinaryHeap::new(), 0);
         };
         let sn_free = self.sn_uploads < self.config.max_supernode_uploads;
+        let linked = self.links_with_room(task, slot);
         let mut total = 0;
         let mut keyed = Vec::new();
         for &p in &task.landed {
@@ -99,8 +101,9 @@ impl Shared {
             }
             total += 1;
             let supernode = ps.holder_count == 0 && sn_free && !self.recent_supernode_copy(ps, now);
+            let via_link = linked.iter().any(|&(s, _)| ps.holders.contains(s));
             // A child's failure reports may leave it no usable holder: let `choose_parent` judge.
-            if ps.open_holders > 0 || supernode || m.failed.contains_key(&p) {
+            if ps.open_holders > 0 || supernode || via_link || m.failed.contains_key(&p) {
                 keyed.push(Reverse((ps.holder_count + ps.inflight, self.rng.next_u64(), p)));
             }
         }
@@ -115,12 +118,23 @@ impl Shared {
         let ps = task.pieces.get(piece as usize)?;
         let failed = task.member(child)?.failed.get(&piece);
         let excluded = |slot: u32| failed.is_some_and(|f| task.member(slot).is_some_and(|h| f.contains(&h.id)));
+        // A parent already sending to this child with room on the link: the piece queues behind
+        // the one in flight on the same connection, so the link never idles between pieces.
+        let linked = self.links_with_room(task, child);
+        let on_link = linked
+            .iter()
+            .filter(|&&(s, _)| ps.holders.contains(s) && !excluded(s))
+            .min_by_key(|&&(_, queued)| queued)
+            .map(|&(s, _)| s);
+        if let Some(slot) = on_link {
+            return Some(Pick::Peer(slot));
+        }
         if ps.open_holders > 0 {
             let start = self.rng.below(ps.holders.capacity());
             let mut best: Option<(usize, u32)> = None;
             let mut seen = 0;
             ps.holders.for_each_common_from(&task.open, start, |slot| {
-                if slot == child || excluded(slot) {
+                if slot == child || excluded(slot) || self.link_full(task, child, slot) {
                     return ControlFlow::Continue(());
                 }
                 let Some(load) = self.load(task, slot) else {
@@ -160,9 +174,52 @@ impl Shared {
         (!rec.bad && load < self.config.max_uploads_per_peer).then_some(load)
     }
 
-    /// A peer's upload load: its uploads in flight, across tasks.
+    /// A peer's upload load, across tasks: its uploads in flight, or with
+    /// [`super::SchedulerConfig::link_depth`] above 1 the children it is sending to (each link
+    /// carries up to that many pieces).
     pub(super) fn load_of(&self, rec: &PeerRec) -> usize {
-        rec.uploads.len()
+        if self.config.link_depth <= 1 {
+            return rec.uploads.len();
+        }
+        let mut links: Vec<(&TaskId, u32)> = rec.uploads.iter().map(|u| (&u.task, u.child)).collect();
+        links.sort_unstable();
+        links.dedup();
+        links.len()
+    }
+
+    /// Whether `child`'s link with `parent` already carries `link_depth` pieces (never with a
+    /// depth of 1: then every piece is its own upload slot).
+    fn link_full(&self, task: &TaskState, child: u32, parent: u32) -> bool {
+        let depth = self.config.link_depth;
+        if depth <= 1 {
+            return false;
+        }
+        let (Some(m), Some(p)) = (task.member(child), task.member(parent)) else { return false };
+        let on_link =
+            m.assigned.values().filter(|s| matches!(s, Source::Peer { gid: Some(g), .. } if *g == p.gid)).count();
+        on_link >= depth
+    }
+
+    /// The parents `child` has a link with that can take another piece: (member slot, pieces on
+    /// the link). Empty unless links carry several pieces.
+    fn links_with_room(&self, task: &TaskState, child: u32) -> Vec<(u32, usize)> {
+        let depth = self.config.link_depth;
+        let Some(m) = task.member(child).filter(|_| depth > 1) else {
+            return Vec::new();
+        };
+        let mut links: Vec<(u32, usize)> = Vec::new();
+        for source in m.assigned.values() {
+            let Source::Peer { gid: Some(gid), .. } = source else { continue };
+            let Some(slot) = task.slot_of(*gid) else { continue };
+            match links.iter_mut().find(|(s, _)| *s == slot) {
+                Some(l) => l.1 += 1,
+                None => links.push((slot, 1)),
+            }
+        }
+        links.retain(|&(slot, queued)| {
+            queued < depth && task.member(slot).and_then(|p| self.peers.get(p.gid)).is_some_and(|r| !r.bad)
+        });
+        links
     }
 
     /// Whether member `slot` can take another upload and has something to upload.
@@ -314,7 +371,7 @@ impl Shared {
         }
         let mut pick = None;
         for &p in peers {
-            if p != w && self.can_upload(task, p) {
+            if p != w && self.can_upload(task, p) && !self.link_full(task, w, p) {
                 if let Some(piece) = self.pick_from(task, w, p) {
                     pick = Some((piece, Pick::Peer(p)));
                     break;

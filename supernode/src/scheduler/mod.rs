@@ -84,6 +84,12 @@ pub struct SchedulerConfig {
     pub max_uploads_per_peer: usize,
     /// Max concurrent uploads assigned to the supernode itself. Default 32.
     pub max_supernode_uploads: usize,
+    /// Pieces one parent may have in flight to one child at once. Above 1, a parent's upload
+    /// slots count children rather than pieces, and a child's next piece from a parent it is
+    /// already fetching from queues behind the current one on the same connection (pieces on a
+    /// connection are sent one after the other), so the link never idles for the round trip of
+    /// a report and the next assignment. Default 1.
+    pub link_depth: usize,
     /// After this long without a finish report for a supernode copy of a piece, another
     /// supernode copy of that piece may be assigned (the first child may be stuck). Default 3 s: well above a piece transfer, well below the download stall timeout.
     #[serde(with = "humantime_serde")]
@@ -99,10 +105,14 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.window_per_peer == 0 || self.max_uploads_per_peer == 0 || self.max_supernode_uploads == 0 {
-            return Err(
-                "scheduler: window_per_peer, max_uploads_per_peer and max_supernode_uploads must be at least 1".into(),
-            );
+        if self.window_per_peer == 0
+            || self.max_uploads_per_peer == 0
+            || self.max_supernode_uploads == 0
+            || self.link_depth == 0
+        {
+            return Err("scheduler: window_per_peer, max_uploads_per_peer, max_supernode_uploads and link_depth \
+                        must be at least 1"
+                .into());
         }
         if self.stalled_after.is_zero() || self.bad_peer_strikes == 0 {
             return Err("scheduler: stalled_after and bad_peer_strikes must be greater than zero".into());
@@ -117,6 +127,7 @@ impl Default for SchedulerConfig {
             window_per_peer: 2,
             max_uploads_per_peer: 4,
             max_supernode_uploads: 32,
+            link_depth: 1,
             stalled_after: Duration::from_secs(3),
             bad_peer_strikes: 2,
             seed: 0,

@@ -159,7 +159,7 @@ impl Swarm {
         *n += 1;
         if key.is_some() {
             self.peak_peer_uploads = self.peak_peer_uploads.max(*n);
-            assert!(*n <= self.cfg.max_uploads_per_peer, "peer upload limit exceeded");
+            assert!(*n <= self.cfg.max_uploads_per_peer * self.cfg.link_depth, "peer upload limit exceeded");
         } else {
             self.peak_sn_uploads = self.peak_sn_uploads.max(*n);
             assert!(*n <= self.cfg.max_supernode_uploads, "supernode upload limit exceeded");
@@ -330,7 +330,8 @@ impl Scheduler {
             for (slot, m) in task.members() {
                 let rec = self.shared.peers.get(m.gid).unwrap();
                 assert!(rec.tasks.contains(&task.id));
-                assert_eq!(task.open.contains(slot), !rec.bad && rec.uploads.len() < max, "open bit of {}", m.id);
+                let load = self.shared.load_of(rec);
+                assert_eq!(task.open.contains(slot), !rec.bad && load < max, "open bit of {}", m.id);
                 assert_eq!(m.held_count as usize, m.held.iter().count());
                 assert_eq!(m.wait_seq.is_some_and(|seq| task.waiting.contains(&(seq, slot))), m.wait_seq.is_some());
                 assert!(m.assigned.len() <= self.shared.config.window_per_peer);
@@ -364,7 +365,14 @@ impl Scheduler {
         assert!(sn_uploads <= self.shared.config.max_supernode_uploads);
         for (gid, rec) in self.shared.peers.iter() {
             assert_eq!(rec.uploads.len(), uploads.get(&gid).copied().unwrap_or(0), "uploads of {}", rec.id);
-            assert!(rec.uploads.len() <= max);
+            assert!(self.shared.load_of(rec) <= max);
+            // No link carries more than `link_depth` pieces.
+            let mut per_link: BTreeMap<(&TaskId, u32), usize> = BTreeMap::new();
+            for u in &rec.uploads {
+                *per_link.entry((&u.task, u.child)).or_default() += 1;
+            }
+            let depth = self.shared.config.link_depth;
+            assert!(depth == 1 || per_link.values().all(|&n| n <= depth), "link depth of {}", rec.id);
             assert!(!rec.tasks.is_empty());
         }
     }
@@ -892,6 +900,7 @@ mod prop {
                 max_supernode_uploads: 3,
                 stalled_after: Duration::from_secs(5),
                 bad_peer_strikes: 3,
+                link_depth: 1 + (seed % 2) as usize,
                 seed,
             };
             Self { sw: Swarm::new(cfg), members: BTreeSet::new(), landed: 0, complete: false }
