@@ -5,7 +5,9 @@
 # sources scripts/env.sh, and offers:
 #   build                 cargo build --release --bins (the workspace binaries and the benchmarks)
 #   netns_cleanup PREFIX  SIGKILLs every process in, and deletes, each namespace named PREFIX*
+#                         (and removes swarm-bench's cgroup PREFIXcpu if left behind)
 #   need_root WHAT        fails with a clear message unless running as root
+#   bt_packages           installs aria2, opentracker and mktorrent when missing
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -36,6 +38,11 @@ netns_cleanup() {
         done
         ip netns del "$ns" 2>/dev/null || true
     done
+    # swarm-bench's CPU-accounting cgroup, if it was killed before removing it.
+    local cg
+    for cg in /sys/fs/cgroup/cpuacct/"${prefix}"cpu /sys/fs/cgroup/"${prefix}"cpu /sys/fs/cgroup/unified/"${prefix}"cpu; do
+        if [[ -d "$cg" ]]; then rmdir "$cg" 2>/dev/null || true; fi
+    done
 }
 
 need_root() {
@@ -50,4 +57,19 @@ machine_line() {
     local cpu
     cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), ${cpu:-unknown CPU}, $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start, commit ${BENCH_COMMIT:-$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')}"
+}
+
+# bt_packages: installs Debian's aria2, opentracker and mktorrent (the BitTorrent baseline of the
+# swarm benchmark) when missing. Fails if they are still missing afterwards.
+bt_packages() {
+    local missing=()
+    command -v aria2c >/dev/null || missing+=(aria2)
+    command -v opentracker >/dev/null || missing+=(opentracker)
+    command -v mktorrent >/dev/null || missing+=(mktorrent)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } || true
+    fi
+    command -v aria2c >/dev/null && command -v opentracker >/dev/null && command -v mktorrent >/dev/null
 }

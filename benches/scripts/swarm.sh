@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Swarm benchmark (issue items 1, 2 and the chart of 7): N hosts as network namespaces with tbf
 # caps pull one image at once, with Damselfly and both baselines, N = 2, 4, 8, 16, two images.
+# (`--systems damselfly,direct,proxy,bittorrent` adds BitTorrent; `--topology symmetric` puts
+# origin and supernode on one host: see swarm-symmetric.sh for that comparison.)
 #
 #   sudo bash benches/scripts/swarm.sh                    # full sweep, ~12 min here
 #   sudo bash benches/scripts/swarm.sh --hosts 2,4 --image small=8MiB,4MiB
@@ -21,7 +23,7 @@ MACHINE="$(machine_line)"
 RESULTS="${RESULTS_DIR:-$RESULTS}"
 NAME="${NAME:-swarm}"
 say "swarm-bench $*"
-"$BIN/swarm-bench" --prefix "$PREFIX" --results "$RESULTS" --name "$NAME" "$@"
+"$BIN/swarm-bench" --prefix "$PREFIX" --results "$RESULTS" --name "$NAME" --machine "$MACHINE" "$@"
 sed -i "1a\\
 \\
 Measured $MACHINE. Command: \`sudo bash benches/scripts/swarm.sh${*:+ $*}\`." "$RESULTS/$NAME.md"

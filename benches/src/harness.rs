@@ -129,6 +129,118 @@ pub fn children_cpu_seconds() -> Option<f64> {
     Some((cutime + cstime) / 100.0)
 }
 
+/// Busy CPU time of the whole machine so far, seconds: user + nice + system + irq + softirq +
+/// steal of the `cpu` line of `/proc/stat` (guest time is already inside user), at the usual 100
+/// ticks per second. The difference of two readings is what every process and the kernel (the
+/// bridge, `tbf`, softirqs of the network stack) used in between, whoever they belong to.
+pub fn machine_busy_seconds() -> Option<f64> {
+    parse_proc_stat_busy(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The busy seconds of the aggregate `cpu` line of a `/proc/stat` text (see
+/// [`machine_busy_seconds`]).
+///
+/// ```
+/// use damselfly_benches::harness::parse_proc_stat_busy;
+/// let stat = "cpu  100 20 30 1000 5 1 2 3 0 0\ncpu0 50 10 15 500 2 0 1 1 0 0\n";
+/// assert_eq!(parse_proc_stat_busy(stat), Some(1.56)); // (100+20+30+1+2+3) / 100
+/// ```
+pub fn parse_proc_stat_busy(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    Some(busy as f64 / 100.0)
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`).
+pub fn comm(pid: u32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string())
+}
+
+/// A CPU-accounting cgroup holding the calling process and every process it starts afterwards
+/// (children inherit it, also through `ip netns exec`), so that their CPU time can be read
+/// together whatever else the machine runs: cgroup v1 `cpuacct` where mounted, else cgroup v2.
+/// Dropping it moves the caller back and removes the group (once its other processes are gone).
+#[derive(Debug)]
+pub struct CpuGroup {
+    dir: PathBuf,
+    parent: PathBuf,
+    v2: bool,
+}
+
+impl CpuGroup {
+    /// Creates group `name` below the caller's current one and moves the caller into it. `None`
+    /// where cgroups cannot be written (not root, no cpuacct and no cgroup v2).
+    pub fn join(name: &str) -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let v1 = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "cpuacct").then(|| path.to_string())
+        });
+        let v2 = own.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string));
+        let candidates = [
+            v1.map(|p| (PathBuf::from("/sys/fs/cgroup/cpuacct").join(p.trim_start_matches('/')), false)),
+            v2.clone().map(|p| (PathBuf::from("/sys/fs/cgroup").join(p.trim_start_matches('/')), true)),
+            v2.map(|p| (PathBuf::from("/sys/fs/cgroup/unified").join(p.trim_start_matches('/')), true)),
+        ];
+        for (parent, v2) in candidates.into_iter().flatten() {
+            let stat = if v2 { "cpu.stat" } else { "cpuacct.usage" };
+            if !parent.join(stat).is_file() {
+                continue;
+            }
+            let dir = parent.join(name);
+            if std::fs::create_dir(&dir).is_err() && !dir.is_dir() {
+                continue;
+            }
+            let group = CpuGroup { dir, parent, v2 };
+            if std::fs::write(group.dir.join("cgroup.procs"), std::process::id().to_string()).is_ok()
+                && group.usage_seconds().is_some()
+            {
+                return Some(group);
+            }
+            drop(group);
+        }
+        None
+    }
+
+    /// CPU time (user + system) used so far by the processes of the group, living and exited,
+    /// seconds.
+    pub fn usage_seconds(&self) -> Option<f64> {
+        if self.v2 {
+            let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+            let usec: f64 = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+            Some(usec / 1e6)
+        } else {
+            let ns: f64 = std::fs::read_to_string(self.dir.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+            Some(ns / 1e9)
+        }
+    }
+}
+
+impl Drop for CpuGroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.parent.join("cgroup.procs"), std::process::id().to_string());
+        for _ in 0..20 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Interrupt and softirq time of the whole machine so far, seconds (`/proc/stat`): mostly the
+/// kernel's packet processing (veth, bridge, `tbf`), which no process is charged for.
+pub fn machine_irq_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    Some((v.get(5).copied().unwrap_or(0) + v.get(6).copied().unwrap_or(0)) as f64 / 100.0)
+}
+
 /// A TCP port on `ip` that was free a moment ago.
 pub fn free_tcp_port(ip: IpAddr) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())

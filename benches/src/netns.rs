@@ -120,6 +120,19 @@ impl Drop for Topology {
     }
 }
 
+/// Bytes transmitted so far by interface `dev` of namespace `ns` (its `stats64.tx.bytes`, whole
+/// frames: payload plus TCP/UDP, IP and Ethernet headers).
+pub fn tx_bytes(ns: &str, dev: &str) -> Option<u64> {
+    let out = run("ip", &["-n", ns, "-s", "-j", "link", "show", "dev", dev]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.get(0)?.get("stats64")?.get("tx")?.get("bytes")?.as_u64()
+}
+
+/// The ids of the processes running in namespace `ns`.
+pub fn pids(ns: &str) -> Vec<u32> {
+    run("ip", &["netns", "pids", ns]).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
 /// Kills every process in, and deletes, every namespace whose name starts with `prefix`.
 /// Returns how many namespaces it deleted.
 pub fn cleanup_prefix(prefix: &str) -> usize {
