@@ -192,7 +192,7 @@ SN_HTTP="127.0.0.1:$(free_port 127.0.0.1 tcp)"
 SN_QUIC="127.0.0.1:$(free_port 127.0.0.1 udp)"
 start supernode "$WORK/supernode.log" "$BIN_DIR/supernode" \
     --quic-listen "$SN_QUIC" --http-listen "$SN_HTTP" --data-dir "$WORK/sn" \
-    --insecure-registry "$REG"
+    --insecure-registry "$REG" --allow-origin "$REG"
 wait_http "http://$SN_HTTP/healthz" supernode
 CA="$WORK/sn/tls/ca.crt"
 

@@ -77,7 +77,7 @@ say "supernode and dfdaemon"
 SN_HTTP="127.0.0.1:$(free_port 127.0.0.1 tcp)"
 SN_QUIC="127.0.0.1:$(free_port 127.0.0.1 udp)"
 "$BIN/supernode" --quic-listen "$SN_QUIC" --http-listen "$SN_HTTP" --data-dir "$WORK/sn" \
-    --insecure-registry "$REG" >"$WORK/supernode.log" 2>&1 &
+    --insecure-registry "$REG" --allow-origin "$REG" >"$WORK/supernode.log" 2>&1 &
 PIDS+=("$!")
 wait_http "http://$SN_HTTP/healthz" supernode
 D_HTTP="127.0.0.2:$(free_port 127.0.0.2 tcp)"

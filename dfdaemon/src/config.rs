@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use damselfly_common::headers::ForwardHeaders;
 use damselfly_common::size::ByteSize;
 use serde::Deserialize;
 
@@ -27,6 +28,10 @@ pub struct DaemonConfig {
     pub registry: String,
     /// Registries (`HOST:PORT`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Request headers a download passes on to the supernode and to the origin (fallback)
+    /// besides `Authorization`, `Accept`, `User-Agent` and `Cookie` (e.g. `PRIVATE-TOKEN`; the
+    /// supernode forwards it only if its own `forward_headers` lists it too). Default none.
+    pub forward_headers: ForwardHeaders,
     /// Disk quota for cached content; `None`: unbounded.
     pub cache_quota: Option<ByteSize>,
     /// Finished tasks not read for this long are evicted (`24h`, `90m`); `None`: kept until
@@ -59,6 +64,7 @@ impl Default for DaemonConfig {
             data_dir: PathBuf::from("/var/lib/damselfly/dfdaemon"),
             registry: "https://registry-1.docker.io".into(),
             insecure_registries: Vec::new(),
+            forward_headers: ForwardHeaders::default(),
             cache_quota: None,
             cache_ttl: None,
             ca_cert: None,

@@ -173,7 +173,14 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
         task_id: task.id.to_string(),
         url: req.url.to_string(),
         digest: req.digest.clone().unwrap_or_default(),
-        headers: req.headers.iter().map(|(n, v)| pb::Header { name: n.clone(), value: v.clone() }).collect(),
+        // Only allow-listed headers leave the host (the supernode applies its own list too).
+        headers: daemon
+            .config
+            .forward_headers
+            .filter(&req.headers)
+            .into_iter()
+            .map(|(name, value)| pb::Header { name, value })
+            .collect(),
         peer_id: daemon.identity.peer_id.to_string(),
         peer_addr: daemon.advertise.to_string(),
         // Resume: pieces already here (verified first) are not fetched again.
@@ -319,6 +326,11 @@ impl Conductor {
                     origin_status: Some(f.status as u16),
                     message: f.message,
                 }));
+            }
+            Some(Kind::Failed(f)) if f.refused => {
+                // The supernode's origin policy refused it: fetching it here would get around
+                // the policy, so this is final too.
+                return Err(SwarmError::Failed(TaskFailure { origin_status: None, message: f.message }));
             }
             Some(Kind::Failed(f)) => {
                 // The supernode could not deliver (origin unreachable from it, bad content,

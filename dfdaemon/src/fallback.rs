@@ -21,10 +21,8 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     let fail = |message: String| TaskFailure { origin_status: None, message };
     info!(url = %damselfly_common::id::normalise_url(&req.url), "fetching from the origin directly");
     let mut builder = daemon.http.get(req.url.clone());
-    for (name, value) in &req.headers {
-        if damselfly_common::headers::forwardable(name) {
-            builder = builder.header(name.as_str(), value.as_slice());
-        }
+    for (name, value) in daemon.config.forward_headers.filter(&req.headers) {
+        builder = builder.header(name.as_str(), value.as_slice());
     }
     let resp = builder.send().await.map_err(|e| fail(format!("origin unreachable: {}", e.without_url())))?;
     if !resp.status().is_success() {

@@ -35,6 +35,10 @@ struct Args {
     /// Registry reached over plain HTTP (HOST:PORT); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Request header passed on to the supernode and the origin besides Authorization, Accept,
+    /// User-Agent and Cookie (e.g. PRIVATE-TOKEN); repeatable.
+    #[arg(long = "forward-header")]
+    forward_headers: Vec<String>,
     /// Disk quota for the cache, e.g. 20GiB.
     #[arg(long, value_parser = parse_size)]
     cache_quota: Option<ByteSize>,
@@ -70,6 +74,9 @@ fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
         c.registry = v;
     }
     c.insecure_registries.extend(args.insecure_registries);
+    for name in &args.forward_headers {
+        c.forward_headers.add(name)?;
+    }
     if args.cache_quota.is_some() {
         c.cache_quota = args.cache_quota;
     }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use damselfly_common::headers::ForwardHeaders;
 use damselfly_common::size::ByteSize;
 use serde::Deserialize;
 
@@ -27,8 +28,13 @@ pub struct SupernodeConfig {
     pub cache_ttl: Option<Duration>,
     /// Registries (`HOST:PORT`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Origins (`HOST` or `HOST:PORT`) the supernode may fetch from; empty: any.
+    /// Origins (`HOST` or `HOST:PORT`) the supernode may fetch from, and only those (every
+    /// redirect hop included). Empty: any origin except loopback, link-local and cloud metadata
+    /// addresses (see `origin::policy`).
     pub allow_origins: Vec<String>,
+    /// Request headers forwarded to origins besides `Authorization`, `Accept`, `User-Agent` and
+    /// `Cookie` (e.g. `PRIVATE-TOKEN`); every other client header is dropped. Default none.
+    pub forward_headers: ForwardHeaders,
     /// Cluster CA certificate (PEM). Default: `DATA_DIR/tls/ca.crt`, generated on first start.
     pub ca_cert: Option<PathBuf>,
     /// Cluster CA key (PEM), with `ca_cert`.
@@ -54,6 +60,7 @@ impl Default for SupernodeConfig {
             cache_ttl: None,
             insecure_registries: Vec::new(),
             allow_origins: Vec::new(),
+            forward_headers: ForwardHeaders::default(),
             ca_cert: None,
             ca_key: None,
             origin_connect_timeout: Duration::from_secs(10),
@@ -109,20 +116,8 @@ impl SupernodeConfig {
                 return Err(ConfigError::Invalid(format!("{o:?} is not HOST or HOST:PORT (no scheme, no path)")));
             }
         }
+        crate::origin::policy::OriginPolicy::new(&self.allow_origins).map_err(ConfigError::Invalid)?;
         Ok(())
-    }
-
-    /// True when `url`'s host (or host:port) is allowed as an origin.
-    pub fn origin_allowed(&self, url: &url::Url) -> bool {
-        if self.allow_origins.is_empty() {
-            return true;
-        }
-        let host = url.host_str().unwrap_or_default();
-        let host_port = match url.port_or_known_default() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        };
-        self.allow_origins.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(&host_port))
     }
 }
 
@@ -140,8 +135,12 @@ mod tests {
         assert_eq!(c.cache_quota.unwrap().as_u64(), 20 << 30);
         assert_eq!(c.origin_read_timeout, Duration::from_secs(5));
         c.validate().unwrap();
-        assert!(c.origin_allowed(&url::Url::parse("http://registry.local:5000/v2/").unwrap()));
-        assert!(!c.origin_allowed(&url::Url::parse("http://evil.example/x").unwrap()));
+        let bad: Result<SupernodeConfig, _> = toml::from_str("forward_headers = [\"Range\"]");
+        assert!(bad.unwrap_err().to_string().contains("never forwarded"));
+        let c: SupernodeConfig = toml::from_str("forward_headers = [\"PRIVATE-TOKEN\"]").unwrap();
+        assert!(c.forward_headers.allows("private-token"));
+        let bad = SupernodeConfig { allow_origins: vec!["registry:port".into()], ..Default::default() };
+        assert!(bad.validate().is_err());
         assert!(toml::from_str::<SupernodeConfig>("bogus = 1").is_err());
         let bad = SupernodeConfig { ca_cert: Some("x".into()), ..Default::default() };
         assert!(bad.validate().is_err());

@@ -38,8 +38,12 @@ pub struct Shared {
     pub cache: cache::Cache,
     /// Metrics.
     pub metrics: metrics::Metrics,
-    /// Client for origin fetches.
-    pub http: reqwest::Client,
+    /// The only client for origins (origin fetches, preheat registry and token requests): it
+    /// enforces the origin policy (`--allow-origin`, no loopback / link-local / metadata
+    /// addresses otherwise) and the header allow-list.
+    pub origins: origin::client::OriginClient,
+    /// Client for the dfdaemon APIs a preheat job's `peers` name; never for origins.
+    pub peer_http: reqwest::Client,
     /// The cluster CA (signs peer certificates).
     pub ca: ClusterCa,
     /// Preheat jobs (in memory).
@@ -123,13 +127,18 @@ pub async fn start(
         (Some(c), Some(k)) => ClusterCa::load(c, k)?,
         _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
     };
-    let http = origin_client(&config)?;
+    let origins = origin_client(&config)?;
+    let peer_http = reqwest::Client::builder()
+        .connect_timeout(config.origin_connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let metrics = metrics::Metrics::new();
     let quota = config.cache_quota.map(|q| q.as_u64());
     let shared = Arc::new(Shared {
         cache: cache::Cache::open(&config.data_dir, quota, metrics.cache.clone())?,
         metrics,
-        http,
+        origins,
+        peer_http,
         ca,
         preheat: preheat::Preheats::default(),
         started: Instant::now(),
@@ -176,11 +185,13 @@ async fn tick_loop(shared: Arc<Shared>) {
     }
 }
 
-fn origin_client(config: &SupernodeConfig) -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
-        .connect_timeout(config.origin_connect_timeout)
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .user_agent(concat!("damselfly-supernode/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+fn origin_client(config: &SupernodeConfig) -> anyhow::Result<origin::client::OriginClient> {
+    let policy = origin::policy::OriginPolicy::new(&config.allow_origins).map_err(anyhow::Error::msg)?;
+    if policy.is_allow_list() {
+        info!(origins = %config.allow_origins.join(", "), "fetching only from the --allow-origin list");
+    } else {
+        info!("fetching from any origin except loopback, link-local and cloud metadata addresses");
+    }
+    let headers = config.forward_headers.clone();
+    Ok(origin::client::OriginClient::new(policy, headers, config.origin_connect_timeout)?)
 }

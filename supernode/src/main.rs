@@ -32,9 +32,14 @@ struct Args {
     /// Registry reached over plain HTTP (HOST:PORT); repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
-    /// Origin the supernode may fetch from (HOST or HOST:PORT); repeatable; default any.
+    /// Origin the supernode may fetch from (HOST or HOST:PORT); repeatable: only those. Default:
+    /// any origin except loopback, link-local and cloud metadata addresses.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// Request header forwarded to origins besides Authorization, Accept, User-Agent and Cookie
+    /// (e.g. PRIVATE-TOKEN); repeatable.
+    #[arg(long = "forward-header")]
+    forward_headers: Vec<String>,
     /// Cluster CA certificate (PEM) instead of DATA_DIR/tls/ca.crt.
     #[arg(long, requires = "ca_key")]
     ca_cert: Option<PathBuf>,
@@ -65,6 +70,9 @@ fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
     }
     c.insecure_registries.extend(args.insecure_registries);
     c.allow_origins.extend(args.allow_origins);
+    for name in &args.forward_headers {
+        c.forward_headers.add(name)?;
+    }
     if args.ca_cert.is_some() {
         c.ca_cert = args.ca_cert;
         c.ca_key = args.ca_key;

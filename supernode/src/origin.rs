@@ -4,6 +4,12 @@
 //! and announced to the scheduler before the next one is complete. The whole body is hashed as
 //! it streams and checked against the task's digest at the end; a mismatch, a short body or an
 //! HTTP error fails the task and removes its content.
+//!
+//! Every request goes through [`client::OriginClient`], which enforces the [`policy`] (no SSRF)
+//! and the header allow-list.
+
+pub mod client;
+pub mod policy;
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -25,13 +31,17 @@ pub struct OriginRequest {
     pub url: url::Url,
     /// Expected content digest, if known.
     pub digest: Option<Sha256Digest>,
-    /// Headers the requesting peer asked to forward (credentials included; never logged).
+    /// Headers the requesting peer asked to forward (credentials included; never logged). Only
+    /// the allow-listed ones reach the origin.
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Why an origin fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
+    /// The origin policy refused the URL, a redirect hop or an address the name resolved to.
+    #[error(transparent)]
+    Refused(#[from] policy::Refused),
     /// The origin answered with a non-success status.
     #[error("origin answered HTTP {status} for {url}")]
     Status {
@@ -76,6 +86,11 @@ impl OriginError {
             _ => None,
         }
     }
+
+    /// True when the origin policy refused the fetch: final for the peers too.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
 }
 
 /// Starts the origin fetch of `req.task` unless one is running or complete: the coalescing point
@@ -111,7 +126,8 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
             warn!(error = %e, "origin fetch failed");
             shared.metrics.origin_failures.inc();
             shared.cache.fail_with(&entry, e.to_string());
-            shared.handle(Event::OriginFailed { task: req.task, status: e.status(), message: e.to_string() });
+            let (status, refused) = (e.status(), e.is_refused());
+            shared.handle(Event::OriginFailed { task: req.task, status, refused, message: e.to_string() });
         }
     }
 }
@@ -119,14 +135,11 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
 async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Result<(u64, u32), OriginError> {
     let url_text = damselfly_common::id::normalise_url(&req.url);
     let request_err =
-        |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: e.without_url().to_string() };
-    let mut builder = shared.http.get(req.url.clone());
-    for (name, value) in &req.headers {
-        if damselfly_common::headers::forwardable(name) {
-            builder = builder.header(name.as_str(), value.as_slice());
-        }
-    }
-    let resp = builder.send().await.map_err(request_err)?;
+        |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: client::describe(&e.without_url()) };
+    let resp = shared.origins.send(reqwest::Method::GET, &req.url, &req.headers, None).await.map_err(|e| match e {
+        client::SendError::Refused(r) => OriginError::Refused(r),
+        other => OriginError::Request { url: url_text.clone(), message: other.to_string() },
+    })?;
     if !resp.status().is_success() {
         return Err(OriginError::Status { status: resp.status().as_u16(), url: url_text });
     }

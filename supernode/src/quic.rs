@@ -136,29 +136,31 @@ fn new_peer_id() -> String {
     hex::encode(bytes)
 }
 
-/// Checks a registration before anything is fetched for it.
+/// Checks a registration before anything is fetched for it. A refusal by the origin policy is
+/// marked `refused` (final for the peer: no fallback to the origin).
 fn validate_register(
     shared: &Shared,
     r: &pb::Register,
-) -> Result<(url::Url, Option<Sha256Digest>, SocketAddr), String> {
-    let url = url::Url::parse(&r.url).map_err(|e| format!("invalid url: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("unsupported scheme {:?}: only http and https", url.scheme()));
+) -> Result<(url::Url, Option<Sha256Digest>, SocketAddr), pb::Failed> {
+    let invalid = |message: String| pb::Failed { status: 0, message, refused: false };
+    let url = url::Url::parse(&r.url).map_err(|e| invalid(format!("invalid url: {e}")))?;
+    if let Err(refused) = shared.origins.policy().check_url(&url, None) {
+        return Err(pb::Failed { status: 0, message: refused.to_string(), refused: true });
     }
-    if !shared.config.origin_allowed(&url) {
-        return Err(format!(
-            "origin {} is not allowed by this supernode's --allow-origin",
-            url.host_str().unwrap_or("")
-        ));
-    }
-    let digest =
-        if r.digest.is_empty() { None } else { Some(r.digest.parse::<Sha256Digest>().map_err(|e| e.to_string())?) };
+    let digest = if r.digest.is_empty() {
+        None
+    } else {
+        Some(r.digest.parse::<Sha256Digest>().map_err(|e| invalid(e.to_string()))?)
+    };
     if TaskId::for_url(&url, digest.as_ref()).as_str() != r.task_id {
-        return Err("task id does not match the url/digest".into());
+        return Err(invalid("task id does not match the url/digest".into()));
     }
-    let addr = r.peer_addr.parse::<SocketAddr>().map_err(|e| format!("invalid peer address {:?}: {e}", r.peer_addr))?;
+    let addr = r
+        .peer_addr
+        .parse::<SocketAddr>()
+        .map_err(|e| invalid(format!("invalid peer address {:?}: {e}", r.peer_addr)))?;
     if r.peer_id.is_empty() {
-        return Err("missing peer id".into());
+        return Err(invalid("missing peer id".into()));
     }
     Ok((url, digest, addr))
 }
@@ -173,10 +175,9 @@ async fn control(
 ) -> Result<(), TransportError> {
     let (url, digest, addr) = match validate_register(&shared, &reg) {
         Ok(v) => v,
-        Err(message) => {
-            warn!(%remote, error = %message, "registration refused");
-            let down =
-                pb::ControlDown { kind: Some(pb::control_down::Kind::Failed(pb::Failed { status: 0, message })) };
+        Err(failed) => {
+            warn!(%remote, error = %failed.message, "registration refused");
+            let down = pb::ControlDown { kind: Some(pb::control_down::Kind::Failed(failed)) };
             write_frame(&mut send, &down).await?;
             let _ = send.finish();
             return Ok(());
@@ -224,6 +225,7 @@ fn start_origin_if_needed(
             shared.handle(Event::OriginFailed {
                 task: task.clone(),
                 status: None,
+                refused: false,
                 message: format!("supernode cache error: {e}"),
             });
             None
@@ -344,8 +346,8 @@ fn to_proto(down: Down) -> pb::ControlDown {
         Down::Complete { total_pieces, content_length } => {
             Kind::Complete(pb::Complete { total_pieces, content_length })
         }
-        Down::Failed { status, message } => {
-            Kind::Failed(pb::Failed { status: u32::from(status.unwrap_or(0)), message })
+        Down::Failed { status, refused, message } => {
+            Kind::Failed(pb::Failed { status: u32::from(status.unwrap_or(0)), message, refused })
         }
     };
     pb::ControlDown { kind: Some(kind) }

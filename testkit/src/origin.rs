@@ -76,6 +76,10 @@ enum Entry {
         rate: Option<u64>,
     },
     Status(StatusCode),
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
 }
 
 #[derive(Default)]
@@ -169,6 +173,16 @@ impl Origin {
         self.insert(path, Entry::Status(status));
     }
 
+    /// Answers every request for `path` with a redirect (`status`: 301, 302, 303, 307 or 308)
+    /// to `location`.
+    ///
+    /// # Panics
+    /// When `status` is not a valid HTTP status code.
+    pub fn add_redirect(&self, path: &str, status: u16, location: &str) {
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status code");
+        self.insert(path, Entry::Redirect { status, location: location.to_string() });
+    }
+
     /// Answers requests for `path` that lack header `name: value` with 401, like a private
     /// registry that wants credentials.
     pub fn require_header(&self, path: &str, name: &str, value: &str) {
@@ -260,6 +274,11 @@ async fn serve(State(state): State<Arc<OriginState>>, method: Method, uri: Uri, 
     let (data, rate) = match entry {
         None => return StatusCode::NOT_FOUND.into_response(),
         Some(Entry::Status(status)) => return status.into_response(),
+        Some(Entry::Redirect { status, location }) => {
+            let mut response = status.into_response();
+            insert_header(&mut response, header::LOCATION, location);
+            return response;
+        }
         Some(Entry::File { data, rate }) => (data, rate),
     };
     if method != Method::GET && method != Method::HEAD {

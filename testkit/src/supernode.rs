@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::process::{self, ManagedProcess, ScratchDir, Spec};
 use crate::{bin_path, http, loopback_ip, Metrics};
 
-/// How to start a [`Supernode`]. `Default` picks a fresh loopback address and adds no flags.
+/// How to start a [`Supernode`]. `Default` picks a fresh loopback address and names the test
+/// origins (`--allow-origin 127.0.0.1`, see [`SupernodeOpts::default_origin_policy`]).
 #[derive(Debug, Clone, Default)]
 pub struct SupernodeOpts {
     /// Address to bind both listeners to; default [`loopback_ip`].
@@ -21,6 +22,11 @@ pub struct SupernodeOpts {
     pub env: Vec<(String, String)>,
     /// Time to answer `/healthz` with 200; default 30 s.
     pub ready_timeout: Option<Duration>,
+    /// `false` (default): the testkit passes `--allow-origin 127.0.0.1` (every port), where
+    /// [`crate::Origin`] and [`crate::Registry`] listen, since a supernode without
+    /// `--allow-origin` refuses loopback origins. `true`: no `--allow-origin` of the testkit's
+    /// own, so the supernode runs with its default origin policy (or only what `args` name).
+    pub default_origin_policy: bool,
 }
 
 impl SupernodeOpts {
@@ -81,6 +87,9 @@ impl Supernode {
                 "--data-dir".into(),
                 data_dir.clone().into(),
             ];
+            if !opts.default_origin_policy {
+                args.extend(["--allow-origin".into(), "127.0.0.1".into()]);
+            }
             args.extend(opts.args.iter().map(OsString::from));
             Spec {
                 name: format!("supernode {ip}"),

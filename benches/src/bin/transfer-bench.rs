@@ -297,8 +297,8 @@ async fn start_daemon(work: &Path, name: &str, ip: IpAddr, sn_quic: SocketAddr) 
         peer.to_string(),
         "--data-dir".into(),
         data.display().to_string(),
-        "--ca-cert".into(),
-        work.join("sn/tls/ca.crt").display().to_string(),
+        "--join-token-file".into(),
+        work.join("sn/join-token").display().to_string(),
     ];
     let mut proc = Proc::spawn(name, &work.join(format!("{name}.log")), &bin("dfdaemon")?, &args)?;
     wait_healthy(http, &mut proc, Duration::from_secs(30)).await?;
@@ -334,6 +334,8 @@ async fn start_cluster(work: &Path, url: &str, digest: &str, output_dir: &Path) 
     let sn_ip = LOOPBACK;
     let sn_http = SocketAddr::new(sn_ip, free_tcp_port(sn_ip)?);
     let sn_quic = SocketAddr::new(sn_ip, free_udp_port(sn_ip)?);
+    // The origin listens on loopback, which a supernode fetches from only when it is named.
+    let origin = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
     let args = vec![
         "--quic-listen".into(),
         sn_quic.to_string(),
@@ -341,6 +343,8 @@ async fn start_cluster(work: &Path, url: &str, digest: &str, output_dir: &Path) 
         sn_http.to_string(),
         "--data-dir".into(),
         work.join("sn").display().to_string(),
+        "--allow-origin".into(),
+        origin,
     ];
     let mut supernode = Proc::spawn("supernode", &work.join("supernode.log"), &bin("supernode")?, &args)?;
     wait_healthy(sn_http, &mut supernode, Duration::from_secs(30)).await?;

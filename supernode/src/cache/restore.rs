@@ -53,7 +53,7 @@ async fn replay(shared: &Shared, entry: &Arc<CachedTask>, r: Recorded) {
             shared.metrics.cache.corrupt_pieces.inc();
             let message = "the supernode's cached copy failed verification; it is fetched again".to_owned();
             shared.cache.fail_with(entry, message.clone());
-            shared.handle(Event::OriginFailed { task, status: None, message });
+            shared.handle(Event::OriginFailed { task, status: None, refused: false, message });
             return;
         }
         entry.add_piece(piece.clone());

@@ -153,12 +153,10 @@ async fn prepare(shared: &Arc<Shared>, spec: JobSpec) -> Result<Prepared, Prehea
     let peers =
         spec.peers.iter().map(|p| parse_peer(p).map(|u| (p.trim().to_owned(), u))).collect::<Result<Vec<_>, _>>()?;
     let insecure = shared.config.insecure_registries.iter().any(|h| h.eq_ignore_ascii_case(&spec.image.registry));
-    let client = RegistryClient::new(shared.http.clone(), &spec.image, insecure, spec.creds)?;
-    if !shared.config.origin_allowed(client.base()) {
-        return Err(PreheatError::Denied(format!(
-            "registry {} is not allowed by this supernode's --allow-origin",
-            spec.image.registry
-        )));
+    let client = RegistryClient::new(shared.origins.clone(), &spec.image, insecure, spec.creds)?;
+    // Checked again on every request (redirects, resolved addresses, the token realm).
+    if let Err(refused) = shared.origins.policy().check_url(client.base(), None) {
+        return Err(PreheatError::Denied(format!("registry {}: {refused}", spec.image.registry)));
     }
     let resolved = manifest::resolve(&client, &spec.image, &spec.platform).await?;
     let job = shared.preheat.create(spec.image.to_string(), spec.platform.to_string());

@@ -2,6 +2,11 @@
 //! (`401` + `WWW-Authenticate: Bearer realm=...` → token service → `Authorization: Bearer`),
 //! plain Basic auth (htpasswd registries), or headers the caller supplies (Harbor's token).
 //!
+//! Every request (manifests, the token service named by the registry's `WWW-Authenticate`
+//! realm) goes through the supernode's [`OriginClient`], so the origin policy applies to the
+//! registry, to the token realm and to every redirect: a registry cannot send the supernode to
+//! an address it may not fetch from. A refusal is a [`PreheatError::Denied`] (403).
+//!
 //! The `Authorization` value it ends up with is what the supernode forwards to the origin fetch
 //! of every blob of the job. It is never logged, never part of an id, never shown by the API
 //! (the [`Credentials`] and [`RegistryClient`] `Debug` forms redact it).
@@ -15,6 +20,7 @@ use serde::Deserialize;
 
 use super::reference::{ImageRef, Scheme};
 use super::PreheatError;
+use crate::origin::client::{OriginClient, SendError};
 
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -177,7 +183,7 @@ struct AuthState {
 
 /// A client for one repository of one registry.
 pub struct RegistryClient {
-    http: reqwest::Client,
+    http: OriginClient,
     base: url::Url,
     repository: String,
     creds: Credentials,
@@ -221,12 +227,7 @@ struct RegistryErrorEntry {
 impl RegistryClient {
     /// A client for `image`'s repository; `insecure` (the registry is listed with
     /// `--insecure-registry`) means plain HTTP unless the reference named a scheme.
-    pub fn new(
-        http: reqwest::Client,
-        image: &ImageRef,
-        insecure: bool,
-        creds: Credentials,
-    ) -> Result<Self, PreheatError> {
+    pub fn new(http: OriginClient, image: &ImageRef, insecure: bool, creds: Credentials) -> Result<Self, PreheatError> {
         let scheme = image.scheme.unwrap_or(if insecure { Scheme::Http } else { Scheme::Https });
         let base = url::Url::parse(&format!("{}://{}/", scheme.as_str(), image.api_host()))
             .map_err(|e| PreheatError::BadRequest(format!("bad registry {:?}: {e}", image.registry)))?;
@@ -290,12 +291,11 @@ impl RegistryClient {
 
     async fn send_manifest_request(&self, url: &url::Url) -> Result<reqwest::Response, PreheatError> {
         let accept = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
-        let mut req = self.http.get(url.clone()).timeout(REQUEST_TIMEOUT).header(reqwest::header::ACCEPT, accept);
-        for (name, value) in self.request_headers().await {
-            req = req.header(name, value);
-        }
-        req.send().await.map_err(|e| {
-            PreheatError::Registry(format!("cannot reach registry {}: {}", self.host(), error_chain(&e.without_url())))
+        let mut headers = vec![("Accept".to_owned(), accept)];
+        headers.extend(self.request_headers().await);
+        self.http.send(reqwest::Method::GET, url, &headers, Some(REQUEST_TIMEOUT)).await.map_err(|e| match e {
+            SendError::Refused(r) => PreheatError::Denied(r.to_string()),
+            e => PreheatError::Registry(format!("cannot reach registry {}: {e}", self.host())),
         })
     }
 
@@ -376,16 +376,15 @@ impl RegistryClient {
             q.append_pair("scope", &scope);
         }
         let token_host = url.host_str().unwrap_or_default().to_owned();
-        let mut req = self.http.get(url).timeout(REQUEST_TIMEOUT);
+        let mut headers = Vec::new();
         if let Credentials::Basic { username, password } = &self.creds {
-            req = req.basic_auth(username, Some(password));
+            headers.push(("Authorization", format!("Basic {}", base64(format!("{username}:{password}").as_bytes()))));
         }
-        let resp = req.send().await.map_err(|e| {
-            PreheatError::Registry(format!(
-                "cannot reach token service {token_host}: {}",
-                error_chain(&e.without_url())
-            ))
-        })?;
+        let resp =
+            self.http.send(reqwest::Method::GET, &url, &headers, Some(REQUEST_TIMEOUT)).await.map_err(|e| match e {
+                SendError::Refused(r) => PreheatError::Denied(format!("token service of registry {host}: {r}")),
+                e => PreheatError::Registry(format!("cannot reach token service {token_host}: {e}")),
+            })?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(PreheatError::Denied(format!(
@@ -536,14 +535,25 @@ mod tests {
         assert!(!format!("{h:?}").contains("sekrit"));
     }
 
+    /// An origin client that may fetch from 127.0.0.1 only (any port).
+    fn loopback_client() -> OriginClient {
+        let policy = crate::origin::policy::OriginPolicy::new(&["127.0.0.1"]).unwrap();
+        OriginClient::new(policy, Default::default(), Duration::from_secs(5)).unwrap()
+    }
+
     /// A registry that wants a Bearer token from its token service (`/token`, which wants Basic
     /// `u:p` and hands out `good` for the pull scope), on `127.0.0.1:0`.
     async fn token_registry() -> std::net::SocketAddr {
+        token_registry_with_realm(None).await
+    }
+
+    /// [`token_registry`], naming `realm` (default: its own `/token`) as its token service.
+    async fn token_registry_with_realm(realm: Option<String>) -> std::net::SocketAddr {
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let realm = format!("http://{addr}/token");
+        let realm = realm.unwrap_or_else(|| format!("http://{addr}/token"));
         let manifest = move |headers: HeaderMap| {
             let realm = realm.clone();
             async move {
@@ -580,7 +590,7 @@ mod tests {
         let addr = token_registry().await;
         let image = ImageRef::parse(&format!("{addr}/team/app:v1")).unwrap();
         let creds = Credentials::Basic { username: "u".into(), password: "p".into() };
-        let client = RegistryClient::new(reqwest::Client::new(), &image, true, creds).unwrap();
+        let client = RegistryClient::new(loopback_client(), &image, true, creds).unwrap();
         let m = client.manifest("v1").await.unwrap();
         assert_eq!(m.content_type.as_deref(), Some(OCI_MANIFEST));
         assert_eq!(&m.body[..], b"{}");
@@ -588,23 +598,46 @@ mod tests {
         assert_eq!(headers, vec![("Authorization".to_owned(), b"Bearer good".to_vec())]);
 
         let wrong = Credentials::Basic { username: "u".into(), password: "nope".into() };
-        let client = RegistryClient::new(reqwest::Client::new(), &image, true, wrong).unwrap();
+        let client = RegistryClient::new(loopback_client(), &image, true, wrong).unwrap();
         let e = client.manifest("v1").await.unwrap_err();
         assert!(matches!(e, PreheatError::Denied(ref m) if m.contains("token service")), "{e}");
-        let anonymous = RegistryClient::new(reqwest::Client::new(), &image, true, Credentials::Anonymous).unwrap();
+        let anonymous = RegistryClient::new(loopback_client(), &image, true, Credentials::Anonymous).unwrap();
         assert!(matches!(anonymous.manifest("v1").await.unwrap_err(), PreheatError::Denied(_)));
+    }
+
+    #[tokio::test]
+    async fn the_token_realm_and_the_registry_obey_the_origin_policy() {
+        // A realm on an origin the supernode may not fetch from (nothing listens there: were
+        // it not refused, the error would be "cannot reach", a 502).
+        let addr = token_registry_with_realm(Some("http://127.0.0.2:9/token".into())).await;
+        let image = ImageRef::parse(&format!("{addr}/team/app:v1")).unwrap();
+        let creds = Credentials::Basic { username: "u".into(), password: "p".into() };
+        let client = RegistryClient::new(loopback_client(), &image, true, creds.clone()).unwrap();
+        let e = client.manifest("v1").await.unwrap_err();
+        assert_eq!(
+            e,
+            PreheatError::Denied(format!(
+                "token service of registry {addr}: origin 127.0.0.2:9 is not allowed: it is not on this \
+                 supernode's --allow-origin list; name it with --allow-origin to allow it"
+            ))
+        );
+        // Without --allow-origin a loopback registry is refused before any request.
+        let default_mode = OriginClient::new(Default::default(), Default::default(), Duration::from_secs(5)).unwrap();
+        let client = RegistryClient::new(default_mode, &image, true, creds).unwrap();
+        let e = client.manifest("v1").await.unwrap_err();
+        assert!(matches!(&e, PreheatError::Denied(m) if m.contains("127.0.0.1 is a loopback address")), "{e}");
     }
 
     #[test]
     fn urls_follow_the_distribution_api() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let image = ImageRef::parse("localhost:5000/team/app:v1").unwrap();
-        let c = RegistryClient::new(reqwest::Client::new(), &image, true, Credentials::Anonymous).unwrap();
+        let c = RegistryClient::new(loopback_client(), &image, true, Credentials::Anonymous).unwrap();
         let d = Sha256Digest::of(b"x");
         assert_eq!(c.blob_url(&d).as_str(), format!("http://localhost:5000/v2/team/app/blobs/{d}"));
         assert_eq!(c.manifest_url("v1").as_str(), "http://localhost:5000/v2/team/app/manifests/v1");
         let hub = ImageRef::parse("alpine").unwrap();
-        let c = RegistryClient::new(reqwest::Client::new(), &hub, false, Credentials::Anonymous).unwrap();
+        let c = RegistryClient::new(loopback_client(), &hub, false, Credentials::Anonymous).unwrap();
         assert_eq!(c.base().as_str(), "https://registry-1.docker.io/");
     }
 }

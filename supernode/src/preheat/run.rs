@@ -178,7 +178,7 @@ async fn download_on_peer(
     let body = serde_json::json!({ "url": url.as_str(), "digest": spec.digest.to_string(), "headers": headers });
     let endpoint = api.join("api/v1/download").map_err(|e| e.to_string())?;
     let resp = shared
-        .http
+        .peer_http
         .post(endpoint)
         .json(&body)
         .send()

@@ -92,15 +92,22 @@ impl Scheduler {
         self.finish(id, out);
     }
 
-    pub(super) fn origin_failed(&mut self, id: &TaskId, status: Option<u16>, message: String, out: &mut Vec<Action>) {
+    pub(super) fn origin_failed(
+        &mut self,
+        id: &TaskId,
+        status: Option<u16>,
+        refused: bool,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
         if !matches!(task.origin, Origin::Fetching) {
             return;
         }
-        broadcast(task, out, || Down::Failed { status, message: message.clone() });
-        task.origin = Origin::Failed { status, message };
+        broadcast(task, out, || Down::Failed { status, refused, message: message.clone() });
+        task.origin = Origin::Failed { status, refused, message };
         let waiting: Vec<u32> = task.waiting.iter().map(|&(_, slot)| slot).collect();
         for slot in waiting {
             task.set_waiting(slot, false);
@@ -556,7 +563,9 @@ fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
         Origin::Complete { total_pieces, content_length } => {
             send(Down::Complete { total_pieces: *total_pieces, content_length: *content_length })
         }
-        Origin::Failed { status, message } => send(Down::Failed { status: *status, message: message.clone() }),
+        Origin::Failed { status, refused, message } => {
+            send(Down::Failed { status: *status, refused: *refused, message: message.clone() })
+        }
     }
 }
 

@@ -215,6 +215,9 @@ pub enum Event {
         task: TaskId,
         /// The origin's HTTP status, when there was one.
         status: Option<u16>,
+        /// The supernode's origin policy refused the fetch: the peers must not fetch the origin
+        /// themselves either.
+        refused: bool,
         /// What failed, for the peers' users.
         message: String,
     },
@@ -300,6 +303,8 @@ pub enum Down {
     Failed {
         /// The origin's HTTP status, when there was one.
         status: Option<u16>,
+        /// The origin policy refused the fetch: final, no fallback to the origin either.
+        refused: bool,
         /// What failed.
         message: String,
     },
@@ -441,7 +446,9 @@ impl Scheduler {
             Event::OriginComplete { task, total_pieces, content_length } => {
                 self.origin_complete(&task, total_pieces, content_length, &mut out)
             }
-            Event::OriginFailed { task, status, message } => self.origin_failed(&task, status, message, &mut out),
+            Event::OriginFailed { task, status, refused, message } => {
+                self.origin_failed(&task, status, refused, message, &mut out)
+            }
             Event::PeerJoined { task, peer, addr, have } => self.peer_joined(now, task, peer, addr, &have, &mut out),
             Event::PieceFinished { task, peer, piece } => self.piece_finished(now, &task, &peer, piece, &mut out),
             Event::PieceFailed { task, peer, piece, parent, reason } => {
@@ -469,7 +476,7 @@ impl Scheduler {
             Origin::Fetching if t.info.is_none() => TaskPhase::Pending,
             Origin::Fetching => TaskPhase::Fetching,
             Origin::Complete { .. } => TaskPhase::Complete,
-            Origin::Failed { status, message } => TaskPhase::Failed { status: *status, message: message.clone() },
+            Origin::Failed { status, message, .. } => TaskPhase::Failed { status: *status, message: message.clone() },
         };
         let (total_pieces, complete_len) = match t.origin {
             Origin::Complete { total_pieces, content_length } => (Some(total_pieces), Some(content_length)),

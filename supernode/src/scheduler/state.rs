@@ -238,7 +238,7 @@ impl PeerTable {
 pub(super) enum Origin {
     Fetching,
     Complete { total_pieces: u32, content_length: u64 },
-    Failed { status: Option<u16>, message: String },
+    Failed { status: Option<u16>, refused: bool, message: String },
 }
 
 /// What the origin's response headers said.

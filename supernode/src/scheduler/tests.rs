@@ -545,7 +545,10 @@ fn a_fetch_nobody_joined_yet_is_known_to_peers_that_join_later() {
     let mut s = Scheduler::new(SchedulerConfig::default());
     let other = TaskId::new("preheat-failed");
     s.on_event(Duration::ZERO, Event::TaskStarted { task: other.clone(), content_length: None, piece_size: PIECE });
-    s.on_event(Duration::ZERO, Event::OriginFailed { task: other.clone(), status: None, message: "gone".into() });
+    s.on_event(
+        Duration::ZERO,
+        Event::OriginFailed { task: other.clone(), status: None, refused: false, message: "gone".into() },
+    );
     assert!(s.tasks().is_empty());
 }
 
@@ -664,10 +667,11 @@ fn origin_failure_reaches_every_peer_and_stops_assignments() {
     (0..4).for_each(|i| drop(sw.join(i, vec![])));
     sw.start();
     sw.land(0);
-    let actions = sw.event(Event::OriginFailed { task: tid(), status: Some(404), message: "not found".into() });
+    let actions =
+        sw.event(Event::OriginFailed { task: tid(), status: Some(404), refused: false, message: "not found".into() });
     for i in 0..4 {
         let msgs = sends_to(&actions, &pid(i));
-        assert_eq!(msgs, vec![Down::Failed { status: Some(404), message: "not found".into() }]);
+        assert_eq!(msgs, vec![Down::Failed { status: Some(404), refused: false, message: "not found".into() }]);
     }
     assert_eq!(sw.idle, 1);
     assert!(matches!(sw.s.task_summary(&tid()).unwrap().phase, TaskPhase::Failed { status: Some(404), .. }));
@@ -715,7 +719,7 @@ fn events_for_unknown_tasks_and_peers_are_ignored() {
     let events = vec![
         Event::PieceLanded { task: other.clone(), piece: meta(0) },
         Event::OriginComplete { task: other.clone(), total_pieces: 1, content_length: 1 },
-        Event::OriginFailed { task: other.clone(), status: None, message: String::new() },
+        Event::OriginFailed { task: other.clone(), status: None, refused: false, message: String::new() },
         Event::PieceFinished { task: other.clone(), peer: pid(0), piece: 0 },
         Event::PieceFailed { task: other.clone(), peer: pid(0), piece: 0, parent: None, reason: FailReason::Digest },
         Event::PeerDone { task: other.clone(), peer: pid(0) },
