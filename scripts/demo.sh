@@ -194,7 +194,8 @@ start supernode "$WORK/supernode.log" "$BIN_DIR/supernode" \
     --quic-listen "$SN_QUIC" --http-listen "$SN_HTTP" --data-dir "$WORK/sn" \
     --insecure-registry "$REG" --allow-origin "$REG"
 wait_http "http://$SN_HTTP/healthz" supernode
-CA="$WORK/sn/tls/ca.crt"
+# Daemons enroll with the join token the supernode wrote; it also pins the cluster CA.
+JOIN_TOKEN="$WORK/sn/join-token"
 
 say "$DAEMONS dfdaemons"
 DAEMON_URLS=()
@@ -205,7 +206,7 @@ for n in $(seq "$DAEMONS"); do
     peer="$ip:$(free_port "$ip" udp)"
     start "dfdaemon d$n" "$WORK/d$n.log" "$BIN_DIR/dfdaemon" \
         --supernode "$SN_QUIC" --proxy-listen "$proxy" --peer-listen "$peer" \
-        --data-dir "$WORK/d$n" --ca-cert "$CA" --insecure-registry "$REG"
+        --data-dir "$WORK/d$n" --join-token-file "$JOIN_TOKEN" --insecure-registry "$REG"
     DAEMON_URLS+=("http://$proxy")
     DAEMON_PIDS+=("${PIDS[-1]}")
 done

@@ -83,7 +83,7 @@ wait_http "http://$SN_HTTP/healthz" supernode
 D_HTTP="127.0.0.2:$(free_port 127.0.0.2 tcp)"
 D_PEER="127.0.0.2:$(free_port 127.0.0.2 udp)"
 "$BIN/dfdaemon" --supernode "$SN_QUIC" --proxy-listen "$D_HTTP" --peer-listen "$D_PEER" --data-dir "$WORK/d" \
-    --ca-cert "$WORK/sn/tls/ca.crt" --insecure-registry "$REG" --registry "http://$REG" >"$WORK/dfdaemon.log" 2>&1 &
+    --join-token-file "$WORK/sn/join-token" --insecure-registry "$REG" --registry "http://$REG" >"$WORK/dfdaemon.log" 2>&1 &
 PIDS+=("$!")
 DAEMON_PID="${PIDS[-1]}"
 wait_http "http://$D_HTTP/healthz" dfdaemon

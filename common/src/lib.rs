@@ -10,5 +10,6 @@ pub mod piece;
 pub mod size;
 pub mod telemetry;
 pub mod tls;
+pub mod token;
 pub mod transport;
 pub mod upload;

@@ -7,29 +7,36 @@
 //! ([`ClusterCa::load_or_generate`]). It issues itself a leaf certificate whose only SAN is the DNS
 //! name [`SUPERNODE_SERVER_NAME`] ([`ClusterCa::issue_supernode_identity`]).
 //!
-//! A dfdaemon **enrolls**: it generates its own key pair and a CSR ([`PeerKeyRequest`]), sends
-//! the CSR over a QUIC connection to the supernode (the server authenticated against the CA) and
-//! the supernode signs a peer leaf certificate ([`ClusterCa::sign_peer_csr`]) whose only SAN is
-//! [`PEER_SERVER_NAME`] and whose CN is the peer id the supernode assigns. Every name the CSR asks
-//! for is ignored, so a peer can never obtain a certificate for the supernode's name. The
-//! private key never leaves the host.
+//! A dfdaemon **enrolls** with the cluster's join token ([`crate::token::JoinToken`]): it
+//! generates its own key pair and a CSR ([`PeerKeyRequest`]), connects to the supernode with
+//! [`pinned_client_config`] (the supernode must present a chain containing the CA whose sha256
+//! the token carries, and its leaf must verify against that CA), and only then sends the CSR
+//! with the token's secret. The supernode signs a peer leaf certificate
+//! ([`ClusterCa::sign_peer_csr`]) whose only SAN is [`PEER_SERVER_NAME`], whose CN is the peer id
+//! and whose lifetime is the supernode's `peer_cert_ttl`. Every name the CSR asks for is
+//! ignored, so a peer can never obtain a certificate for the supernode's name. The private key
+//! never leaves the host. Before the certificate expires the daemon sends a new CSR over a
+//! connection authenticated by the current certificate and gets the next one for the same peer
+//! id (renewal); [`LiveIdentity`] swaps it in for new handshakes without touching connections
+//! already up.
 //!
-//! Afterwards peers use **mutual TLS** between each other ([`peer_server_config`] +
-//! [`client_config`] with an identity: both sides verify the other's chain against the CA) and
-//! present their client certificate to the supernode ([`supernode_server_config`] verifies it
-//! when present; [`has_client_identity`] tells the application whether it was).
+//! Afterwards peers use **mutual TLS** between each other ([`LiveIdentity::peer_server_config`]
+//! and [`LiveIdentity::client_config`], or the static [`peer_server_config`] and
+//! [`client_config`]: both sides verify the other's chain against the CA) and present their
+//! client certificate to the supernode ([`supernode_server_config`] verifies it when present;
+//! [`has_client_identity`] tells the application whether it was, [`client_peer_id`] which peer
+//! it is).
 //!
 //! # How a dfdaemon learns the CA
 //!
-//! - **Strict**: the operator gives the CA certificate file ([`load_ca_cert`]).
-//! - **Trust on first use**: on first contact ([`tofu_client_config`]) the dfdaemon accepts the
-//!   CA certificate the supernode presents as the *last* certificate of its chain, but still
-//!   verifies the leaf fully against that CA (webpki chain building, validity, server name
-//!   [`SUPERNODE_SERVER_NAME`], the TLS handshake signature). Only after that succeeds does
-//!   [`TofuCapture::captured_ca`] return the CA; the caller pins it to disk ([`save_ca_cert`]) and
-//!   every later connection uses only the pinned CA through [`client_config`].
+//! - From the **join token**: it pins the CA by hash ([`pinned_client_config`]); the CA
+//!   certificate itself comes with the enrollment answer and is checked against the hash.
+//! - Or the operator gives the CA certificate file ([`load_ca_cert`]); with a token it must be
+//!   the CA the token pins.
+//! - Afterwards the CA is the last certificate of the daemon's stored chain.
 //!
-//! No verifier that accepts any certificate exists in this module.
+//! There is no trust on first use and no verifier that accepts any certificate in this module:
+//! every verifier here ends in webpki's chain, validity and name checks against one CA.
 //!
 //! # Conventions
 //!
@@ -61,6 +68,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+mod live;
+pub use live::LiveIdentity;
+
 /// ALPN protocol identifier of every Damselfly QUIC connection.
 pub const ALPN: &[u8] = b"damselfly/1";
 
@@ -76,7 +86,9 @@ const CA_COMMON_NAME: &str = "Damselfly cluster CA";
 const SUPERNODE_COMMON_NAME: &str = "Damselfly supernode";
 /// Lifetime of the cluster CA: ten years.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Lifetime of supernode and peer leaf certificates: one year.
+/// Lifetime of the supernode's leaf certificate (issued anew at every start) and of
+/// [`ClusterCa::issue_peer_identity`]'s: one year. Enrolled peers get the supernode's
+/// `peer_cert_ttl` instead.
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start being valid this long before they are issued, for hosts whose clocks lag.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
@@ -228,29 +240,34 @@ impl ClusterCa {
     /// [`SUPERNODE_SERVER_NAME`]. The chain is `[leaf, ca]`.
     pub fn issue_supernode_identity(&self) -> Result<Identity, TlsError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
-        let params = leaf_params(SUPERNODE_SERVER_NAME, SUPERNODE_COMMON_NAME)?;
+        let params = leaf_params(SUPERNODE_SERVER_NAME, SUPERNODE_COMMON_NAME, LEAF_LIFETIME)?;
         let leaf = params.signed_by(&key, &self.issuer).map_err(TlsError::Sign)?;
         Ok(Identity { chain: vec![leaf.der().clone(), self.cert.clone()], key: pkcs8_key(&key) })
     }
 
     /// Signs a peer's CSR (DER PKCS#10). The certificate's only SAN is [`PEER_SERVER_NAME`] and
     /// its CN is `peer_id`; every name and extension requested in the CSR is ignored, only its
-    /// public key is used (after checking the CSR's self-signature). Valid for one year, usable
-    /// for both server and client authentication.
-    pub fn sign_peer_csr(&self, csr_der: &[u8], peer_id: &str) -> Result<CertificateDer<'static>, TlsError> {
+    /// public key is used (after checking the CSR's self-signature). Valid for `lifetime` from
+    /// now (and [`CLOCK_SKEW`] before), usable for both server and client authentication.
+    pub fn sign_peer_csr(
+        &self,
+        csr_der: &[u8],
+        peer_id: &str,
+        lifetime: Duration,
+    ) -> Result<CertificateDer<'static>, TlsError> {
         validate_peer_id(peer_id)?;
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
             .map_err(TlsError::BadCsr)?;
-        let params = leaf_params(PEER_SERVER_NAME, peer_id)?;
+        let params = leaf_params(PEER_SERVER_NAME, peer_id, lifetime)?;
         let leaf = params.signed_by(&csr.public_key, &self.issuer).map_err(TlsError::Sign)?;
         Ok(leaf.der().clone())
     }
 
-    /// For tests and embedded use: a peer identity without a CSR round trip (same certificate
-    /// as [`ClusterCa::sign_peer_csr`] would issue).
+    /// For tests and benchmarks: a peer identity valid for one year without a CSR round trip
+    /// (the certificate [`ClusterCa::sign_peer_csr`] would issue).
     pub fn issue_peer_identity(&self, peer_id: &str) -> Result<Identity, TlsError> {
         let request = PeerKeyRequest::new()?;
-        let leaf = self.sign_peer_csr(request.csr_der(), peer_id)?;
+        let leaf = self.sign_peer_csr(request.csr_der(), peer_id, LEAF_LIFETIME)?;
         Ok(request.into_identity(leaf, self.cert_der()))
     }
 }
@@ -415,74 +432,52 @@ pub fn client_config(
     quic_client_config(tls)
 }
 
-/// Trust-on-first-use client config (no client cert) for first contact with a supernode.
+/// Client config for enrollment: no client certificate, and the server is accepted only if the
+/// chain it presents contains the CA certificate whose sha256 is `ca_sha256` (the join token's)
+/// and its leaf verifies against that CA alone for the name passed to `connect` (webpki: chain,
+/// validity, name; then the handshake signature). Callers pass [`SUPERNODE_SERVER_NAME`].
 ///
-/// The server's chain must end with a CA that verifies the leaf for the name passed to
-/// `connect` (use [`SUPERNODE_SERVER_NAME`]); see the module documentation. Once the handshake
-/// has succeeded, [`TofuCapture::captured_ca`] returns that CA for the caller to pin. Use one
-/// config per first contact.
-pub fn tofu_client_config() -> Result<(quinn::ClientConfig, Arc<TofuCapture>), TlsError> {
+/// Nothing is sent to the server before this verification: the join token's secret goes on the
+/// connection afterwards. When the server presents another CA, [`PinReport::presented_ca`] tells
+/// which one, for the error message.
+pub fn pinned_client_config(ca_sha256: [u8; 32]) -> Result<(quinn::ClientConfig, Arc<PinReport>), TlsError> {
     let provider = provider();
-    let capture = Arc::new(TofuCapture::default());
-    let verifier = Arc::new(TofuVerifier { provider: provider.clone(), capture: capture.clone() });
+    let report = Arc::new(PinReport::default());
+    let verifier = Arc::new(PinnedCaVerifier { provider: provider.clone(), ca_sha256, report: report.clone() });
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error("trust-on-first-use TLS config"))?
+        .map_err(config_error("enrollment TLS config"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok((quic_client_config(tls)?, capture))
+    Ok((quic_client_config(tls)?, report))
 }
 
-/// Records the CA accepted by a trust-on-first-use handshake.
+/// What a [`pinned_client_config`] handshake saw when the server's chain lacked the pinned CA.
 #[derive(Debug, Default)]
-pub struct TofuCapture {
-    state: Mutex<TofuState>,
+pub struct PinReport {
+    /// sha256 of the last certificate of the chain presented (the server's CA, normally).
+    presented: Mutex<Option<[u8; 32]>>,
 }
 
-/// What the trust-on-first-use verifier has seen so far.
-#[derive(Debug, Default)]
-struct TofuState {
-    /// `(leaf, ca)` whose chain verified; promoted once the leaf's handshake signature verifies.
-    pending: Option<(CertificateDer<'static>, CertificateDer<'static>)>,
-    /// The CA of the last fully verified handshake.
-    captured: Option<CertificateDer<'static>>,
-}
-
-impl TofuCapture {
-    /// The CA certificate of the last handshake whose chain and signature verified, if any.
-    /// Read it after the connection is established.
-    pub fn captured_ca(&self) -> Option<CertificateDer<'static>> {
-        self.lock().captured.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TofuState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The chain `leaf` → `ca` verified: remember it until the handshake signature does too.
-    fn chain_verified(&self, leaf: &CertificateDer<'_>, ca: &CertificateDer<'_>) {
-        self.lock().pending = Some((leaf.clone().into_owned(), ca.clone().into_owned()));
-    }
-
-    /// The server proved possession of `leaf`'s key: its CA becomes the captured one.
-    fn signature_verified(&self, leaf: &CertificateDer<'_>) {
-        let mut state = self.lock();
-        if state.pending.as_ref().is_some_and(|(l, _)| l == leaf) {
-            state.captured = state.pending.take().map(|(_, ca)| ca);
-        }
+impl PinReport {
+    /// The sha256 of the CA the server presented instead of the pinned one, if a handshake was
+    /// refused for that reason.
+    pub fn presented_ca(&self) -> Option<[u8; 32]> {
+        *self.presented.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Server certificate verifier for trust on first use: the last certificate of the presented
-/// chain is the only root, and everything else is verified by webpki as usual.
+/// Server certificate verifier pinned to a CA by hash: the CA must be in the presented chain,
+/// and webpki verifies the leaf against it as the only root.
 #[derive(Debug)]
-struct TofuVerifier {
+struct PinnedCaVerifier {
     provider: Arc<CryptoProvider>,
-    capture: Arc<TofuCapture>,
+    ca_sha256: [u8; 32],
+    report: Arc<PinReport>,
 }
 
-impl ServerCertVerifier for TofuVerifier {
+impl ServerCertVerifier for PinnedCaVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -491,17 +486,19 @@ impl ServerCertVerifier for TofuVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some((candidate, rest)) = intermediates.split_last() else {
+        let pinned = |c: &&CertificateDer<'_>| crate::token::ca_sha256(c) == self.ca_sha256;
+        let Some(ca) = intermediates.iter().find(pinned) else {
+            let last = intermediates.last().unwrap_or(end_entity);
+            *self.report.presented.lock().unwrap_or_else(PoisonError::into_inner) = Some(crate::token::ca_sha256(last));
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
         let mut roots = RootCertStore::empty();
-        roots.add(candidate.clone().into_owned())?;
+        roots.add(ca.clone().into_owned())?;
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified = verifier.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)?;
-        self.capture.chain_verified(end_entity, candidate);
-        Ok(verified)
+        let rest: Vec<CertificateDer<'_>> = intermediates.iter().filter(|c| !pinned(c)).cloned().collect();
+        verifier.verify_server_cert(end_entity, &rest, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -510,10 +507,7 @@ impl ServerCertVerifier for TofuVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        let valid = rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)?;
-        self.capture.signature_verified(cert);
-        Ok(valid)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -522,10 +516,7 @@ impl ServerCertVerifier for TofuVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        let valid = rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)?;
-        self.capture.signature_verified(cert);
-        Ok(valid)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -539,6 +530,31 @@ pub fn has_client_identity(conn: &quinn::Connection) -> bool {
     conn.peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .is_some_and(|chain| !chain.is_empty())
+}
+
+/// The peer id (certificate CN) of the client certificate the connection's peer presented, if
+/// it presented one (verified against the CA by the handshake).
+pub fn client_peer_id(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    common_name_of(chain.first()?)
+}
+
+/// The CN of a certificate's subject.
+pub fn common_name_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
+
+/// When a certificate stops being valid.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Config {
+        what: "certificate validity",
+        detail: format!("cannot parse the certificate: {e}"),
+    })?;
+    let secs = parsed.validity().not_after.timestamp();
+    let after_epoch = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok(SystemTime::UNIX_EPOCH + after_epoch)
 }
 
 // ---- configuration helpers ----
@@ -590,7 +606,7 @@ fn common_name(cn: &str) -> DistinguishedName {
 }
 
 /// Parameters of a leaf certificate: `san` is its only name, usable for server and client auth.
-fn leaf_params(san: &str, cn: &str) -> Result<CertificateParams, TlsError> {
+fn leaf_params(san: &str, cn: &str, lifetime: Duration) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(vec![san.to_owned()]).map_err(TlsError::Generate)?;
     params.distinguished_name = common_name(cn);
     params.is_ca = IsCa::ExplicitNoCa;
@@ -598,7 +614,7 @@ fn leaf_params(san: &str, cn: &str) -> Result<CertificateParams, TlsError> {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
-    set_validity(&mut params, LEAF_LIFETIME);
+    set_validity(&mut params, lifetime);
     Ok(params)
 }
 
@@ -710,13 +726,17 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// Replaces `path` with `contents` atomically: a temporary file in the same directory is
 /// written, synced and renamed over `path`. `private` files get mode 0600.
 fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    write_file_atomic(path, contents, private).map_err(io_error(path))
+}
+
+/// [`write_atomic`] for callers with their own error type (the token files).
+pub(crate) fn write_file_atomic(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     let Some(file_name) = path.file_name() else {
-        let source = io::Error::new(io::ErrorKind::InvalidInput, "the path names no file");
-        return Err(io_error(path)(source));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"));
     };
     let suffix: u64 = rand::random();
     let tmp = dir.join(format!(".{}.{suffix:016x}.tmp", file_name.to_string_lossy()));
@@ -724,7 +744,7 @@ fn write_atomic(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsEr
     if let Err(source) = result {
         // Best effort: the temporary file is garbage whether or not removing it works.
         let _ = fs::remove_file(&tmp);
-        return Err(io_error(path)(source));
+        return Err(source);
     }
     // Make the rename durable; not every platform can sync a directory, so this is best effort.
     if let Ok(dir) = fs::File::open(dir) {
@@ -785,6 +805,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     const TIMEOUT: Duration = Duration::from_secs(10);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
 
     /// Result of one handshake: whether each side succeeded, and what the server saw.
     #[derive(Debug)]
@@ -846,7 +867,7 @@ mod tests {
 
     fn enroll(ca: &ClusterCa, peer_id: &str) -> Identity {
         let request = PeerKeyRequest::new().expect("key request");
-        let leaf = ca.sign_peer_csr(request.csr_der(), peer_id).expect("sign CSR");
+        let leaf = ca.sign_peer_csr(request.csr_der(), peer_id, DAY).expect("sign CSR");
         request.into_identity(leaf, ca.cert_der())
     }
 
@@ -926,7 +947,7 @@ mod tests {
         params.distinguished_name = common_name("impostor-cn");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = params.serialize_request(&key).expect("CSR");
-        let leaf = ca.sign_peer_csr(csr.der(), "peer-7").expect("sign");
+        let leaf = ca.sign_peer_csr(csr.der(), "peer-7", DAY).expect("sign");
         let contains = |needle: &[u8]| leaf.windows(needle.len()).any(|w| w == needle);
         assert!(contains(b"peer-7") && contains(PEER_SERVER_NAME.as_bytes()));
         assert!(!contains(b"impostor-cn") && !contains(SUPERNODE_SERVER_NAME.as_bytes()));
@@ -943,49 +964,128 @@ mod tests {
         assert!(outcome.ok(), "{outcome:?}");
     }
 
+    /// A client pinned to `ca` by hash, as enrollment with a join token does.
+    fn pinned(ca: &ClusterCa) -> (quinn::ClientConfig, Arc<PinReport>) {
+        pinned_client_config(crate::token::ca_sha256(&ca.cert_der())).expect("pinned config")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tofu_captures_the_supernode_ca() {
+    async fn pinned_client_accepts_the_supernode_of_the_pinned_ca() {
         let ca = ca();
         let identity = ca.issue_supernode_identity().expect("supernode identity");
         let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
-        let (client, capture) = tofu_client_config().expect("tofu config");
-        assert_eq!(capture.captured_ca(), None);
+        let (client, report) = pinned(&ca);
         let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
         assert!(outcome.ok(), "{outcome:?}");
-        assert_eq!(capture.captured_ca(), Some(ca.cert_der()));
+        assert_eq!(outcome.server, Some(false), "enrollment presents no client certificate");
+        assert_eq!(report.presented_ca(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tofu_rejects_a_chain_whose_last_certificate_did_not_sign_the_leaf() {
-        let ca = ca();
-        let other = ClusterCa::generate().expect("other CA");
-        let mut identity = ca.issue_supernode_identity().expect("supernode identity");
-        identity.chain = vec![identity.chain[0].clone(), other.cert_der()];
-        let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
-        let (client, capture) = tofu_client_config().expect("tofu config");
+    async fn pinned_client_refuses_another_ca_and_reports_it() {
+        let (ca, other) = (ca(), ca());
+        let identity = other.issue_supernode_identity().expect("supernode identity");
+        let server = supernode_server_config(&identity, &other.cert_der()).expect("server config");
+        let (client, report) = pinned(&ca);
+        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        assert!(!outcome.client_ok && outcome.server.is_none(), "{outcome:?}");
+        assert_eq!(report.presented_ca(), Some(crate::token::ca_sha256(&other.cert_der())));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pinned_client_refuses_a_leaf_the_pinned_ca_did_not_sign() {
+        // The chain names the pinned CA, but another CA signed the leaf.
+        let (ca, other) = (ca(), ca());
+        let mut identity = other.issue_supernode_identity().expect("supernode identity");
+        identity.chain = vec![identity.chain[0].clone(), ca.cert_der()];
+        let server = supernode_server_config(&identity, &other.cert_der()).expect("server config");
+        let (client, _) = pinned(&ca);
         let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
         assert!(!outcome.client_ok, "{outcome:?}");
-        assert_eq!(capture.captured_ca(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tofu_rejects_a_lone_leaf_and_a_wrong_name() {
+    async fn pinned_client_refuses_a_lone_leaf_and_a_peer_certificate() {
         let ca = ca();
         let mut identity = ca.issue_supernode_identity().expect("supernode identity");
         identity.chain.truncate(1);
         let server = supernode_server_config(&identity, &ca.cert_der()).expect("server config");
-        let (client, capture) = tofu_client_config().expect("tofu config");
-        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        let outcome = handshake(server, pinned(&ca).0, SUPERNODE_SERVER_NAME).await;
         assert!(!outcome.client_ok, "{outcome:?}");
-        assert_eq!(capture.captured_ca(), None);
 
         // A peer certificate of the right CA is not a supernode certificate.
         let peer = enroll(&ca, "peer-2");
         let server = supernode_server_config(&peer, &ca.cert_der()).expect("server config");
-        let (client, capture) = tofu_client_config().expect("tofu config");
-        let outcome = handshake(server, client, SUPERNODE_SERVER_NAME).await;
+        let outcome = handshake(server, pinned(&ca).0, SUPERNODE_SERVER_NAME).await;
         assert!(!outcome.client_ok, "{outcome:?}");
-        assert_eq!(capture.captured_ca(), None);
+    }
+
+    /// The leaf certificate the server saw from the client in a handshake.
+    async fn client_leaf_seen(server_config: quinn::ServerConfig, client: quinn::ClientConfig) -> Option<Vec<u8>> {
+        let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server = quinn::Endpoint::server(server_config, localhost).expect("server endpoint");
+        let addr = server.local_addr().expect("address");
+        let mut endpoint = quinn::Endpoint::client(localhost).expect("client endpoint");
+        endpoint.set_default_client_config(client);
+        let connecting = endpoint.connect(addr, PEER_SERVER_NAME).expect("connect");
+        let accept = async { server.accept().await.expect("incoming").await };
+        let (client_side, accepted) = tokio::time::timeout(TIMEOUT, async { tokio::join!(connecting, accept) })
+            .await
+            .expect("handshake timed out");
+        let conn = accepted.ok()?;
+        // The server judged the client's certificate: the client side completed too.
+        client_side.ok()?;
+        let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        Some(chain[0].to_vec())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_identity_presents_the_replacement_in_new_handshakes() {
+        let ca = ca();
+        let uploader = LiveIdentity::new(&enroll(&ca, "uploader")).expect("live");
+        let first = enroll(&ca, "downloader");
+        let downloader = LiveIdentity::new(&first).expect("live");
+        let server = || uploader.peer_server_config().expect("server config");
+        let client = || downloader.client_config().expect("client config");
+        assert_eq!(client_leaf_seen(server(), client()).await, Some(first.chain[0].to_vec()));
+
+        // Renewal: same CA, next certificate; configurations built before see it.
+        let renewed = enroll(&ca, "downloader");
+        downloader.replace(&renewed).expect("replace");
+        assert_eq!(client_leaf_seen(server(), client()).await, Some(renewed.chain[0].to_vec()));
+
+        // A new cluster CA: the old side refuses the new identity until it moves too.
+        let new_ca = ClusterCa::generate().expect("new CA");
+        downloader.replace(&enroll(&new_ca, "downloader")).expect("replace");
+        assert_eq!(downloader.ca(), new_ca.cert_der());
+        assert_eq!(client_leaf_seen(server(), client()).await, None);
+        uploader.replace(&enroll(&new_ca, "uploader")).expect("replace");
+        assert!(client_leaf_seen(server(), client()).await.is_some());
+    }
+
+    #[test]
+    fn live_identity_refuses_a_broken_replacement_and_keeps_the_old_one() {
+        let ca = ca();
+        let first = enroll(&ca, "a");
+        let live = LiveIdentity::new(&first).expect("live");
+        let other = enroll(&ca, "b");
+        let mixed = Identity { chain: first.chain.clone(), key: other.key.clone_key() };
+        assert!(live.replace(&mixed).is_err());
+        let lone = Identity { chain: vec![other.chain[0].clone()], key: other.key.clone_key() };
+        assert!(live.replace(&lone).is_err());
+        assert_eq!(live.not_after(), not_after(&first.chain[0]).expect("not after"));
+    }
+
+    #[test]
+    fn peer_certificates_carry_the_lifetime_and_the_peer_id() {
+        let ca = ca();
+        let request = PeerKeyRequest::new().expect("request");
+        let before = SystemTime::now();
+        let leaf = ca.sign_peer_csr(request.csr_der(), "peer-9", Duration::from_secs(5)).expect("sign");
+        let expiry = not_after(&leaf).expect("not after");
+        // X.509 times have whole seconds.
+        assert!(expiry >= before + Duration::from_secs(4) && expiry <= before + Duration::from_secs(6));
+        assert_eq!(common_name_of(&leaf).as_deref(), Some("peer-9"));
     }
 
     #[test]
@@ -1063,14 +1163,14 @@ mod tests {
     fn bad_csr_and_bad_peer_ids_are_rejected() {
         let ca = ca();
         let request = PeerKeyRequest::new().expect("request");
-        let err = ca.sign_peer_csr(b"garbage", "peer").expect_err("garbage CSR");
+        let err = ca.sign_peer_csr(b"garbage", "peer", DAY).expect_err("garbage CSR");
         assert!(matches!(err, TlsError::BadCsr(_)), "{err}");
         let mut tampered = request.csr_der().to_vec();
         let last = tampered.len() - 1;
         tampered[last] ^= 0x01;
-        assert!(ca.sign_peer_csr(&tampered, "peer").is_err());
+        assert!(ca.sign_peer_csr(&tampered, "peer", DAY).is_err());
         for bad in ["", "a\nb", &"x".repeat(65)] {
-            let err = ca.sign_peer_csr(request.csr_der(), bad).expect_err("bad id");
+            let err = ca.sign_peer_csr(request.csr_der(), bad, DAY).expect_err("bad id");
             assert!(matches!(err, TlsError::InvalidPeerId { .. }), "{err}");
         }
     }

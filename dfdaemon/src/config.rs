@@ -38,9 +38,14 @@ pub struct DaemonConfig {
     /// the quota needs their room.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Option<Duration>,
-    /// Cluster CA certificate (PEM). Without it the supernode's CA is pinned on first contact
-    /// (trust on first use) under `DATA_DIR/tls/ca.crt`.
+    /// Cluster CA certificate (PEM). Optional: the join token pins the CA by hash; when both
+    /// are given they must name the same CA.
     pub ca_cert: Option<PathBuf>,
+    /// The cluster's join token file (`dfjt1.<ca-sha256>.<secret>`, the supernode's
+    /// `DATA_DIR/join-token`). Without it the environment variable `DAMSELFLY_JOIN_TOKEN` is
+    /// used. Needed to enroll (first start, and again when the certificate expired while the
+    /// daemon was down or the cluster CA changed); re-read at every re-enrollment.
+    pub join_token_file: Option<PathBuf>,
     /// Longest time one piece transfer may take before it is failed and fetched elsewhere.
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -68,6 +73,7 @@ impl Default for DaemonConfig {
             cache_quota: None,
             cache_ttl: None,
             ca_cert: None,
+            join_token_file: None,
             piece_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(6),
             origin_fallback: true,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use damselfly_common::id::TaskId;
 use damselfly_common::tls;
-use damselfly_common::transport::{bind_endpoint, read_frame, ConnectionPool};
+use damselfly_common::transport::{bind_endpoint, read_frame, ConnectionPool, TransportError};
 use damselfly_common::upload::serve_piece;
 use damselfly_proto as pb;
 use quinn::{Connection, Endpoint};
@@ -80,6 +80,14 @@ impl Daemon {
                 bail!("supernode {} is down (last attempt {:.1?} ago)", self.supernode, since.elapsed());
             }
         }
+        Ok(self.dial_supernode().await?)
+    }
+
+    /// The pooled connection to the supernode, connecting now whatever the down window says.
+    /// Records the outcome for [`Daemon::supernode_connection`]; a handshake refused for a
+    /// certificate reason also wakes the certificate upkeep ([`identity::maintain`]), which
+    /// enrolls again when the supernode no longer accepts this daemon's certificate.
+    pub async fn dial_supernode(&self) -> Result<Connection, TransportError> {
         let attempt =
             tokio::time::timeout(SUPERNODE_CONNECT_TIMEOUT, self.pool.get(self.supernode, tls::SUPERNODE_SERVER_NAME))
                 .await;
@@ -91,13 +99,27 @@ impl Daemon {
             }
             Ok(Err(e)) => {
                 *down = Some(std::time::Instant::now());
-                Err(e.into())
+                if identity::is_tls_refusal(&e) {
+                    self.identity.handshake_refused();
+                }
+                Err(e)
             }
             Err(_) => {
                 *down = Some(std::time::Instant::now());
-                bail!("no answer from supernode {} within {SUPERNODE_CONNECT_TIMEOUT:?}", self.supernode)
+                let source = quinn::ConnectionError::TimedOut;
+                Err(TransportError::Connection { addr: self.supernode, source })
             }
         }
+    }
+
+    /// The supernode this daemon enrolls with and renews at.
+    pub fn supernode_addr(&self) -> SocketAddr {
+        self.supernode
+    }
+
+    /// Forgets an earlier failed attempt: the next download tries the supernode at once.
+    pub fn supernode_reachable(&self) {
+        *self.supernode_down.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Records that a piece arrived from the swarm.
@@ -149,7 +171,8 @@ pub async fn start(
     endpoint.set_server_config(Some(server_config(&identity)?));
     let local = endpoint.local_addr()?;
     let advertise = SocketAddr::new(advertise_ip(&config, local, supernode)?, local.port());
-    let client = tls::client_config(Some(&identity.identity), &identity.ca)?;
+    // Both configurations read the identity at every handshake: renewals need no rebuild.
+    let client = identity.tls.client_config()?;
     let metrics = metrics::Metrics::new();
     let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
     let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
@@ -178,9 +201,12 @@ pub async fn start(
         // reports, TTL.
         let lifecycle = tokio::spawn(announce::run(d.clone()));
         let gc = tokio::spawn(gc::run(d.clone()));
+        // Certificate renewal and re-enrollment.
+        let upkeep = tokio::spawn(identity::maintain(d.clone()));
         http::serve(d.clone(), listener, shutdown).await;
         lifecycle.abort();
         gc.abort();
+        upkeep.abort();
         d.store.persist_access_times();
         d.store.flush();
         uploads.abort();
@@ -205,7 +231,7 @@ fn upstream_client() -> anyhow::Result<reqwest::Client> {
 }
 
 fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
-    let mut server = tls::peer_server_config(&id.identity, &id.ca)?;
+    let mut server = id.tls.peer_server_config()?;
     server.transport_config(damselfly_common::transport::transport_config());
     Ok(server)
 }

@@ -45,9 +45,12 @@ struct Args {
     /// Evict finished tasks not read for this long, e.g. 24h (default: only the quota evicts).
     #[arg(long, value_parser = humantime::parse_duration)]
     cache_ttl: Option<std::time::Duration>,
-    /// Cluster CA certificate (PEM); without it the supernode's CA is pinned on first use.
+    /// Cluster CA certificate (PEM); optional, the join token pins the CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// Join token file (the supernode's DATA_DIR/join-token) [default: $DAMSELFLY_JOIN_TOKEN].
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
@@ -85,6 +88,9 @@ fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
     }
     if args.ca_cert.is_some() {
         c.ca_cert = args.ca_cert;
+    }
+    if args.join_token_file.is_some() {
+        c.join_token_file = args.join_token_file;
     }
     c.validate()?;
     Ok(c)

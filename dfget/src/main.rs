@@ -3,7 +3,8 @@
 //! It asks the local dfdaemon (`--daemon`, else `$DFGET_DAEMON`, else
 //! `http://127.0.0.1:65001`) to fetch the URL and streams the answer into a temporary file
 //! beside the output, renamed into place only when complete (and verified, with `--digest`).
-//! With no daemon reachable and `--supernode` given, it runs an embedded peer for the download.
+//! With no daemon reachable and `--supernode` given, it runs an embedded peer for the download;
+//! the peer enrolls with the join token (`--join-token-file FILE` or `DAMSELFLY_JOIN_TOKEN`).
 //!
 //! `dfget preheat IMAGE ...` ([`preheat`]) asks the supernode to load an image into its cache.
 
@@ -46,7 +47,11 @@ struct Args {
     /// Supernode HOST:PORT for an embedded peer when no daemon is reachable.
     #[arg(long)]
     supernode: Option<String>,
-    /// Cluster CA certificate for the embedded peer (else trusted on first use).
+    /// Join token file for the embedded peer (the supernode's DATA_DIR/join-token)
+    /// [default: $DAMSELFLY_JOIN_TOKEN].
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// Cluster CA certificate for the embedded peer; optional, the join token pins the CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
     /// No progress bar (it is also off when stderr is not a terminal).
@@ -113,7 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let Some(sn) = &args.supernode else {
                 bail!("no dfdaemon reachable at {} and no --supernode given for an embedded peer", args.daemon);
             };
-            let embedded = Embedded::start(sn, args.ca_cert.clone()).await?;
+            let embedded = Embedded::start(sn, args.join_token_file.clone(), args.ca_cert.clone()).await?;
             body.local = true;
             let r = post(&client, &embedded.url, &body).await.context("embedded peer failed")?;
             daemon_url = embedded.url.clone();
@@ -274,7 +279,11 @@ struct Embedded {
 }
 
 impl Embedded {
-    async fn start(supernode: &str, ca_cert: Option<PathBuf>) -> anyhow::Result<Self> {
+    async fn start(
+        supernode: &str,
+        join_token_file: Option<PathBuf>,
+        ca_cert: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory for the embedded peer")?;
         let config = dfdaemon::DaemonConfig {
             supernodes: vec![supernode.to_owned()],
@@ -282,6 +291,7 @@ impl Embedded {
             peer_listen: "0.0.0.0:0".parse()?,
             data_dir: dir.path().to_owned(),
             ca_cert,
+            join_token_file,
             origin_fallback: false,
             ..Default::default()
         };
@@ -289,7 +299,7 @@ impl Embedded {
         let (bound, _, _) = tokio::time::timeout(std::time::Duration::from_secs(20), dfdaemon::start(config, rx))
             .await
             .map_err(|_| anyhow!("supernode {supernode} unreachable (timed out)"))?
-            .with_context(|| format!("supernode {supernode} unreachable"))?;
+            .with_context(|| format!("cannot start an embedded peer with supernode {supernode}"))?;
         Ok(Self { url: format!("http://{}", bound.proxy), _dir: dir, _stop: tx })
     }
 }

@@ -1,6 +1,9 @@
 //! `dfget preheat IMAGE`: asks the supernode to load every layer of an image into its cache
 //! (optionally onto chosen hosts too) and shows per-layer progress until the job ends.
 //!
+//! The supernode's API requires its API token (`--token-file FILE` or `DAMSELFLY_API_TOKEN`),
+//! sent as `Authorization: Bearer`.
+//!
 //! The supernode resolves the image before it answers, so a bad reference, an unknown image or
 //! an unreachable registry fail at once with the supernode's reason. Progress is one bar per blob
 //! on a terminal, plain lines otherwise; the exit status is non-zero with the reason when the job
@@ -8,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -19,6 +23,11 @@ use serde::{Deserialize, Serialize};
 const POLL_EVERY: Duration = Duration::from_millis(300);
 /// Consecutive failed polls before giving up on the supernode.
 const POLL_RETRIES: u32 = 20;
+/// The environment variable with the supernode's API token, when no `--token-file` is given.
+const API_TOKEN_ENV: &str = "DAMSELFLY_API_TOKEN";
+/// How to give the API token, for error messages.
+const HOW_TO_GIVE_THE_TOKEN: &str = "pass --token-file FILE or set DAMSELFLY_API_TOKEN to the supernode's API token \
+     (its DATA_DIR/api-token, or the file its --api-token-file names)";
 
 /// Load every layer of an image into the Damselfly supernode's cache (and optionally onto hosts)
 /// before a rollout.
@@ -33,6 +42,9 @@ pub(crate) struct PreheatArgs {
     /// Supernode REST API.
     #[arg(long, env = "DFGET_SUPERNODE_API", default_value = "http://127.0.0.1:8001")]
     supernode_api: String,
+    /// File holding the supernode's API token (its DATA_DIR/api-token) [default: $DAMSELFLY_API_TOKEN].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// dfdaemon that should fetch the image too (HOST:PORT of its HTTP API); repeatable.
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<String>,
@@ -115,7 +127,8 @@ pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
     if args.username.is_some() && password.is_none() {
         bail!("--username needs the password in $DFGET_REGISTRY_PASSWORD");
     }
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+    let token = api_token(args.token_file.as_deref())?;
+    let client = api_client(token.as_deref())?;
     let body = PreheatRequest {
         image: &args.image,
         platform: args.platform.as_deref(),
@@ -131,6 +144,12 @@ pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("supernode API at {api} unreachable: {}", chain(&e.without_url())))?;
     let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        match token {
+            Some(_) => bail!("the supernode at {api} refused the API token: {HOW_TO_GIVE_THE_TOKEN}"),
+            None => bail!("the supernode at {api} requires its API token: {HOW_TO_GIVE_THE_TOKEN}"),
+        }
+    }
     if !status.is_success() {
         let reason = resp.json::<ApiError>().await.map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
         bail!("preheat of {} refused: {reason}", args.image);
@@ -157,6 +176,38 @@ pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
         }
         _ => bail!("preheat of {} failed: {}", last.image, last.error.unwrap_or_else(|| "no reason given".into())),
     }
+}
+
+/// The API token from `--token-file`, else `DAMSELFLY_API_TOKEN`; `None` without either.
+fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                bail!("the API token file {} is empty", path.display());
+            }
+            token
+        }
+        None => match std::env::var(API_TOKEN_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(token))
+}
+
+/// The HTTP client for the supernode's API, sending the token with every request.
+fn api_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow!("the API token contains characters an HTTP header cannot carry"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).default_headers(headers).build()?)
 }
 
 /// An error with its sources ("error sending request: ... Connection refused").
@@ -318,6 +369,18 @@ mod tests {
         assert_eq!(a.peers, vec!["a:1", "b:2"]);
         assert_eq!(a.supernode_api, "http://sn:8001/");
         assert!(a.no_wait);
+    }
+
+    #[test]
+    fn the_api_token_comes_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(api_token(Some(&path)).unwrap().as_deref(), Some("0123456789abcdef0123"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(api_token(Some(&path)).unwrap_err().to_string().contains("empty"));
+        assert!(api_token(Some(&dir.path().join("missing"))).is_err());
+        assert!(api_client(Some("bad\ntoken")).is_err());
     }
 
     #[test]

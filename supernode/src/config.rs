@@ -39,6 +39,15 @@ pub struct SupernodeConfig {
     pub ca_cert: Option<PathBuf>,
     /// Cluster CA key (PEM), with `ca_cert`.
     pub ca_key: Option<PathBuf>,
+    /// Join token file (`dfjt1.<ca-sha256>.<secret>`), shared by every supernode of a region;
+    /// it must pin this supernode's CA. Default: `DATA_DIR/join-token`, written on first start.
+    pub join_token_file: Option<PathBuf>,
+    /// API bearer token file. Default: `DATA_DIR/api-token`, written on first start.
+    pub api_token_file: Option<PathBuf>,
+    /// Lifetime of the peer certificates this supernode issues (`24h`, `90m`); daemons renew
+    /// theirs at two thirds of it. Default 24 h; at least 1 s, at most 366 days.
+    #[serde(with = "humantime_serde")]
+    pub peer_cert_ttl: Duration,
     /// Time allowed to connect to an origin. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub origin_connect_timeout: Duration,
@@ -63,6 +72,9 @@ impl Default for SupernodeConfig {
             forward_headers: ForwardHeaders::default(),
             ca_cert: None,
             ca_key: None,
+            join_token_file: None,
+            api_token_file: None,
+            peer_cert_ttl: Duration::from_secs(24 * 3600),
             origin_connect_timeout: Duration::from_secs(10),
             origin_read_timeout: Duration::from_secs(60),
             scheduler: SchedulerConfig::default(),
@@ -106,6 +118,9 @@ impl SupernodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Invalid("ca_cert and ca_key must be given together".into()));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600)).contains(&self.peer_cert_ttl) {
+            return Err(ConfigError::Invalid("peer_cert_ttl must be between 1s and 366 days".into()));
         }
         if self.origin_connect_timeout.is_zero() || self.origin_read_timeout.is_zero() {
             return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));

@@ -6,8 +6,10 @@
 //! This crate's async shell only moves events into the scheduler and its actions out to the
 //! peers' control streams.
 
+pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod enroll;
 pub mod http;
 pub mod metrics;
 pub mod origin;
@@ -46,6 +48,8 @@ pub struct Shared {
     pub peer_http: reqwest::Client,
     /// The cluster CA (signs peer certificates).
     pub ca: ClusterCa,
+    /// The join token enrollment requires and the API token the HTTP API requires.
+    pub tokens: auth::Tokens,
     /// Preheat jobs (in memory).
     pub preheat: preheat::Preheats,
     started: Instant,
@@ -127,6 +131,7 @@ pub async fn start(
         (Some(c), Some(k)) => ClusterCa::load(c, k)?,
         _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
     };
+    let tokens = auth::Tokens::load(&config, &ca)?;
     let origins = origin_client(&config)?;
     let peer_http = reqwest::Client::builder()
         .connect_timeout(config.origin_connect_timeout)
@@ -135,6 +140,7 @@ pub async fn start(
     let metrics = metrics::Metrics::new();
     let quota = config.cache_quota.map(|q| q.as_u64());
     let shared = Arc::new(Shared {
+        tokens,
         cache: cache::Cache::open(&config.data_dir, quota, metrics.cache.clone())?,
         metrics,
         origins,

@@ -46,6 +46,16 @@ struct Args {
     /// Cluster CA private key (PEM), with --ca-cert.
     #[arg(long, requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// Join token file shared by the region's supernodes (it must pin this CA)
+    /// [default: DATA_DIR/join-token, written on first start].
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// API bearer token file [default: DATA_DIR/api-token, written on first start].
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Lifetime of issued peer certificates, e.g. 24h; daemons renew at two thirds [default: 24h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    peer_cert_ttl: Option<std::time::Duration>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
@@ -76,6 +86,15 @@ fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
     if args.ca_cert.is_some() {
         c.ca_cert = args.ca_cert;
         c.ca_key = args.ca_key;
+    }
+    if args.join_token_file.is_some() {
+        c.join_token_file = args.join_token_file;
+    }
+    if args.api_token_file.is_some() {
+        c.api_token_file = args.api_token_file;
+    }
+    if let Some(v) = args.peer_cert_ttl {
+        c.peer_cert_ttl = v;
     }
     c.validate()?;
     Ok(c)

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub bad_peers: Counter,
     /// Peers enrolled (certificates issued).
     pub enrollments: Counter,
+    /// Enrollments refused (no or wrong join token).
+    pub enrollments_refused: Counter,
+    /// Peer certificates renewed.
+    pub renewals: Counter,
     /// Cache usage, quota and evictions.
     pub cache: CacheMetrics,
 }
@@ -54,6 +58,12 @@ impl Metrics {
         );
         r.register("damselfly_supernode_bad_peers", "Peers reported as bad", m.bad_peers.clone());
         r.register("damselfly_supernode_enrollments", "Peer certificates issued", m.enrollments.clone());
+        r.register(
+            "damselfly_supernode_enrollments_refused",
+            "Enrollments refused for a missing or wrong join token",
+            m.enrollments_refused.clone(),
+        );
+        r.register("damselfly_supernode_renewals", "Peer certificates renewed", m.renewals.clone());
         m.cache.register(r, "supernode");
         m
     }

@@ -1,4 +1,5 @@
-//! The supernode's QUIC side: enrollment, per-task control streams and piece uploads.
+//! The supernode's QUIC side: enrollment and renewal ([`crate::enroll`]), per-task control
+//! streams and piece uploads.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ type ConnPeers = Arc<Mutex<HashSet<PeerId>>>;
 async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
     let remote = conn.remote_address();
     let authenticated = tls::has_client_identity(&conn);
+    // The peer id of the client certificate, for renewals.
+    let client: Option<Arc<str>> = tls::client_peer_id(&conn).map(Arc::from);
     debug!(%remote, authenticated, "peer connected");
     let peers: ConnPeers = Arc::default();
     loop {
@@ -59,9 +62,9 @@ async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
                 break;
             }
         };
-        let (shared, peers) = (shared.clone(), peers.clone());
+        let (shared, peers, client) = (shared.clone(), peers.clone(), client.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle_stream(shared, authenticated, remote, peers, send, recv).await {
+            if let Err(e) = handle_stream(shared, authenticated, client, remote, peers, send, recv).await {
                 debug!(%remote, error = %e, "stream ended with an error");
             }
         });
@@ -80,6 +83,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: Connection) {
 async fn handle_stream(
     shared: Arc<Shared>,
     authenticated: bool,
+    client: Option<Arc<str>>,
     remote: SocketAddr,
     peers: ConnPeers,
     mut send: SendStream,
@@ -89,7 +93,7 @@ async fn handle_stream(
         return Ok(());
     };
     match req.kind {
-        Some(pb::request::Kind::Enroll(e)) => enroll(&shared, e, &mut send).await,
+        Some(pb::request::Kind::Enroll(e)) => crate::enroll::enroll(&shared, remote, e, &mut send).await,
         Some(_) if !authenticated => {
             // Only enrollment is open to peers without a cluster certificate.
             let _ = send.reset(2u32.into());
@@ -103,37 +107,15 @@ async fn handle_stream(
             }
             Ok(())
         }
+        Some(pb::request::Kind::Renew(r)) => {
+            crate::enroll::renew(&shared, remote, client.as_deref(), r, &mut send).await
+        }
         Some(pb::request::Kind::Control(c)) => match c.kind {
             Some(pb::control_up::Kind::Register(r)) => control(shared, remote, peers, r, send, recv).await,
             _ => Ok(()),
         },
         None => Ok(()),
     }
-}
-
-async fn enroll(shared: &Shared, req: pb::EnrollRequest, send: &mut SendStream) -> Result<(), TransportError> {
-    let peer_id = new_peer_id();
-    let resp = match shared.ca.sign_peer_csr(&req.csr_der, &peer_id) {
-        Ok(cert) => {
-            shared.metrics.enrollments.inc();
-            info!(peer = %peer_id, hostname = %req.hostname, "peer enrolled");
-            pb::EnrollResponse {
-                peer_id,
-                cert_der: cert.to_vec(),
-                ca_der: shared.ca.cert_der().to_vec(),
-                error: String::new(),
-            }
-        }
-        Err(e) => pb::EnrollResponse { error: format!("enrollment refused: {e}"), ..Default::default() },
-    };
-    write_frame(send, &resp).await?;
-    let _ = send.finish();
-    Ok(())
-}
-
-fn new_peer_id() -> String {
-    let bytes: [u8; 12] = rand::random();
-    hex::encode(bytes)
 }
 
 /// Checks a registration before anything is fetched for it. A refusal by the origin policy is

@@ -12,14 +12,21 @@ pub struct ClusterOpts {
     /// Template for every daemon: its `args` and `env` are used; its `ip` is replaced by a fresh
     /// loopback address per daemon, and the cluster's supernode is put first in `supernodes`.
     pub daemon: DfdaemonOpts,
-    /// Pass `--ca-cert SN_DATA/tls/ca.crt` to the daemons. Default `true`: TLS is always on and
-    /// the daemons must verify the supernode.
+    /// Pass `--join-token-file` (the supernode's join token, which also pins its CA) to the
+    /// daemons. Default `true`: a daemon enrolls only with the token.
+    pub join_token: bool,
+    /// Also pass `--ca-cert SN_DATA/tls/ca.crt`. Default `false`: the token is enough.
     pub ca_cert: bool,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { supernode: SupernodeOpts::default(), daemon: DfdaemonOpts::default(), ca_cert: true }
+        ClusterOpts {
+            supernode: SupernodeOpts::default(),
+            daemon: DfdaemonOpts::default(),
+            join_token: true,
+            ca_cert: false,
+        }
     }
 }
 
@@ -49,6 +56,7 @@ pub struct Cluster {
     /// The daemons, in start order.
     pub daemons: Vec<Dfdaemon>,
     template: DfdaemonOpts,
+    join_token: bool,
     ca_cert: bool,
 }
 
@@ -56,7 +64,13 @@ impl Cluster {
     /// Starts the supernode, waits until it is ready, then starts `n_daemons` daemons at once.
     pub async fn start(n_daemons: usize, opts: ClusterOpts) -> anyhow::Result<Self> {
         let supernode = Supernode::start(opts.supernode).await?;
-        let mut cluster = Cluster { supernode, daemons: Vec::new(), template: opts.daemon, ca_cert: opts.ca_cert };
+        let mut cluster = Cluster {
+            supernode,
+            daemons: Vec::new(),
+            template: opts.daemon,
+            join_token: opts.join_token,
+            ca_cert: opts.ca_cert,
+        };
         let starts = (0..n_daemons).map(|_| Dfdaemon::start(cluster.daemon_opts()));
         cluster.daemons = try_join_all(starts).await?;
         Ok(cluster)
@@ -67,6 +81,9 @@ impl Cluster {
         let mut opts = self.template.clone();
         opts.ip = None;
         opts.supernodes.insert(0, self.supernode.quic_addr());
+        if self.join_token {
+            opts.join_token_file = Some(self.supernode.join_token_path());
+        }
         if self.ca_cert {
             opts.ca_cert = Some(self.supernode.ca_cert_path());
         }

@@ -15,8 +15,12 @@ use crate::{bin_path, http, loopback_ip, DfgetRun, Metrics, Supernode};
 pub struct DfdaemonOpts {
     /// `--supernode` addresses (QUIC), in order.
     pub supernodes: Vec<SocketAddr>,
-    /// `--ca-cert`: the CA that signed the supernodes' certificates; not passed when `None`.
+    /// `--ca-cert`: the CA that signed the supernodes' certificates; not passed when `None`
+    /// (the join token pins the CA).
     pub ca_cert: Option<PathBuf>,
+    /// `--join-token-file`: the cluster's join token; not passed when `None` (then a daemon
+    /// without a stored certificate enrolls only with `DAMSELFLY_JOIN_TOKEN` in `env`).
+    pub join_token_file: Option<PathBuf>,
     /// Address to bind both listeners to; default [`loopback_ip`].
     pub ip: Option<Ipv4Addr>,
     /// Extra command-line arguments, appended after the testkit's own
@@ -29,11 +33,12 @@ pub struct DfdaemonOpts {
 }
 
 impl DfdaemonOpts {
-    /// Options for a daemon of `supernode`: its QUIC address and its CA certificate.
+    /// Options for a daemon of `supernode`: its QUIC address and its join token file (which
+    /// also pins its CA), as the deployment passes them.
     pub fn for_supernode(supernode: &Supernode) -> Self {
         DfdaemonOpts {
             supernodes: vec![supernode.quic_addr()],
-            ca_cert: Some(supernode.ca_cert_path()),
+            join_token_file: Some(supernode.join_token_path()),
             ..DfdaemonOpts::default()
         }
     }
@@ -109,6 +114,10 @@ impl Dfdaemon {
             if let Some(ca) = &opts.ca_cert {
                 args.push("--ca-cert".into());
                 args.push(ca.clone().into_os_string());
+            }
+            if let Some(token) = &opts.join_token_file {
+                args.push("--join-token-file".into());
+                args.push(token.clone().into_os_string());
             }
             args.extend(opts.args.iter().map(OsString::from));
             Spec {

@@ -87,6 +87,11 @@ impl DfgetRun {
         self.arg("--supernode").arg(addr)
     }
 
+    /// `--join-token-file FILE`, for the embedded peer.
+    pub fn join_token_file(self, path: &Path) -> Self {
+        self.arg("--join-token-file").arg(&path.to_string_lossy())
+    }
+
     /// Any other argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());

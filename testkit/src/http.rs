@@ -20,6 +20,20 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// A client like [`http_client`] that sends `Authorization: Bearer TOKEN` with every request,
+/// as the supernode's API requires.
+pub(crate) fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .default_headers(headers)
+        .build()?)
+}
+
 /// `GET url` expecting 200, returning the body as text.
 pub(crate) async fn get_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     let response =

@@ -131,9 +131,41 @@ impl Supernode {
         &self.data_dir
     }
 
-    /// The CA certificate the supernode writes at `DATA_DIR/tls/ca.crt`, which daemons trust.
+    /// The CA certificate the supernode writes at `DATA_DIR/tls/ca.crt` (or `--ca-cert`'s).
     pub fn ca_cert_path(&self) -> PathBuf {
-        self.data_dir.join("tls").join("ca.crt")
+        self.flag("--ca-cert").unwrap_or_else(|| self.data_dir.join("tls").join("ca.crt"))
+    }
+
+    /// The join token daemons enroll with: `--join-token-file`'s, else the `DATA_DIR/join-token`
+    /// the supernode writes on first start.
+    pub fn join_token_path(&self) -> PathBuf {
+        self.flag("--join-token-file").unwrap_or_else(|| self.data_dir.join("join-token"))
+    }
+
+    /// The API token (`--api-token-file`'s, else `DATA_DIR/api-token`), which every API call but
+    /// `/healthz`, `/healthy` and `/metrics` needs.
+    pub fn api_token(&self) -> anyhow::Result<String> {
+        let path = self.flag("--api-token-file").unwrap_or_else(|| self.data_dir.join("api-token"));
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// An HTTP client that sends the API token (`Authorization: Bearer`) with every request.
+    pub fn api_client(&self) -> anyhow::Result<reqwest::Client> {
+        http::bearer_client(&self.api_token()?)
+    }
+
+    /// The value of a `--flag VALUE` or `--flag=VALUE` the supernode was started with.
+    fn flag(&self, name: &str) -> Option<PathBuf> {
+        let args = &self.process.spec().args;
+        args.iter().enumerate().find_map(|(i, arg)| {
+            let arg = arg.to_str()?;
+            if arg == name {
+                args.get(i + 1).map(PathBuf::from)
+            } else {
+                arg.strip_prefix(name)?.strip_prefix('=').map(PathBuf::from)
+            }
+        })
     }
 
     /// The temp dir holding the data dir and the log.
@@ -171,9 +203,10 @@ impl Supernode {
         http::get_metrics(self.process.client(), &format!("{}/metrics", self.http_url())).await
     }
 
-    /// `GET path` (such as `/healthz` or an API path) on the HTTP port, parsed as JSON.
+    /// `GET path` (such as `/healthz` or an API path) on the HTTP port with the API token,
+    /// parsed as JSON.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        http::get_json(self.process.client(), &format!("{}{path}", self.http_url())).await
+        http::get_json(&self.api_client()?, &format!("{}{path}", self.http_url())).await
     }
 
     /// SIGKILL and wait: a crash.

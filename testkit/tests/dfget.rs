@@ -1,5 +1,5 @@
-//! dfget against real daemons and a real supernode: the embedded peer, trust on first use, and
-//! every error case a user meets (non-zero exit, one readable line).
+//! dfget against real daemons and a real supernode: the embedded peer and every error case a
+//! user meets (non-zero exit, one readable line). Join tokens and certificates: `trust.rs`.
 
 use damselfly_testkit::{
     file_sha256, free_tcp_port, free_udp_port, random_bytes, sha256_digest, sha256_hex, Cluster, ClusterOpts, DfgetRun,
@@ -66,31 +66,12 @@ async fn dfget_without_a_daemon_runs_an_embedded_peer() -> anyhow::Result<()> {
     let run = DfgetRun::new(&origin.url("/blob"), dir.path().join("out"))
         .daemon(&nowhere)
         .supernode(&cluster.supernode.quic_addr().to_string())
-        .arg("--ca-cert")
-        .arg(&cluster.supernode.ca_cert_path().to_string_lossy())
+        .join_token_file(&cluster.supernode.join_token_path())
         .digest(&digest);
     run.run_ok().await?;
     assert_eq!(file_sha256(run.output_path())?, sha256_hex(&blob));
     assert_eq!(origin.bytes_served(), blob.len() as u64);
     let up = cluster.daemons[0].metrics().await?.get("damselfly_dfdaemon_upload_bytes_total");
     assert_eq!(up, blob.len() as f64, "the embedded peer fetched from the seeding daemon");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn daemons_without_a_ca_file_pin_the_supernode_ca_on_first_use() -> anyhow::Result<()> {
-    let origin = Origin::start()?;
-    let blob = random_bytes(2 << 20, 8);
-    origin.add("/tofu", blob.clone());
-    let cluster = Cluster::start(2, ClusterOpts { ca_cert: false, ..Default::default() }).await?;
-    let ca = std::fs::read(cluster.supernode.ca_cert_path())?;
-    for d in &cluster.daemons {
-        assert_eq!(std::fs::read(d.data_dir().join("tls/ca.crt"))?, ca, "pinned CA is the supernode's");
-    }
-    let dir = tempfile::tempdir()?;
-    for (i, d) in cluster.daemons.iter().enumerate() {
-        d.dfget(&origin.url("/tofu"), dir.path().join(format!("o{i}"))).run_ok().await?;
-    }
-    assert_eq!(origin.bytes_served(), blob.len() as u64);
     Ok(())
 }

@@ -24,9 +24,10 @@ async fn cluster(daemons: usize, registry_host: &str) -> anyhow::Result<Cluster>
     Cluster::start(daemons, opts).await
 }
 
-/// `POST url` with `body`; the status and the JSON answer.
-async fn post(url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let resp = http_client().post(url).json(body).timeout(Duration::from_secs(60)).send().await?;
+/// `POST path` on `sn`'s API (with its API token) with `body`; the status and the JSON answer.
+async fn post(sn: &Supernode, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let url = format!("{}{path}", sn.http_url());
+    let resp = sn.api_client()?.post(&url).json(body).timeout(Duration::from_secs(60)).send().await?;
     let status = resp.status().as_u16();
     let text = resp.text().await?;
     let value = serde_json::from_str(&text).with_context(|| format!("POST {url} answered {status}: {text}"))?;
@@ -35,7 +36,7 @@ async fn post(url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
 
 /// `POST /api/v1/preheat`, expecting 202; returns the job id.
 async fn start_preheat(sn: &Supernode, body: Value) -> anyhow::Result<String> {
-    let (status, job) = post(&format!("{}/api/v1/preheat", sn.http_url()), &body).await?;
+    let (status, job) = post(sn, "/api/v1/preheat", &body).await?;
     if status != 202 {
         bail!("preheat {body} answered {status}: {job}");
     }
@@ -239,8 +240,7 @@ async fn harbor_creates_and_polls_jobs() -> anyhow::Result<()> {
     // Harbor passes the registry credential it minted as a header.
     let auth = format!("Basic {}", base64(&format!("{}:{}", user.0, user.1)));
     let url = format!("{}/v2/library/app/manifests/v1", registry.url());
-    let (status, created) =
-        post(&format!("{}/oapi/v1/jobs", sn.http_url()), &harbor_job(&url, json!({ "Authorization": auth }))).await?;
+    let (status, created) = post(sn, "/oapi/v1/jobs", &harbor_job(&url, json!({ "Authorization": auth }))).await?;
     assert_eq!(status, 200, "{created}");
     let id = created["id"].as_u64().context("Harbor reads the id as an integer")?;
     assert_eq!(created["state"], "PENDING");
@@ -258,16 +258,14 @@ async fn harbor_creates_and_polls_jobs() -> anyhow::Result<()> {
 
     // A bad image is a job too, and it reads FAILURE with the reason, as Dragonfly's do.
     let missing = format!("{}/v2/library/app/manifests/nope", registry.url());
-    let (status, created) =
-        post(&format!("{}/oapi/v1/jobs", sn.http_url()), &harbor_job(&missing, json!({ "Authorization": auth })))
-            .await?;
+    let (status, created) = post(sn, "/oapi/v1/jobs", &harbor_job(&missing, json!({ "Authorization": auth }))).await?;
     assert_eq!(status, 200, "{created}");
     let failed = harbor_end(sn, created["id"].as_u64().context("id")?).await?;
     assert_eq!(failed["state"], "FAILURE", "{failed}");
     let error = failed["result"]["job_states"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("not found"), "{failed}");
     // No credentials: the registry's refusal is the reason.
-    let (_, created) = post(&format!("{}/oapi/v1/jobs", sn.http_url()), &harbor_job(&url, Value::Null)).await?;
+    let (_, created) = post(sn, "/oapi/v1/jobs", &harbor_job(&url, Value::Null)).await?;
     let failed = harbor_end(sn, created["id"].as_u64().context("id")?).await?;
     assert_eq!(failed["state"], "FAILURE", "{failed}");
     assert!(
@@ -278,10 +276,10 @@ async fn harbor_creates_and_polls_jobs() -> anyhow::Result<()> {
     // Malformed requests are refused outright.
     let mut wrong = harbor_job(&url, Value::Null);
     wrong["type"] = json!("sync_peers");
-    let (status, body) = post(&format!("{}/oapi/v1/jobs", sn.http_url()), &wrong).await?;
+    let (status, body) = post(sn, "/oapi/v1/jobs", &wrong).await?;
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("preheat")), "{body}");
-    let unknown = client.get(format!("{}/oapi/v1/jobs/999999", sn.http_url())).send().await?;
+    let unknown = sn.api_client()?.get(format!("{}/oapi/v1/jobs/999999", sn.http_url())).send().await?;
     assert_eq!(unknown.status(), 404);
     Ok(())
 }
@@ -323,7 +321,6 @@ async fn bad_requests_get_a_clear_4xx_at_once() -> anyhow::Result<()> {
         &origin.addr().to_string(),
     ]))
     .await?;
-    let api = format!("{}/api/v1/preheat", sn.http_url());
     let host = private.host();
     let cases = [
         (json!({ "image": "Not/Valid" }), 400, "lowercase"),
@@ -352,12 +349,12 @@ async fn bad_requests_get_a_clear_4xx_at_once() -> anyhow::Result<()> {
         (json!({ "image": "127.0.0.1:9/x:v1" }), 502, "cannot reach"),
     ];
     for (body, want, needle) in cases {
-        let (status, answer) = post(&api, &body).await?;
+        let (status, answer) = post(&sn, "/api/v1/preheat", &body).await?;
         let message = answer["error"].as_str().unwrap_or_default();
         assert_eq!(status, want, "{body}: {answer}");
         assert!(message.contains(needle), "{body}: expected {needle:?} in {message:?}");
     }
-    let unknown = http_client().get(format!("{api}/0123")).send().await?;
+    let unknown = sn.api_client()?.get(format!("{}/api/v1/preheat/0123", sn.http_url())).send().await?;
     assert_eq!(unknown.status(), 404);
 
     // Private registry with the right credentials: the blob fetches authenticate too.
@@ -393,8 +390,10 @@ async fn dfget_preheat_shows_progress_warms_peers_and_fails_with_the_reason() ->
     let api = cluster.supernode.http_url();
     let reference = index.reference(&registry.host());
     let peers: Vec<String> = cluster.daemons.iter().map(|d| d.proxy_addr().to_string()).collect();
+    let token_file = cluster.supernode.data_dir().join("api-token");
+    let token_file = token_file.to_string_lossy();
 
-    let mut args = vec!["preheat", reference.as_str(), "--supernode-api", api.as_str()];
+    let mut args = vec!["preheat", reference.as_str(), "--supernode-api", api.as_str(), "--token-file", &token_file];
     for p in &peers {
         args.extend(["--peer", p.as_str()]);
     }
@@ -417,10 +416,10 @@ async fn dfget_preheat_shows_progress_warms_peers_and_fails_with_the_reason() ->
     let arm = index.image("linux", "arm64").context("arm64")?;
     assert_eq!(registry.blob_gets(&arm.layers[0].digest).await?, 0, "default platform is linux/amd64");
 
-    // --no-wait prints the job id; the env var names the API.
-    let out =
-        dfget(&["preheat", &reference, "--platform", "linux/arm64", "--no-wait"], &[("DFGET_SUPERNODE_API", &api)])
-            .await?;
+    // --no-wait prints the job id; the environment names the API and carries the token.
+    let token = cluster.supernode.api_token()?;
+    let env = [("DFGET_SUPERNODE_API", api.as_str()), ("DAMSELFLY_API_TOKEN", token.as_str())];
+    let out = dfget(&["preheat", &reference, "--platform", "linux/arm64", "--no-wait"], &env).await?;
     ensure_success(&out, "dfget preheat --no-wait")?;
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(id.len(), 32, "job id on stdout: {id:?}");
@@ -428,11 +427,15 @@ async fn dfget_preheat_shows_progress_warms_peers_and_fails_with_the_reason() ->
 
     // Failure: non-zero exit and the supernode's reason.
     let missing = format!("{}/demo/cli:nope", registry.host());
-    let out = dfget(&["preheat", &missing, "--supernode-api", &api], &[]).await?;
+    let out = dfget(&["preheat", &missing, "--supernode-api", &api, "--token-file", &token_file], &[]).await?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not found") && stderr.contains("nope"), "{stderr}");
-    let out = dfget(&["preheat", &reference, "--platform", "windows/amd64", "--supernode-api", &api], &[]).await?;
+    let out = dfget(
+        &["preheat", &reference, "--platform", "windows/amd64", "--supernode-api", &api, "--token-file", &token_file],
+        &[],
+    )
+    .await?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no windows/amd64 manifest"), "{out:?}");
 

@@ -1023,8 +1023,8 @@ impl Bench<'_> {
                         format!("{}:{DAEMON_PEER}", h.ip),
                         "--data-dir".into(),
                         run.join(format!("d{i}")).display().to_string(),
-                        "--ca-cert".into(),
-                        run.join("sn/tls/ca.crt").display().to_string(),
+                        "--join-token-file".into(),
+                        run.join("sn/join-token").display().to_string(),
                         "--insecure-registry".into(),
                         format!("{origin_ip}:{ORIGIN_PORT}"),
                     ];
