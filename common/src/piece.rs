@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
 
 /// Smallest piece size.
-pub const MIN_PIECE_SIZE: u32 = 1 << 20;
+pub const MIN_PIECE_SIZE: u32 = 256 << 10;
 /// Largest piece size.
 pub const MAX_PIECE_SIZE: u32 = 16 << 20;
 /// Piece size used when the origin sends no `Content-Length`.

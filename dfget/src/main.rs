@@ -160,15 +160,18 @@ async fn check_status(resp: reqwest::Response) -> anyhow::Result<reqwest::Respon
     bail!("{err}");
 }
 
-/// Whether the daemon URL names this host.
+/// Whether the daemon URL names this host: a loopback address, or an address of one of this
+/// host's interfaces (a daemon listening on the host's own IP, as in a network namespace).
 fn is_loopback(daemon: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(daemon) else { return false };
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
+    let ip: std::net::IpAddr = match url.host() {
+        Some(url::Host::Domain(d)) => return d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.into(),
+        Some(url::Host::Ipv6(ip)) => ip.into(),
+        None => return false,
+    };
+    // Binding a socket to an address only works for this host's own addresses.
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Receives the content over HTTP into a temporary file beside the output, renamed into place

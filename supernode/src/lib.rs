@@ -72,9 +72,24 @@ impl Shared {
         let now = self.started.elapsed();
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         tracing::trace!(?event, "scheduler event");
+        let sched_trace = tracing::enabled!(target: "damselfly_sched", tracing::Level::DEBUG);
+        if let (Event::PieceFinished { peer, piece, .. }, true) = (&event, sched_trace) {
+            // One compact line per transfer for offline analysis of a swarm
+            // (`RUST_LOG=info,damselfly_sched=debug`).
+            tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece, "finished");
+        }
         let actions = core.scheduler.on_event(now, event);
         for action in actions {
             tracing::trace!(?action, "scheduler action");
+            if let (Action::Send { peer, msg: Down::Assign(list), .. }, true) = (&action, sched_trace) {
+                for a in list {
+                    let parent = match &a.parent {
+                        scheduler::Parent::Supernode => "SN".to_string(),
+                        scheduler::Parent::Peer { id, .. } => id.to_string(),
+                    };
+                    tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece = a.piece, parent, "assign");
+                }
+            }
             match action {
                 Action::Send { peer, task, msg } => {
                     if let Some(tx) = core.routes.get(&(peer, task)) {

@@ -114,6 +114,10 @@ struct Args {
     /// as a longer `stall_timeout`; flags still win.
     #[arg(long)]
     daemon_config: Option<PathBuf>,
+    /// A supernode TOML config file (`--config`), for experiments such as other `[scheduler]`
+    /// settings; flags still win.
+    #[arg(long)]
+    supernode_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -999,7 +1003,7 @@ impl Bench<'_> {
                 }
             }
             "damselfly" => {
-                let args = vec![
+                let mut args = vec![
                     "--quic-listen".into(),
                     format!("{sn_ip}:{SN_QUIC}"),
                     "--http-listen".into(),
@@ -1009,6 +1013,9 @@ impl Bench<'_> {
                     "--insecure-registry".into(),
                     format!("{origin_ip}:{ORIGIN_PORT}"),
                 ];
+                if let Some(config) = &self.args.supernode_config {
+                    args.extend(["--config".to_string(), config.display().to_string()]);
+                }
                 procs.push(ns_spawn("supernode", &run.join("supernode.log"), &sn_ns, &bin("supernode")?, &args)?);
                 let sn = procs.last_mut().context("no supernode")?;
                 ns_wait(&sn_ns, &format!("http://{sn_ip}:{SN_HTTP}/healthz"), sn).await?;

@@ -18,6 +18,9 @@ const CANDIDATE_SCAN: usize = 64;
 const PARENT_SAMPLE: usize = 8;
 /// At most this many fresh peers are tracked per event; more are left to the ticks.
 const FRESH_PEERS_MAX: usize = 16;
+/// In the endgame the supernode sends another copy of a piece only while fewer than this many
+/// copies are held or on their way from it.
+const ENDGAME_RARE: usize = 3;
 /// A drain stops after this many waiting peers in a row could not use the new capacity.
 const DRAIN_MISSES: usize = 64;
 
@@ -88,7 +91,8 @@ impl Shared {
         let Some(m) = task.member(slot) else {
             return (BinaryHeap::new(), 0);
         };
-        let sn_free = self.sn_uploads < self.config.max_supernode_uploads;
+        let sn_free = self.supernode_can_serve(task, slot);
+        let endgame = endgame(task);
         let linked = self.links_with_room(task, slot);
         let mut total = 0;
         let mut keyed = Vec::new();
@@ -100,7 +104,8 @@ impl Shared {
                 continue;
             }
             total += 1;
-            let supernode = ps.holder_count == 0 && sn_free && !self.recent_supernode_copy(ps, now);
+            let supernode = sn_free
+                && (ps.holder_count == 0 && !self.recent_supernode_copy(ps, now) || endgame && endgame_piece(ps));
             let via_link = linked.iter().any(|&(s, _)| ps.holders.contains(s));
             // A child's failure reports may leave it no usable holder: let `choose_parent` judge.
             if ps.open_holders > 0 || supernode || via_link || m.failed.contains_key(&p) {
@@ -153,7 +158,8 @@ impl Shared {
                 return Some(Pick::Peer(slot));
             }
         }
-        if ps.holder_count > 0 {
+        let endgame = endgame(task) && endgame_piece(ps);
+        if ps.holder_count > 0 && !endgame {
             let unusable = failed.map_or(0, |f| {
                 let holder =
                     |id| self.peers.gid(id).and_then(|g| task.slot_of(g)).is_some_and(|s| ps.holders.contains(s));
@@ -163,8 +169,8 @@ impl Shared {
                 return None;
             }
         }
-        let free = self.sn_uploads < self.config.max_supernode_uploads;
-        (free && !self.recent_supernode_copy(ps, now)).then_some(Pick::Supernode)
+        let free = self.supernode_can_serve(task, child);
+        (free && (endgame || !self.recent_supernode_copy(ps, now))).then_some(Pick::Supernode)
     }
 
     /// Current uploads of member `slot`, if it may take another one.
@@ -241,6 +247,28 @@ impl Shared {
         }
     }
 
+    /// Whether the supernode can send `child` another piece: a free upload slot, or (links of
+    /// several pieces) a link to `child` with room or a free link.
+    pub(super) fn supernode_can_serve(&self, task: &TaskState, child: u32) -> bool {
+        let depth = self.config.link_depth;
+        if depth <= 1 {
+            return self.sn_uploads < self.config.max_supernode_uploads;
+        }
+        match self.sn_links.get(&(task.id.clone(), child)) {
+            Some(&n) => (n as usize) < depth,
+            None => self.sn_links.len() < self.config.max_supernode_uploads,
+        }
+    }
+
+    /// Whether the supernode can take no new link (or upload) for anyone.
+    fn supernode_full(&self) -> bool {
+        if self.config.link_depth <= 1 {
+            return self.sn_uploads >= self.config.max_supernode_uploads;
+        }
+        self.sn_links.len() >= self.config.max_supernode_uploads
+            && self.sn_links.values().all(|&n| n as usize >= self.config.link_depth)
+    }
+
     /// Whether a supernode copy of the piece is in flight that is not stalled yet (see
     /// [`Shared::stall_limit`]).
     fn recent_supernode_copy(&self, ps: &PieceState, now: Duration) -> bool {
@@ -270,6 +298,7 @@ impl Shared {
         let (source, parent) = match pick {
             Pick::Supernode => {
                 self.sn_uploads += 1;
+                *self.sn_links.entry((task.id.clone(), child)).or_default() += 1;
                 if let Some(ps) = task.pieces.get_mut(piece as usize) {
                     ps.sn_copies.push((child, now));
                 }
@@ -308,7 +337,16 @@ impl Shared {
             }
         }
         match &source {
-            Source::Supernode => self.sn_uploads = self.sn_uploads.saturating_sub(1),
+            Source::Supernode => {
+                self.sn_uploads = self.sn_uploads.saturating_sub(1);
+                let key = (task.id.clone(), child);
+                if let Some(n) = self.sn_links.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.sn_links.remove(&key);
+                    }
+                }
+            }
             Source::Peer { gid: Some(gid), .. } => {
                 if let Some(rec) = self.peers.get_mut(*gid) {
                     rec.uploads.retain(|u| !(u.child == child && u.piece == piece && u.task == task.id));
@@ -333,21 +371,37 @@ impl Shared {
         peers.dedup();
         peers.truncate(FRESH_PEERS_MAX);
         let mut sn_open = if fresh.supernode { self.supernode_open(task, now) } else { Vec::new() };
-        let mut misses = 0;
         let mut cursor = task.drain_cursor;
-        while misses < DRAIN_MISSES.min(task.waiting.len()) {
+        loop {
             if sn_open.is_empty() && !peers.iter().any(|&s| self.can_upload(task, s)) {
                 break;
             }
-            let next = task.waiting.range((Bound::Excluded(cursor), Bound::Unbounded)).next();
-            let Some(&key) = next.or_else(|| task.waiting.first()) else {
+            // The next waiting members from the cursor, those with the fewest pieces in flight
+            // first: capacity goes to the hosts that have least of it.
+            let mut batch: Vec<(u64, u32)> = task
+                .waiting
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .chain(task.waiting.range(..=cursor))
+                .take(DRAIN_MISSES)
+                .copied()
+                .collect();
+            if batch.is_empty() {
                 break;
-            };
-            cursor = key;
-            if self.offer(task, key.1, &peers, &mut sn_open, now, out) {
-                misses = 0;
-            } else {
-                misses += 1;
+            }
+            batch.sort_by_key(|&(seq, slot)| (task.member(slot).map_or(usize::MAX, |m| m.assigned.len()), seq));
+            let mut gave = false;
+            for key in batch {
+                if sn_open.is_empty() && !peers.iter().any(|&s| self.can_upload(task, s)) {
+                    break;
+                }
+                if self.offer(task, key.1, &peers, &mut sn_open, now, out) {
+                    cursor = key;
+                    gave = true;
+                    break;
+                }
+            }
+            if !gave {
+                break;
             }
         }
         task.drain_cursor = cursor;
@@ -378,18 +432,15 @@ impl Shared {
                 }
             }
         }
-        if pick.is_none() {
+        if pick.is_none() && self.supernode_can_serve(task, w) {
             pick = self.pick_supernode_piece(task, w, sn_open).map(|piece| (piece, Pick::Supernode));
         }
         let Some((piece, pick)) = pick else {
             return false;
         };
         self.assign(task, w, piece, pick, now, out);
-        if matches!(pick, Pick::Supernode) {
+        if matches!(pick, Pick::Supernode) && !endgame(task) {
             sn_open.retain(|&p| p != piece);
-            if self.sn_uploads >= self.config.max_supernode_uploads {
-                sn_open.clear();
-            }
         }
         if task.member(w).is_some_and(|m| m.assigned.len() >= window) {
             task.set_waiting(w, false);
@@ -443,8 +494,18 @@ impl Shared {
     /// Pieces the supernode could serve right now (no usable holder, no recent copy in
     /// flight), or none when it has no free slot.
     pub(super) fn supernode_open(&self, task: &TaskState, now: Duration) -> Vec<u32> {
-        if self.sn_uploads >= self.config.max_supernode_uploads {
+        if self.supernode_full() {
             return Vec::new();
+        }
+        if endgame(task) {
+            // Every piece has reached a peer: the supernode's spare uplink helps with the
+            // pieces whose holders are all busy.
+            return task
+                .landed
+                .iter()
+                .copied()
+                .filter(|&p| task.pieces.get(p as usize).is_some_and(endgame_piece))
+                .collect();
         }
         task.sn_candidates
             .iter()
@@ -467,6 +528,20 @@ impl Shared {
             self.fill(task, slot, now, out);
         }
     }
+}
+
+/// Whether the task is in its endgame: the origin fetch is complete and every piece has reached
+/// at least one peer, so the supernode (whose first copies are all out) may serve pieces whose
+/// holders are all busy instead of idling.
+fn endgame(task: &TaskState) -> bool {
+    task.total_pieces().is_some() && task.sn_candidates.is_empty()
+}
+
+/// In the endgame, the pieces the supernode may send again: still rare (fewer than
+/// [`ENDGAME_RARE`] copies held or on their way from it) and with every holder busy. Rare only,
+/// so the supernode's extra copies stay a small fraction of the file however big the swarm.
+fn endgame_piece(ps: &PieceState) -> bool {
+    ps.open_holders == 0 && (ps.holder_count as usize + ps.sn_copies.len()) < ENDGAME_RARE
 }
 
 /// Copies of `piece` in the swarm or on their way: usable holders + assignments in flight.

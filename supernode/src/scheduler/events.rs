@@ -208,8 +208,11 @@ impl Scheduler {
             fresh.peers.push(slot);
         }
         let mut outbox = Outbox::default();
-        self.shared.fill(task, slot, now, &mut outbox);
+        // The freed capacity goes to the waiting members with the fewest pieces in flight first
+        // (the reporter among them); then the reporter fills what is left of its window.
+        task.set_waiting(slot, true);
         self.shared.drain(task, &fresh, now, &mut outbox);
+        self.shared.fill(task, slot, now, &mut outbox);
         flush(task, outbox, out);
     }
 

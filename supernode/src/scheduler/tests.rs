@@ -162,7 +162,7 @@ impl Swarm {
             assert!(*n <= self.cfg.max_uploads_per_peer * self.cfg.link_depth, "peer upload limit exceeded");
         } else {
             self.peak_sn_uploads = self.peak_sn_uploads.max(*n);
-            assert!(*n <= self.cfg.max_supernode_uploads, "supernode upload limit exceeded");
+            assert!(*n <= self.cfg.max_supernode_uploads * self.cfg.link_depth, "supernode upload limit exceeded");
         }
         self.pending.push((child.clone(), a.piece, a.parent.clone()));
         self.log.push((child.clone(), a.clone()));
@@ -362,7 +362,11 @@ impl Scheduler {
             }
         }
         assert_eq!(self.shared.sn_uploads, sn_uploads);
-        assert!(sn_uploads <= self.shared.config.max_supernode_uploads);
+        let depth = self.shared.config.link_depth;
+        assert!(sn_uploads <= self.shared.config.max_supernode_uploads * depth);
+        assert_eq!(self.shared.sn_links.values().map(|&n| n as usize).sum::<usize>(), sn_uploads);
+        assert!(depth == 1 || self.shared.sn_links.len() <= self.shared.config.max_supernode_uploads);
+        assert!(self.shared.sn_links.values().all(|&n| n >= 1 && (depth == 1 || n as usize <= depth)));
         for (gid, rec) in self.shared.peers.iter() {
             assert_eq!(rec.uploads.len(), uploads.get(&gid).copied().unwrap_or(0), "uploads of {}", rec.id);
             assert!(self.shared.load_of(rec) <= max);
@@ -444,9 +448,11 @@ fn eight_peers_sixty_four_pieces_everyone_completes_from_one_supernode_copy_each
         assert_eq!(sw.assigned_to(i), 64, "each piece assigned once to each peer");
     }
     // A second supernode copy of a piece needs a stalled first copy (none here: every step is
-    // 100 ms, far below `stalled_after`) or no usable holder (nobody leaves or fails), so the
-    // supernode sends each piece exactly once: no slack is needed.
-    assert_eq!(sw.sn_assigned, 64);
+    // 100 ms, far below `stalled_after`), no usable holder (nobody leaves or fails), or the
+    // endgame: once every piece reached a peer, the supernode's idle slots help with rare
+    // pieces whose holders are all busy. So each piece goes out once, plus a few endgame copies.
+    eprintln!("supernode copies: {}", sw.sn_assigned);
+    assert!(sw.sn_assigned >= 64 && sw.sn_assigned <= 64 + 64 / 4, "{} supernode copies", sw.sn_assigned);
     assert!(sw.peak_peer_uploads <= 4 && sw.peak_peer_uploads > 0);
     assert!(sw.peak_sn_uploads <= 32);
     assert!(steps < 64, "the swarm pipelines ({steps} steps)");
@@ -636,7 +642,12 @@ fn a_seed_joining_with_every_piece_serves_and_is_never_assigned() {
     assert!(sw.everyone_done(1..5));
     assert_eq!(sw.assigned_to(seed), 0);
     assert!(sw.served_by(seed) > 0);
-    assert_eq!(sw.sn_assigned, sn_before, "the seed holds everything: the supernode serves nothing");
+    // The seed holds everything, so only the endgame lets the supernode help: with rare pieces
+    // (one holder) whose holder is busy. The seed serves most of the bytes.
+    let sn = sw.sn_assigned - sn_before;
+    eprintln!("supernode copies {sn}, seed served {}", sw.served_by(seed));
+    assert!(sw.served_by(seed) > sn, "the seed serves more than the supernode ({sn} supernode copies)");
+    assert!(sn <= 16 * 2, "at most two supernode copies per piece ({sn})");
 }
 
 #[test]
