@@ -1,11 +1,15 @@
 //! Piece arithmetic: how a file is cut into pieces.
 //!
 //! The rule: a file of `len` bytes is cut into pieces of
-//! `clamp(next_power_of_two(ceil(len / 256)), 1 MiB, 16 MiB)` bytes, the last piece holding the
-//! remainder. Files up to 256 MiB therefore get 1 MiB pieces (small enough that a swarm pipelines
-//! even a modest layer, large enough that per-piece overhead stays under a percent), larger files
-//! keep about 128-256 pieces until the 16 MiB cap (4 GiB and beyond). A file whose length the
-//! origin does not announce uses [`UNKNOWN_LENGTH_PIECE_SIZE`]. An empty file has no pieces.
+//! `clamp(next_power_of_two(ceil(len / 256)), 256 KiB, 16 MiB)` bytes, the last piece holding
+//! the remainder. Files up to 64 MiB therefore get 256 KiB pieces, 96 MiB 512 KiB, 256 MiB 1 MiB;
+//! larger files keep about 128-256 pieces until the 16 MiB cap (4 GiB and beyond). Small pieces
+//! let a swarm pipeline: a host passes a piece on only once it holds all of it, so the piece size
+//! is the delay per hop and the length of the tail (measured on 8 hosts at 100 Mbit/s, 96 MiB:
+//! 1 MiB pieces 1.28x the bound, 512 KiB 1.24x, 256 KiB 1.24x with a less busy supernode); the
+//! per-piece overhead (a stream, a frame, a report) stays far under a percent. A file whose
+//! length the origin does not announce uses [`UNKNOWN_LENGTH_PIECE_SIZE`]. An empty file has no
+//! pieces.
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest as _, Sha256};
@@ -131,7 +135,10 @@ mod tests {
     fn piece_size_rule() {
         assert_eq!(piece_size(Some(0)), MIN_PIECE_SIZE);
         assert_eq!(piece_size(Some(1)), MIN_PIECE_SIZE);
-        assert_eq!(piece_size(Some(256 * MIB)), MIN_PIECE_SIZE);
+        assert_eq!(piece_size(Some(64 * MIB)), MIN_PIECE_SIZE);
+        assert_eq!(piece_size(Some(64 * MIB + 1)), 512 << 10);
+        assert_eq!(piece_size(Some(96 * MIB)), 512 << 10);
+        assert_eq!(piece_size(Some(256 * MIB)), 1 << 20);
         assert_eq!(piece_size(Some(256 * MIB + 1)), 2 << 20);
         assert_eq!(piece_size(Some(1 << 30)), 4 << 20);
         assert_eq!(piece_size(Some(100 << 30)), MAX_PIECE_SIZE);

@@ -202,7 +202,19 @@ async fn export_task(task: Arc<LocalTask>) -> Response {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             vanished = rx.changed().await.is_err();
         }
-        let (event, last) = export_event(&task, vanished);
+        let (mut event, mut last) = export_event(&task, vanished);
+        if matches!(event, ExportEvent::Done { .. }) {
+            // The file leaves without being read through this daemon: pieces loaded from disk
+            // are hashed first, and a bad one is fetched again before the file is handed out.
+            match task.verify_all().await {
+                Ok(true) => {}
+                Ok(false) => (event, last) = (export_progress(&task), false),
+                Err(e) => {
+                    let error = format!("cannot verify {}: {e}", task.content_path().display());
+                    (event, last) = (ExportEvent::Failed { error, origin_status: None }, true);
+                }
+            }
+        }
         let mut line = serde_json::to_vec(&event).unwrap_or_default();
         line.push(b'\n');
         Some((Ok::<_, std::io::Error>(Bytes::from(line)), (task, rx, false, last)))
@@ -213,6 +225,12 @@ async fn export_task(task: Arc<LocalTask>) -> Response {
         resp.headers_mut().insert(TASK_HEADER, v);
     }
     resp
+}
+
+/// A progress event for the task now.
+fn export_progress(task: &LocalTask) -> ExportEvent {
+    let (bytes, total) = task.with_view(|v| (v.present_bytes(), v.content_length));
+    ExportEvent::Progress { bytes, total }
 }
 
 /// The event describing the task now, and whether it is the last one.

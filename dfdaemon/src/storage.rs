@@ -553,6 +553,18 @@ impl LocalTask {
         }
     }
 
+    /// Hashes every present piece not verified in this process yet (pieces loaded from disk);
+    /// bad ones are dropped and fetched again. True when every present piece is verified and
+    /// none was dropped: what must hold before the whole file is handed out without reading it.
+    pub async fn verify_all(&self) -> std::io::Result<bool> {
+        let present = self.view.borrow().present();
+        let mut all = true;
+        for n in present {
+            all &= self.ensure_verified(n).await?;
+        }
+        Ok(all)
+    }
+
     /// Present pieces as recorded, without verifying them (uploads verify each piece first).
     pub fn held_pieces(&self) -> Vec<u32> {
         self.view.borrow().present()

@@ -15,7 +15,9 @@ use damselfly_testkit::{
 };
 use futures_util::StreamExt;
 
-const PIECE: usize = 1 << 20;
+/// The piece size of every file under 64 MiB (the tests' small files).
+const PIECE: usize = damselfly_common::piece::MIN_PIECE_SIZE as usize;
+const MB: usize = 1 << 20;
 const MIB: f64 = (1 << 20) as f64;
 
 /// Every verified byte the daemon received since it (re)started, whatever the source.
@@ -69,7 +71,8 @@ fn resumed_have(log: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_kill_9_halfway_resumes_and_fetches_only_the_missing_pieces() -> anyhow::Result<()> {
     let origin = Origin::start()?;
-    let len = 96 * PIECE;
+    let len = 96 * MB;
+    let piece = damselfly_common::piece::piece_size(Some(len as u64)) as usize;
     let blob = random_bytes(len, 11);
     let digest = sha256_digest(&blob);
     origin.add_throttled("/big", blob.clone(), 24 << 20);
@@ -79,7 +82,7 @@ async fn slow_kill_9_halfway_resumes_and_fetches_only_the_missing_pieces() -> an
     let first = cluster.daemons[0].dfget(&url, dir.path().join("first")).digest(&digest).spawn()?;
 
     // Kill -9 halfway.
-    let half = (len / PIECE / 2) as u64;
+    let half = (len / piece / 2) as u64;
     let daemon = &mut cluster.daemons[0];
     wait_task(daemon, &digest, Duration::from_secs(60), |v| v["pieces_present"].as_u64() >= Some(half)).await?;
     let before = received(&daemon.metrics().await?);
@@ -91,21 +94,22 @@ async fn slow_kill_9_halfway_resumes_and_fetches_only_the_missing_pieces() -> an
     daemon.restart().await?;
     let ready = restarted.elapsed();
     let done = wait_task(daemon, &digest, Duration::from_secs(60), |v| v["status"] == "done").await?;
-    assert_eq!(done["pieces_present"].as_u64(), Some((len / PIECE) as u64));
+    assert_eq!(done["pieces_present"].as_u64(), Some((len / piece) as u64));
     let after = received(&daemon.metrics().await?);
     let have = resumed_have(&daemon.output()).context("the restarted daemon logs the resumed task")?;
-    let missing = (len as u64 - have * PIECE as u64) as f64;
-    let window = 6.0 * PIECE as f64;
+    let missing = (len as u64 - have * piece as u64) as f64;
+    // At most a download window of pieces (the scheduler's default, 8) is in flight at the kill.
+    let window = 8.0 * piece as f64;
     println!(
         "kill -9 at {:.0} MiB received; restart ready in {:.0} ms; {} of {} pieces present after restart; \
          fetched after restart {:.0} MiB for {:.0} MiB missing (lost to the kill: {:.1} MiB)",
         before / MIB,
         ready.as_secs_f64() * 1e3,
         have,
-        len / PIECE,
+        len / piece,
         after / MIB,
         missing / MIB,
-        (before - have as f64 * PIECE as f64).max(0.0) / MIB
+        (before - have as f64 * piece as f64).max(0.0) / MIB
     );
     assert!(have >= half.saturating_sub(6), "pieces stored before the kill survive it (have {have})");
     assert!(after <= missing + window, "fetched {after} bytes after restart for {missing} missing");
@@ -229,11 +233,11 @@ async fn slow_read(proxy: String, url: String, digest: String, stop_early: Arc<A
 async fn slow_quota_holds_through_a_workload_four_times_its_size() -> anyhow::Result<()> {
     const QUOTA: u64 = 32 << 20;
     let origin = Origin::start()?;
-    let files: Vec<Bytes> = (0..16).map(|i| random_bytes(8 * PIECE, 100 + i)).collect();
+    let files: Vec<Bytes> = (0..16).map(|i| random_bytes(8 * MB, 100 + i)).collect();
     for (i, f) in files.iter().enumerate() {
         origin.add(&format!("/f{i}"), f.clone());
     }
-    let too_big = random_bytes(40 * PIECE, 99);
+    let too_big = random_bytes(40 * MB, 99);
     origin.add("/too-big", too_big.clone());
     let quota = ["--cache-quota".to_owned(), "32MiB".to_owned()];
     let opts = ClusterOpts {

@@ -9,7 +9,8 @@ use damselfly_testkit::{
     Origin,
 };
 
-const PIECE: usize = 1 << 20;
+/// The piece size of every file under 64 MiB.
+const PIECE: usize = damselfly_common::piece::MIN_PIECE_SIZE as usize;
 
 /// Bytes the daemons received, by source, summed over all daemons.
 #[derive(Debug, Default, Clone, Copy)]

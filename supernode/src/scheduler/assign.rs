@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use std::ops::{Bound, ControlFlow};
 use std::time::Duration;
 
-use super::state::{Outbox, PeerRec, PieceState, Source, TaskState, Upload};
+use super::state::{Member, Outbox, PeerRec, PieceState, Source, TaskState, Upload};
 use super::{Assignment, Parent, Shared};
 use damselfly_common::id::TaskId;
 
@@ -92,7 +92,7 @@ impl Shared {
             return (BinaryHeap::new(), 0);
         };
         let sn_free = self.supernode_can_serve(task, slot);
-        let endgame = endgame(task);
+        let endgame = endgame(task) && starving(m);
         let linked = self.links_with_room(task, slot);
         let mut total = 0;
         let mut keyed = Vec::new();
@@ -158,7 +158,7 @@ impl Shared {
                 return Some(Pick::Peer(slot));
             }
         }
-        let endgame = endgame(task) && endgame_piece(ps);
+        let endgame = endgame(task) && endgame_piece(ps) && starving(task.member(child)?);
         if ps.holder_count > 0 && !endgame {
             let unusable = failed.map_or(0, |f| {
                 let holder =
@@ -464,7 +464,11 @@ impl Shared {
     /// The rarest of `sn_open` that `w` neither holds nor was assigned; ties random.
     fn pick_supernode_piece(&mut self, task: &TaskState, w: u32, sn_open: &[u32]) -> Option<u32> {
         let child = task.member(w)?;
-        let pieces = sn_open.iter().copied().filter(|&p| !child.held.contains(p) && !child.assigned.contains_key(&p));
+        // An endgame piece (held by a busy peer) only for a child with nothing else to do.
+        let held_elsewhere = |p: u32| task.pieces.get(p as usize).is_some_and(|ps| ps.holder_count > 0);
+        let pieces = sn_open.iter().copied().filter(|&p| {
+            !child.held.contains(p) && !child.assigned.contains_key(&p) && (!held_elsewhere(p) || starving(child))
+        });
         self.rarest(task, pieces)
     }
 
@@ -535,6 +539,13 @@ impl Shared {
 /// holders are all busy instead of idling.
 fn endgame(task: &TaskState) -> bool {
     task.total_pieces().is_some() && task.sn_candidates.is_empty()
+}
+
+/// Whether a child has (almost) nothing in flight: only such a child gets an endgame copy from
+/// the supernode. A child busy with pieces from peers waits for them, so the supernode does not
+/// serve a second copy to a host that a seed is already feeding.
+fn starving(m: &Member) -> bool {
+    m.assigned.len() < 2
 }
 
 /// In the endgame, the pieces the supernode may send again: still rare (fewer than

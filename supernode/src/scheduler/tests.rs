@@ -470,13 +470,16 @@ fn supernode_upload_stays_one_copy_however_many_peers_join() {
     (1..200).for_each(|i| drop(sw.join(i, vec![])));
     sw.run(all_finish);
     assert!(sw.everyone_done(0..200));
-    assert_eq!(sw.sn_assigned, 16);
+    // Each piece once, plus endgame copies of rare pieces to children with nothing else to do:
+    // at most two more per piece, whatever the number of peers.
+    assert!(sw.sn_assigned >= 16 && sw.sn_assigned <= 16 * 3, "{} supernode copies", sw.sn_assigned);
     assert!(sw.peak_peer_uploads <= 4);
 }
 
 #[test]
 fn rarest_first_spreads_initial_supernode_assignments_over_distinct_pieces() {
-    let mut sw = Swarm::new(SchedulerConfig { window_per_peer: 6, ..SchedulerConfig::default() });
+    let cfg = SchedulerConfig { window_per_peer: 6, max_supernode_uploads: 32, ..SchedulerConfig::default() };
+    let mut sw = Swarm::new(cfg.clone());
     sw.join(0, vec![]);
     sw.origin(64);
     (1..5).for_each(|i| drop(sw.join(i, vec![])));
@@ -488,7 +491,7 @@ fn rarest_first_spreads_initial_supernode_assignments_over_distinct_pieces() {
 
     // A newcomer next to a peer holding the first half gets the rare second half first, even
     // though a peer parent is available for the first half.
-    let mut sw2 = Swarm::new(SchedulerConfig { window_per_peer: 6, ..SchedulerConfig::default() });
+    let mut sw2 = Swarm::new(cfg);
     sw2.join(0, (0..32).collect());
     sw2.start();
     (0..64).for_each(|n| drop(sw2.land(n)));
@@ -830,7 +833,10 @@ fn the_upload_limit_holds_across_tasks() {
         for action in actions {
             if let Action::Send { peer, task, msg: Down::Assign(list) } = action {
                 for x in list {
-                    assert_ne!(x.parent, Parent::Supernode, "the seed holds everything");
+                    // The supernode may only help children with nothing else in flight (endgame).
+                    if x.parent == Parent::Supernode {
+                        continue;
+                    }
                     if matches!(&x.parent, Parent::Peer { id, .. } if *id == pid(0)) {
                         *served.entry(task.clone()).or_default() += 1;
                         from_seed.push((task.clone(), peer.clone(), x.piece));
