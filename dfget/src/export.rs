@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use dfdaemon::http::ExportEvent;
 use futures_util::StreamExt;
-use indicatif::ProgressBar;
+
+use crate::output::Progress;
 
 /// How the output was put in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +41,13 @@ pub(crate) struct Finished {
 pub(crate) enum Outcome {
     /// The task is done: place this file.
     Done(Finished),
-    /// The download failed, with the daemon's reason.
-    Failed(String),
+    /// The download failed, with the daemon's reason and the origin's status when the origin
+    /// refused.
+    Failed(String, Option<u16>),
 }
 
 /// Follows the daemon's progress lines until the task is done or failed.
-pub(crate) async fn follow(resp: reqwest::Response, progress: &ProgressBar) -> anyhow::Result<Outcome> {
+pub(crate) async fn follow(resp: reqwest::Response, progress: &mut Progress) -> anyhow::Result<Outcome> {
     let mut stream = resp.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -55,17 +57,12 @@ pub(crate) async fn follow(resp: reqwest::Response, progress: &ProgressBar) -> a
             let line: Vec<u8> = pending.drain(..=end).collect();
             let event: ExportEvent = serde_json::from_slice(&line).context("unreadable progress from the daemon")?;
             match event {
-                ExportEvent::Progress { bytes, total } => {
-                    if let Some(total) = total {
-                        progress.set_length(total);
-                    }
-                    progress.set_position(bytes);
-                }
+                ExportEvent::Progress { bytes, total } => progress.set(bytes, total),
                 ExportEvent::Done { path, dev, ino, size } => {
-                    progress.set_position(size);
+                    progress.set(size, Some(size));
                     return Ok(Outcome::Done(Finished { path: PathBuf::from(path), dev, ino, size }));
                 }
-                ExportEvent::Failed { error, .. } => return Ok(Outcome::Failed(error)),
+                ExportEvent::Failed { error, origin_status } => return Ok(Outcome::Failed(error, origin_status)),
             }
         }
     }

@@ -92,6 +92,22 @@ impl DfgetRun {
         self.arg("--join-token-file").arg(&path.to_string_lossy())
     }
 
+    /// `--cache-dir DIR`: the embedded peer's cache (keep tests off `~/.cache`).
+    pub fn cache_dir(self, path: &Path) -> Self {
+        self.arg("--cache-dir").arg(&path.to_string_lossy())
+    }
+
+    /// `--quiet`.
+    pub fn quiet(self) -> Self {
+        self.arg("--quiet")
+    }
+
+    /// Without `--no-progress`: dfget decides itself (no bar, stderr not being a terminal).
+    pub fn default_progress(mut self) -> Self {
+        self.args.retain(|a| a != "--no-progress");
+        self
+    }
+
     /// Any other argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());

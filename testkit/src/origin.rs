@@ -94,6 +94,8 @@ struct OriginState {
     /// Header that must be present with this exact value, per path; otherwise 401.
     required: Mutex<HashMap<String, (String, String)>>,
     counters: Mutex<HashMap<String, Arc<PathCounters>>>,
+    /// `ETag` per path ([`Origin::set_etag`]).
+    etags: Mutex<HashMap<String, String>>,
     total_bytes: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
 }
@@ -187,6 +189,13 @@ impl Origin {
     /// registry that wants credentials.
     pub fn require_header(&self, path: &str, name: &str, value: &str) {
         lock(&self.state.required).insert(path.to_string(), (name.to_ascii_lowercase(), value.to_string()));
+    }
+
+    /// Sends `ETag: etag` with the file at `path`, and honours `If-Range` against it: a range
+    /// request whose `If-Range` is not this tag gets the whole file (200), as after a change.
+    /// Paths without a tag send none, and ignore `Range` when `If-Range` comes with it.
+    pub fn set_etag(&self, path: &str, etag: &str) {
+        lock(&self.state.etags).insert(path.to_string(), etag.to_string());
     }
 
     /// Stops serving `path` (404 from then on).
@@ -286,7 +295,15 @@ async fn serve(State(state): State<Arc<OriginState>>, method: Method, uri: Uri, 
     }
 
     let total = data.len() as u64;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, total));
+    let etag = lock(&state.etags).get(&path).cloned();
+    // RFC 9110 13.1.5: a range under a validator that does not match is ignored.
+    let if_range = headers.get(header::IF_RANGE).map(|v| v.to_str().ok());
+    let range_applies = if_range.is_none_or(|v| v.is_some() && v == etag.as_deref());
+    let range = headers
+        .get(header::RANGE)
+        .filter(|_| range_applies)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| parse_range(v, total));
     let (status, start, end) = match range {
         None | Some(RangeSpec::Ignored) => (StatusCode::OK, 0, total),
         Some(RangeSpec::Unsatisfiable) => {
@@ -308,6 +325,9 @@ async fn serve(State(state): State<Arc<OriginState>>, method: Method, uri: Uri, 
     insert_header(&mut response, header::CONTENT_LENGTH, (end - start).to_string());
     insert_header(&mut response, header::ACCEPT_RANGES, "bytes".to_string());
     insert_header(&mut response, header::CONTENT_TYPE, "application/octet-stream".to_string());
+    if let Some(etag) = etag {
+        insert_header(&mut response, header::ETAG, etag);
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         let range = format!("bytes {start}-{}/{total}", end - 1);
         insert_header(&mut response, header::CONTENT_RANGE, range);
@@ -463,6 +483,24 @@ mod tests {
         assert_eq!(beyond.status(), 416);
         assert_eq!(beyond.headers().get("content-range").map(|v| v.as_bytes()), Some(&b"bytes */1000"[..]));
         assert_eq!(origin.bytes_served(), 110);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn if_range_with_a_stale_etag_gets_the_whole_file() -> anyhow::Result<()> {
+        let origin = Origin::start()?;
+        let data = random_bytes(1000, 7);
+        origin.add("/e", data.clone());
+        origin.set_etag("/e", "\"v2\"");
+        let same =
+            client().get(origin.url("/e")).header("Range", "bytes=900-").header("If-Range", "\"v2\"").send().await?;
+        assert_eq!(same.status(), 206);
+        assert_eq!(same.headers().get("etag").map(|v| v.as_bytes()), Some(&b"\"v2\""[..]));
+        assert_eq!(same.bytes().await?, data.slice(900..));
+        let stale =
+            client().get(origin.url("/e")).header("Range", "bytes=900-").header("If-Range", "\"v1\"").send().await?;
+        assert_eq!(stale.status(), 200);
+        assert_eq!(stale.bytes().await?, data);
         Ok(())
     }
 
