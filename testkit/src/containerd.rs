@@ -304,7 +304,7 @@ pub fn hosts_dir_for(registry_host: &str, mirror_host: &str) -> anyhow::Result<t
 }
 
 /// Polls `/proc/PID/stat` until the process is gone or a zombie.
-fn wait_until_dead(pid: u32, timeout: Duration) {
+pub(crate) fn wait_until_dead(pid: u32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -356,7 +356,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// `umount -l` every mount under `dir` (lazy: works even while something still uses it).
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     for mount in mounts_under(dir) {
         let status = std::process::Command::new("umount").arg("-l").arg(&mount).stderr(Stdio::null()).status();
         if !status.is_ok_and(|s| s.success()) {

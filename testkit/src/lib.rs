@@ -49,8 +49,9 @@
 //! [`Registry`] runs the real CNCF registry (`docker-registry`, optionally private or a
 //! pull-through cache) and counts what it served from its access log; [`TestImage`] and
 //! [`TestIndex`] build deterministic OCI or Docker images in memory and push them; [`Containerd`],
-//! [`Podman`] and [`skopeo_copy_via_mirror`] pull with the real engines, configured from the very
-//! files under `deploy/` ([`hosts_dir_for`], [`registries_conf_for`]):
+//! [`Podman`], [`skopeo_copy_via_mirror`] and [`Dockerd`] pull with the real engines, configured
+//! from the very files under `deploy/` ([`hosts_dir_for`], [`registries_conf_for`],
+//! [`docker_daemon_json_for`]):
 //!
 //! ```no_run
 //! # async fn example(mirror_host: &str) -> anyhow::Result<()> {
@@ -77,6 +78,7 @@ mod containerd;
 mod data;
 mod dfdaemon;
 mod dfget;
+mod docker;
 mod http;
 mod image;
 mod metrics;
@@ -96,6 +98,7 @@ pub use containerd::{hosts_dir_for, Containerd, ImageCheck};
 pub use data::{file_sha256, random_bytes, sha256_digest, sha256_hex};
 pub use dfdaemon::{Dfdaemon, DfdaemonOpts};
 pub use dfget::{dfget, ensure_success, run_all, DfgetChild, DfgetRun};
+pub use docker::{docker_daemon_json_for, ensure_docker, DockerImage, Dockerd};
 pub use http::http_client;
 pub use image::{media_types, Blob, ImageFormat, Platform, TestImage, TestIndex};
 pub use metrics::{Metrics, Sample};

@@ -12,7 +12,8 @@ pub const CONTAINERD_HOSTS_TOML: &str = include_str!("../../deploy/containerd/ho
 /// `deploy/podman/registries.conf`: `{{PREFIX}}`, `{{REGISTRY}}`, `{{MIRROR}}`.
 pub const REGISTRIES_CONF: &str = include_str!("../../deploy/podman/registries.conf");
 
-/// `deploy/docker/daemon.json` (no placeholders: Docker is not runnable here).
+/// `deploy/docker/daemon.json` (no placeholders: it names dfdaemon's default address, which
+/// [`crate::docker_daemon_json_for`] replaces).
 pub const DOCKER_DAEMON_JSON: &str = include_str!("../../deploy/docker/daemon.json");
 
 /// Replaces every `{{NAME}}` of `values` in `template`, and fails when a `{{...}}` is left over
