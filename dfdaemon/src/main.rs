@@ -1,4 +1,6 @@
 //! `dfdaemon`: parses flags, loads config, starts tracing and runs [`dfdaemon::run`].
+//! `dfdaemon configure ENGINE ...` writes a container engine's mirror configuration instead
+//! ([`configure`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,9 +9,16 @@ use clap::Parser;
 use damselfly_common::size::{parse_size, ByteSize};
 use dfdaemon::DaemonConfig;
 
+mod configure;
+
 /// Damselfly dfdaemon: the per-host peer, registry mirror and dfget API.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Point a container engine at this daemon: dfdaemon configure containerd|crio|podman|docker \
+                  (see dfdaemon configure --help)"
+)]
 struct Args {
     /// TOML config file; flags override its values.
     #[arg(long)]
@@ -96,10 +105,20 @@ fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
     Ok(c)
 }
 
+fn main() -> anyhow::Result<()> {
+    // `dfdaemon configure ...` is a subcommand; anything else runs the daemon, whose flags stay
+    // exactly as they were.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "configure") {
+        std::process::exit(configure::main(&argv[1..]));
+    }
+    serve(Args::parse_from(argv))
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
     damselfly_common::telemetry::init_tracing("info");
-    let config = config_from(Args::parse())?;
+    let config = config_from(args)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
