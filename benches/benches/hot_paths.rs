@@ -15,11 +15,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use damselfly_common::id::TaskId;
 use damselfly_common::piece::PieceCutter;
+use damselfly_common::ticket::{TicketSigner, TicketVerifier};
 use damselfly_common::tls::{self, ClusterCa};
 use damselfly_common::transport::{bind_endpoint, read_frame, transport_config, with_transport};
-use damselfly_common::upload::{serve_piece, PieceLocation, PieceSource};
+use damselfly_common::upload::{serve_piece, PieceLocation, PieceSource, Requester};
 use damselfly_proto as pb;
-use dfdaemon::download::fetch_piece;
+use dfdaemon::download::{fetch_piece, PieceRef};
 use dfdaemon::storage::{PieceInfo, Store};
 use sha2::{Digest, Sha256};
 
@@ -143,7 +144,8 @@ fn quic_piece(c: &mut Criterion) {
             server_cfg.transport_config(transport_config());
             let server = bind_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), Some(server_cfg)).expect("server");
             let addr = server.local_addr().expect("addr");
-            tokio::spawn(serve(server.clone(), source));
+            let verifier = Arc::new(TicketVerifier::from_ca_cert(&ca.cert_der()).expect("verifier"));
+            tokio::spawn(serve(server.clone(), source, verifier));
             let client = bind_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("client");
             let client_cfg =
                 with_transport(tls::client_config(Some(&client_id), &ca.cert_der()).expect("client config"));
@@ -157,8 +159,14 @@ fn quic_piece(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         let out = Arc::new(std::fs::File::create_new(dir.path().join(format!("out-{size}"))).expect("output file"));
         let writes = tokio_util::task::TaskTracker::new();
+        let ticket = TicketSigner::from_ca(&ca).expect("signer").issue(
+            task.as_str(),
+            "bench-client",
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        );
+        let what = PieceRef { task: &task, piece: 0, info: &info, ticket: Some(&ticket) };
         g.bench_function(BenchmarkId::new("fetch_piece", size / MIB), |b| {
-            b.iter(|| rt.block_on(fetch_piece(&conn, &task, 0, &info, &out, &writes)).expect("fetch"))
+            b.iter(|| rt.block_on(fetch_piece(&conn, what, &out, &writes)).expect("fetch"))
         });
         conn.close(0u32.into(), b"done");
         server.close(0u32.into(), b"done");
@@ -166,18 +174,20 @@ fn quic_piece(c: &mut Criterion) {
     g.finish();
 }
 
-async fn serve(endpoint: quinn::Endpoint, source: Arc<FileSource>) {
+async fn serve(endpoint: quinn::Endpoint, source: Arc<FileSource>, tickets: Arc<TicketVerifier>) {
     while let Some(incoming) = endpoint.accept().await {
-        let source = source.clone();
+        let (source, tickets) = (source.clone(), tickets.clone());
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
+            let peer_id: Arc<str> = tls::client_peer_id(&conn).unwrap_or_default().into();
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let source = source.clone();
+                let (source, tickets, peer_id) = (source.clone(), tickets.clone(), peer_id.clone());
                 tokio::spawn(async move {
                     if let Ok(Some(pb::Request { kind: Some(pb::request::Kind::Piece(p)) })) =
                         read_frame::<pb::Request>(&mut recv).await
                     {
-                        let _ = serve_piece(source.as_ref(), &p, &mut send).await;
+                        let requester = Requester { peer_id: &peer_id, tickets: &tickets };
+                        let _ = serve_piece(source.as_ref(), &p, requester, &mut send).await;
                     }
                 });
             }

@@ -9,6 +9,7 @@ pub mod meta;
 pub mod piece;
 pub mod size;
 pub mod telemetry;
+pub mod ticket;
 pub mod tls;
 pub mod token;
 pub mod transport;

@@ -231,6 +231,12 @@ impl ClusterCa {
         Ok(Self { cert, issuer })
     }
 
+    /// The CA's private key as PKCS#8 DER, for signing tickets ([`crate::ticket`]). Never logged
+    /// or sent anywhere.
+    pub fn key_pkcs8_der(&self) -> Vec<u8> {
+        self.issuer.key().serialize_der()
+    }
+
     /// The CA certificate (DER), to hand to verifiers or to peers.
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert.clone()

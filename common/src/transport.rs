@@ -82,10 +82,18 @@ pub enum TransportError {
     /// The stream ended in the middle of a frame.
     #[error("stream ended in the middle of a frame")]
     Truncated,
+    /// The peer sent nothing for this long where a frame was due.
+    #[error("no frame within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Transport parameters used by every endpoint, client and server side.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_params())
+}
+
+/// [`transport_config`], owned, to adjust.
+fn transport_params() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The values are well inside quinn's VarInt range, so the conversions cannot fail.
     t.max_idle_timeout(Some(
@@ -103,15 +111,55 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MTU_UPPER_BOUND);
     t.mtu_discovery_config(Some(mtu));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t
+}
+
+/// Concurrent streams an authenticated peer may open on one connection.
+pub const MAX_STREAMS: u32 = 4096;
+/// Concurrent streams a connection may open before its certificate was checked (enrollment
+/// needs one).
+pub const PRE_AUTH_STREAMS: u32 = 2;
+/// Largest frame accepted before the peer's certificate was checked (an enrollment request: a
+/// CSR and a token are well under it).
+pub const PRE_AUTH_MAX_FRAME: usize = 16 << 10;
+/// Longest wait for the first frame of a stream: a peer that opens a stream and says nothing
+/// holds no resources past it.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Transport parameters of a server that also accepts peers without a client certificate
+/// (the supernode, for enrollment): such a connection may open only [`PRE_AUTH_STREAMS`]
+/// streams and gets a small receive window until the server raises both for an authenticated
+/// connection ([`raise_for_authenticated`]).
+pub fn pre_auth_server_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = transport_params();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(PRE_AUTH_STREAMS));
+    t.receive_window(quinn::VarInt::from_u32(64 << 10));
+    t.stream_receive_window(quinn::VarInt::from_u32(32 << 10));
     Arc::new(t)
+}
+
+/// Gives an authenticated connection of a [`pre_auth_server_transport`] server the usual
+/// stream limit and receive window.
+pub fn raise_for_authenticated(conn: &Connection) {
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    conn.set_receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
 }
 
 /// Binds a QUIC endpoint on `addr`; with `server` it also accepts connections.
 pub fn bind_endpoint(addr: SocketAddr, server: Option<ServerConfig>) -> Result<Endpoint, TransportError> {
+    bind_endpoint_with(addr, server, transport_config())
+}
+
+/// [`bind_endpoint`] with the server's transport parameters given.
+pub fn bind_endpoint_with(
+    addr: SocketAddr,
+    server: Option<ServerConfig>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<Endpoint, TransportError> {
     let server = server.map(|mut s| {
-        s.transport_config(transport_config());
+        s.transport_config(transport);
         s
     });
     let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
@@ -134,6 +182,24 @@ pub async fn write_frame<M: Message>(send: &mut SendStream, msg: &M) -> Result<(
 
 /// Reads one frame; `Ok(None)` when the stream ended cleanly before a new frame.
 pub async fn read_frame<M: Message + Default>(recv: &mut RecvStream) -> Result<Option<M>, TransportError> {
+    read_frame_limited(recv, damselfly_proto::MAX_FRAME_LEN).await
+}
+
+/// The first frame of a stream, within [`FIRST_FRAME_TIMEOUT`] and `max_len` bytes.
+pub async fn read_first_frame<M: Message + Default>(
+    recv: &mut RecvStream,
+    max_len: usize,
+) -> Result<Option<M>, TransportError> {
+    tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame_limited(recv, max_len))
+        .await
+        .map_err(|_| TransportError::Timeout(FIRST_FRAME_TIMEOUT))?
+}
+
+/// [`read_frame`] refusing frames over `max_len` bytes.
+pub async fn read_frame_limited<M: Message + Default>(
+    recv: &mut RecvStream,
+    max_len: usize,
+) -> Result<Option<M>, TransportError> {
     let mut prefix = [0u8; FRAME_PREFIX_LEN];
     let mut got = 0;
     while got < FRAME_PREFIX_LEN {
@@ -144,6 +210,9 @@ pub async fn read_frame<M: Message + Default>(recv: &mut RecvStream) -> Result<O
         }
     }
     let len = frame_len(prefix)?;
+    if len > max_len {
+        return Err(FrameError::TooLarge(len).into());
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(_) => TransportError::Truncated,

@@ -1,5 +1,9 @@
 //! The serving side of piece transfer, shared by the supernode and every dfdaemon.
 //!
+//! A piece is served only against a ticket the supernode issued for the task and the
+//! requester's certificate ([`crate::ticket`]): holding a cluster certificate and knowing a
+//! digest is not enough to get a private blob.
+//!
 //! A `PieceRequest` names a task and a piece; the server answers with a `PieceResponse` frame
 //! and, when it holds the piece, the piece's bytes raw on the stream. Bytes are read from the
 //! task's content file in chunks of at most [`UPLOAD_CHUNK`], so an upload holds one chunk of
@@ -7,12 +11,14 @@
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use damselfly_proto::{PieceError, PieceRequest, PieceResponse};
 use quinn::SendStream;
 
 use crate::id::TaskId;
+use crate::ticket::TicketVerifier;
 use crate::transport::{write_frame, TransportError};
 
 /// Largest read per step of an upload.
@@ -35,12 +41,41 @@ pub trait PieceSource: Send + Sync + 'static {
     fn locate(&self, task: &TaskId, piece: u32) -> Option<PieceLocation>;
 }
 
-/// Serves `req` on `send`. Returns the number of piece bytes sent (0 when refused).
+/// Who asks for a piece, and what checks their permission.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The peer id of the certificate the request came with.
+    pub peer_id: &'a str,
+    /// Checks the request's ticket against the cluster CA.
+    pub tickets: &'a TicketVerifier,
+}
+
+/// What became of a piece request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The piece was sent: this many bytes.
+    Bytes(u64),
+    /// This node does not hold the piece (or could not read it all).
+    NotHeld,
+    /// The requester's ticket was missing or invalid: nothing was sent.
+    Refused,
+}
+
+/// Serves `req` on `send`, only against a valid ticket ([`crate::ticket`]) for the requester.
 pub async fn serve_piece(
     source: &dyn PieceSource,
     req: &PieceRequest,
+    requester: Requester<'_>,
     send: &mut SendStream,
-) -> Result<u64, TransportError> {
+) -> Result<Served, TransportError> {
+    if let Err(e) = requester.tickets.verify(req.ticket.as_ref(), &req.task_id, requester.peer_id, SystemTime::now()) {
+        tracing::debug!(peer = requester.peer_id, task = %req.task_id, error = %e, "piece request refused");
+        let resp =
+            PieceResponse { error: PieceError::Unauthenticated as i32, message: format!("refused: {e}"), size: 0 };
+        write_frame(send, &resp).await?;
+        let _ = send.finish();
+        return Ok(Served::Refused);
+    }
     let task = TaskId::new(req.task_id.clone());
     let located = if TaskId::is_valid(task.as_str()) { source.locate(&task, req.piece) } else { None };
     let Some(loc) = located else {
@@ -51,7 +86,7 @@ pub async fn serve_piece(
         };
         write_frame(send, &resp).await?;
         let _ = send.finish();
-        return Ok(0);
+        return Ok(Served::NotHeld);
     };
     write_frame(send, &PieceResponse { error: PieceError::None as i32, message: String::new(), size: loc.len }).await?;
     let mut sent = 0u64;
@@ -65,13 +100,13 @@ pub async fn serve_piece(
                 // the receiver reports a transfer failure instead of waiting.
                 tracing::warn!(task = %task, piece = req.piece, error = %e, "cannot read piece for upload");
                 let _ = send.reset(1u32.into());
-                return Ok(sent);
+                return Ok(Served::NotHeld);
             }
         }
         sent += n as u64;
     }
     let _ = send.finish();
-    Ok(sent)
+    Ok(Served::Bytes(sent))
 }
 
 async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {

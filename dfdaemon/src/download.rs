@@ -203,6 +203,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
         fetching: HashSet::new(),
         fetches: JoinSet::new(),
         writes: TaskTracker::new(),
+        ticket: None,
         complete: false,
     };
     let result = state.run(&mut down_rx).await;
@@ -243,6 +244,8 @@ struct Conductor {
     fetches: JoinSet<Fetched>,
     /// The blocking writes of piece bytes (see [`Conductor::drain`]).
     writes: TaskTracker,
+    /// The supernode's latest ticket for this task: every parent asks for it.
+    ticket: Option<Arc<pb::Ticket>>,
     complete: bool,
 }
 
@@ -337,6 +340,7 @@ impl Conductor {
                 // refused registration): the origin itself may still serve this host.
                 return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
             }
+            Some(Kind::Ticket(t)) => self.ticket = Some(Arc::new(t)),
             None => {}
         }
         Ok(())
@@ -355,12 +359,14 @@ impl Conductor {
             Source { peer: Some(parent.peer_id), addr: parent.addr.parse().ok() }
         };
         let (daemon, sn, task, writes) = (self.daemon.clone(), self.sn.clone(), self.task.clone(), self.writes.clone());
+        let ticket = self.ticket.clone();
         self.fetches.spawn(async move {
             let result = match info {
                 None => Err(FetchError::Transfer(format!("piece {piece} assigned before it was announced"))),
                 Some(info) => {
                     let timeout = daemon.config.piece_timeout;
-                    let fetch = fetch_from(&daemon, &sn, &source, &task, piece, &info, &writes);
+                    let what = PieceRef { task: &task.id, piece, info: &info, ticket: ticket.as_deref() };
+                    let fetch = fetch_from(&daemon, &sn, &source, &task, what, &writes);
                     match tokio::time::timeout(timeout, fetch).await {
                         Ok(r) => r.map(|()| info.size),
                         Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
@@ -430,10 +436,10 @@ async fn fetch_from(
     sn: &Connection,
     source: &Source,
     task: &LocalTask,
-    piece: u32,
-    info: &PieceInfo,
+    what: PieceRef<'_>,
     writes: &TaskTracker,
 ) -> Result<(), FetchError> {
+    let info = what.info;
     let local = |what: &str, e: std::io::Error| {
         FetchError::Local(format!("cannot {what} {}: {e}", task.content_path().display()))
     };
@@ -444,7 +450,21 @@ async fn fetch_from(
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
-    fetch_piece(&conn, &task.id, piece, info, &file, writes).await
+    fetch_piece(&conn, what, &file, writes).await
+}
+
+/// One piece to fetch: which, what the supernode says it is, and the ticket that lets this peer
+/// have it.
+#[derive(Debug, Clone, Copy)]
+pub struct PieceRef<'a> {
+    /// The task.
+    pub task: &'a TaskId,
+    /// The piece number.
+    pub piece: u32,
+    /// Its offset, size and sha256 from the supernode.
+    pub info: &'a PieceInfo,
+    /// The supernode's ticket for this peer and task.
+    pub ticket: Option<&'a pb::Ticket>,
 }
 
 /// Longest silence tolerated from a parent in the middle of a piece. A parent killed with -9
@@ -470,17 +490,16 @@ const WRITE_BLOCK: usize = 512 << 10;
 /// is hashed and written, the next one is received.
 pub async fn fetch_piece(
     conn: &Connection,
-    task: &TaskId,
-    piece: u32,
-    info: &PieceInfo,
+    what: PieceRef<'_>,
     file: &Arc<std::fs::File>,
     writes: &TaskTracker,
 ) -> Result<(), FetchError> {
+    let info = what.info;
     // Every step is bounded: a parent that died without closing its connection must cost
     // seconds, not the connection's idle timeout.
     let (mut send, mut recv) = quiet_limit(conn.open_bi()).await?.map_err(TransportError::from)?;
-    let req =
-        pb::Request { kind: Some(pb::request::Kind::Piece(pb::PieceRequest { task_id: task.to_string(), piece })) };
+    let request = pb::PieceRequest { task_id: what.task.to_string(), piece: what.piece, ticket: what.ticket.cloned() };
+    let req = pb::Request { kind: Some(pb::request::Kind::Piece(request)) };
     quiet_limit(write_frame(&mut send, &req)).await??;
     let _ = send.finish();
     let resp: pb::PieceResponse = quiet_limit(read_frame(&mut recv))

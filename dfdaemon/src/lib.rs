@@ -22,12 +22,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use damselfly_common::id::TaskId;
+use damselfly_common::ticket::TicketVerifier;
 use damselfly_common::tls;
-use damselfly_common::transport::{bind_endpoint, read_frame, ConnectionPool, TransportError};
-use damselfly_common::upload::serve_piece;
+use damselfly_common::transport::{bind_endpoint, read_first_frame, ConnectionPool, TransportError};
+use damselfly_common::upload::{serve_piece, Requester, Served};
 use damselfly_proto as pb;
 use quinn::{Connection, Endpoint};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use config::DaemonConfig;
 use download::DownloadRequest;
@@ -259,7 +260,8 @@ fn advertise_ip(config: &DaemonConfig, local: SocketAddr, supernode: SocketAddr)
     Ok(probe.local_addr()?.ip())
 }
 
-/// Serves piece requests from other peers (mutual TLS: only cluster members get here).
+/// Serves piece requests from other peers (mutual TLS: only cluster members get here), each
+/// against a ticket the supernode issued for the task and the requester's certificate.
 async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let daemon = daemon.clone();
@@ -268,26 +270,50 @@ async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
                 Ok(c) => c,
                 Err(e) => return debug!(error = %e, "peer handshake failed"),
             };
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let daemon = daemon.clone();
-                tokio::spawn(async move {
-                    let Ok(Some(req)) = read_frame::<pb::Request>(&mut recv).await else {
-                        return;
-                    };
-                    if let Some(pb::request::Kind::Piece(p)) = req.kind {
-                        if TaskId::is_valid(&p.task_id) {
-                            // Pieces loaded from disk are hashed before their first upload.
-                            daemon.store.prepare_upload(&TaskId::new(p.task_id.clone()), p.piece).await;
-                        }
-                        match serve_piece(&daemon.store, &p, &mut send).await {
-                            Ok(n) => {
-                                daemon.metrics.upload_bytes.inc_by(n);
-                            }
-                            Err(e) => debug!(error = %e, "upload failed"),
-                        }
-                    }
-                });
+            let Some(peer_id) = damselfly_common::tls::client_peer_id(&conn).map(Arc::<str>::from) else {
+                return debug!("peer connection without a peer certificate: closed");
+            };
+            // Tickets verify with the CA in force when the connection came (it changes only on
+            // re-enrollment into another cluster, which also ends this peer's connections).
+            let tickets = match TicketVerifier::from_ca_cert(&daemon.identity.tls.ca()) {
+                Ok(v) => Arc::new(v),
+                Err(e) => return warn!(error = %e, "cannot check tickets: closing the connection"),
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let (daemon, peer_id, tickets) = (daemon.clone(), peer_id.clone(), tickets.clone());
+                tokio::spawn(async move { serve_upload(&daemon, &peer_id, &tickets, send, recv).await });
             }
         });
+    }
+}
+
+/// One piece request from `peer_id`.
+async fn serve_upload(
+    daemon: &Daemon,
+    peer_id: &str,
+    tickets: &TicketVerifier,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(Some(req)) = read_first_frame::<pb::Request>(&mut recv, damselfly_proto::MAX_FRAME_LEN).await else {
+        return;
+    };
+    let Some(pb::request::Kind::Piece(p)) = req.kind else {
+        let _ = send.reset(2u32.into());
+        return;
+    };
+    if TaskId::is_valid(&p.task_id) {
+        // Pieces loaded from disk are hashed before their first upload.
+        daemon.store.prepare_upload(&TaskId::new(p.task_id.clone()), p.piece).await;
+    }
+    match serve_piece(&daemon.store, &p, Requester { peer_id, tickets }, &mut send).await {
+        Ok(Served::Bytes(n)) => {
+            daemon.metrics.upload_bytes.inc_by(n);
+        }
+        Ok(Served::Refused) => {
+            daemon.metrics.refused_piece_requests.inc();
+        }
+        Ok(Served::NotHeld) => {}
+        Err(e) => debug!(error = %e, "upload failed"),
     }
 }

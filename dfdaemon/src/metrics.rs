@@ -24,6 +24,8 @@ pub struct Metrics {
     pub download_bytes: Family<SourceLabel, Counter>,
     /// Piece bytes uploaded to other peers.
     pub upload_bytes: Counter,
+    /// Piece requests refused for a missing or invalid ticket.
+    pub refused_piece_requests: Counter,
     /// Pieces whose bytes did not match the supernode's sha256.
     pub bad_pieces: Counter,
     /// Piece transfers that failed (connection, timeout, refusal).
@@ -45,6 +47,11 @@ impl Metrics {
         let r = &mut m.registry;
         r.register("damselfly_dfdaemon_download_bytes", "Verified bytes received, by source", m.download_bytes.clone());
         r.register("damselfly_dfdaemon_upload_bytes", "Piece bytes uploaded to other peers", m.upload_bytes.clone());
+        r.register(
+            "damselfly_dfdaemon_refused_piece_requests",
+            "Piece requests refused for a missing or invalid ticket",
+            m.refused_piece_requests.clone(),
+        );
         r.register("damselfly_dfdaemon_bad_pieces", "Pieces that failed sha256 verification", m.bad_pieces.clone());
         r.register("damselfly_dfdaemon_failed_transfers", "Piece transfers that failed", m.failed_transfers.clone());
         r.register("damselfly_dfdaemon_tasks_completed", "Tasks completed", m.tasks_completed.clone());

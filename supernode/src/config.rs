@@ -54,6 +54,14 @@ pub struct SupernodeConfig {
     /// Longest pause between two chunks of an origin body before the fetch fails. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub origin_read_timeout: Duration,
+    /// How long the origin's verdict on a host's credentials for a repository (or URL) is
+    /// trusted before the next registration asks again (`HEAD` of the blob). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub auth_ttl: Duration,
+    /// Lifetime of the tickets that let an admitted peer get a task's pieces; renewed at half
+    /// life while the peer stays registered. Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
     /// The piece scheduler's settings (`[scheduler]` in the TOML file): download window, upload
     /// slots, stall detection. See [`SchedulerConfig`] for each field and its default.
     pub scheduler: SchedulerConfig,
@@ -77,6 +85,8 @@ impl Default for SupernodeConfig {
             peer_cert_ttl: Duration::from_secs(24 * 3600),
             origin_connect_timeout: Duration::from_secs(10),
             origin_read_timeout: Duration::from_secs(60),
+            auth_ttl: Duration::from_secs(300),
+            ticket_ttl: Duration::from_secs(600),
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -126,6 +136,9 @@ impl SupernodeConfig {
             return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));
         }
         self.scheduler.validate().map_err(ConfigError::Invalid)?;
+        if self.ticket_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid("ticket_ttl must be at least 2 s".into()));
+        }
         for o in self.allow_origins.iter().chain(&self.insecure_registries) {
             if o.is_empty() || o.contains('/') {
                 return Err(ConfigError::Invalid(format!("{o:?} is not HOST or HOST:PORT (no scheme, no path)")));

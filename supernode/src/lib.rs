@@ -6,9 +6,11 @@
 //! This crate's async shell only moves events into the scheduler and its actions out to the
 //! peers' control streams.
 
+pub mod admission;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod enroll;
 pub mod http;
 pub mod metrics;
@@ -52,6 +54,12 @@ pub struct Shared {
     pub tokens: auth::Tokens,
     /// Preheat jobs (in memory).
     pub preheat: preheat::Preheats,
+    /// Verdicts of the origin on hosts' credentials, per repository (per-task authorization).
+    pub admissions: admission::Admissions,
+    /// Signs the tickets that let admitted peers get a task's pieces from any parent.
+    pub tickets: damselfly_common::ticket::TicketSigner,
+    /// Checks the tickets of pieces requested from the supernode itself.
+    pub ticket_verifier: damselfly_common::ticket::TicketVerifier,
     started: Instant,
     core: Mutex<Core>,
     /// The connection (its peer set's address) each peer registered on last: when an older
@@ -63,8 +71,21 @@ pub struct Shared {
 /// lock is held so that messages to one peer keep the order the scheduler produced them in.
 struct Core {
     scheduler: Scheduler,
-    routes: HashMap<(PeerId, TaskId), mpsc::UnboundedSender<Down>>,
+    routes: HashMap<(PeerId, TaskId), mpsc::Sender<ToPeer>>,
 }
+
+/// A message for one peer's control stream of one task.
+#[derive(Debug)]
+pub enum ToPeer {
+    /// From the scheduler.
+    Down(Down),
+    /// A (renewed) ticket.
+    Ticket(damselfly_proto::Ticket),
+}
+
+/// Messages queued per control stream before the peer counts as too slow to keep: its stream
+/// is then dropped (and it falls back to the origin) rather than the supernode's memory grow.
+pub const CONTROL_QUEUE: usize = 4096;
 
 impl Shared {
     /// Feeds one event to the scheduler and dispatches its actions.
@@ -92,8 +113,11 @@ impl Shared {
             }
             match action {
                 Action::Send { peer, task, msg } => {
-                    if let Some(tx) = core.routes.get(&(peer, task)) {
-                        let _ = tx.send(msg);
+                    let key = (peer, task);
+                    let full = core.routes.get(&key).is_some_and(|tx| tx.try_send(ToPeer::Down(msg)).is_err());
+                    if full {
+                        warn!(peer = %key.0, task = %key.1, "peer does not read its control stream: dropped");
+                        core.routes.remove(&key);
                     }
                 }
                 Action::PeerReported { peer, task, strikes } => {
@@ -108,7 +132,7 @@ impl Shared {
     }
 
     /// Routes the scheduler's messages for (`peer`, `task`) to `tx`.
-    pub fn attach(&self, peer: &PeerId, task: &TaskId, tx: mpsc::UnboundedSender<Down>) {
+    pub fn attach(&self, peer: &PeerId, task: &TaskId, tx: mpsc::Sender<ToPeer>) {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         core.routes.insert((peer.clone(), task.clone()), tx);
     }
@@ -147,6 +171,8 @@ pub async fn start(
         _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
     };
     let tokens = auth::Tokens::load(&config, &ca)?;
+    let tickets = damselfly_common::ticket::TicketSigner::from_ca(&ca)?;
+    let ticket_verifier = damselfly_common::ticket::TicketVerifier::from_ca_cert(&ca.cert_der())?;
     let origins = origin_client(&config)?;
     let peer_http = reqwest::Client::builder()
         .connect_timeout(config.origin_connect_timeout)
@@ -162,6 +188,9 @@ pub async fn start(
         peer_http,
         ca,
         preheat: preheat::Preheats::default(),
+        admissions: admission::Admissions::new(config.auth_ttl),
+        tickets,
+        ticket_verifier,
         started: Instant::now(),
         core: Mutex::new(Core { scheduler: Scheduler::new(config.scheduler.clone()), routes: HashMap::new() }),
         peer_conns: Mutex::new(HashMap::new()),

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub enrollments_refused: Counter,
     /// Peer certificates renewed.
     pub renewals: Counter,
+    /// Registrations the origin's verdict refused (the host's credentials do not read the
+    /// content).
+    pub admissions_refused: Counter,
+    /// Piece requests refused for a missing or invalid ticket.
+    pub refused_piece_requests: Counter,
     /// Cache usage, quota and evictions.
     pub cache: CacheMetrics,
 }
@@ -64,6 +69,16 @@ impl Metrics {
             m.enrollments_refused.clone(),
         );
         r.register("damselfly_supernode_renewals", "Peer certificates renewed", m.renewals.clone());
+        r.register(
+            "damselfly_supernode_admissions_refused",
+            "Registrations refused because the origin did not accept the host's credentials",
+            m.admissions_refused.clone(),
+        );
+        r.register(
+            "damselfly_supernode_refused_piece_requests",
+            "Piece requests refused for a missing or invalid ticket",
+            m.refused_piece_requests.clone(),
+        );
         m.cache.register(r, "supernode");
         m
     }

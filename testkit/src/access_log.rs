@@ -126,6 +126,22 @@ impl AccessLog {
         self.records.iter().filter(|r| r.is_blob_get_of(digest)).count()
     }
 
+    /// `GET`s of any blob answered with bytes.
+    pub fn all_blob_gets(&self) -> usize {
+        self.records.iter().filter(|r| r.is_blob_get()).count()
+    }
+
+    /// `HEAD`s of blobs (the supernode's authorization checks), by repository path prefix
+    /// (`/v2/<name>/`).
+    pub fn blob_heads_per_repository(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for r in self.records.iter().filter(|r| r.is_blob() && r.method == "HEAD") {
+            let repo = r.path.split("/blobs/").next().unwrap_or_default().to_owned();
+            *m.entry(repo).or_default() += 1;
+        }
+        m
+    }
+
     /// Requests of any method to any blob path (`HEAD`s, uploads and errors included).
     pub fn blob_requests(&self) -> usize {
         self.records.iter().filter(|r| r.is_blob()).count()

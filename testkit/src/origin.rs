@@ -232,6 +232,17 @@ impl Origin {
         self.state.counters(path).requests.load(Ordering::SeqCst)
     }
 
+    /// `GET` requests received for `path`: how often the content was asked for (a `HEAD`, as
+    /// the supernode's authorization check sends, fetches nothing).
+    pub fn gets(&self, path: &str) -> u64 {
+        lock(&self.state.log).iter().filter(|r| r.method == "GET" && r.path == path).count() as u64
+    }
+
+    /// `HEAD` requests received for `path`.
+    pub fn heads(&self, path: &str) -> u64 {
+        lock(&self.state.log).iter().filter(|r| r.method == "HEAD" && r.path == path).count() as u64
+    }
+
     /// Requests received over all paths.
     pub fn total_requests(&self) -> u64 {
         lock(&self.state.log).len() as u64

@@ -122,7 +122,14 @@ async fn preheated_image_is_pulled_by_every_daemon_without_touching_the_registry
     let mark = registry.mark().await?;
     pull_everywhere(&cluster, &registry.url(), &[&image]).await?;
     let during = registry.since(mark).await?;
-    assert_eq!(during.blob_requests(), 0, "pulls after a preheat never reach the registry: {:?}", during.records());
+    assert_eq!(
+        during.all_blob_gets(),
+        0,
+        "pulls after a preheat fetch nothing from the registry: {:?}",
+        during.records()
+    );
+    // What does reach it: the supernode's authorization check, at most once per repository.
+    assert!(during.blob_heads_per_repository().values().all(|&n| n <= 1), "{:?}", during.records());
     let metrics = sn.metrics().await?;
     assert_eq!(metrics.get("damselfly_supernode_origin_bytes_total"), image.total_blob_bytes() as f64);
     Ok(())
@@ -165,7 +172,9 @@ async fn preheat_of_an_index_takes_one_platform_or_all() -> anyhow::Result<()> {
     let mark = registry.mark().await?;
     let images: Vec<&TestImage> = index.images.iter().collect();
     pull_everywhere(&cluster, &registry.url(), &images).await?;
-    assert_eq!(registry.since(mark).await?.blob_requests(), 0);
+    let during = registry.since(mark).await?;
+    assert_eq!(during.all_blob_gets(), 0, "{:?}", during.records());
+    assert!(during.blob_heads_per_repository().values().all(|&n| n <= 1), "{:?}", during.records());
     Ok(())
 }
 
@@ -201,7 +210,7 @@ async fn a_pull_during_the_preheat_joins_it_and_nothing_is_fetched_twice() -> an
     let view = job_end(sn, &id).await?;
     assert_eq!(view["state"], "succeeded", "{view}");
     for blob in image.blobs() {
-        assert_eq!(origin.requests(&path(&blob.digest)), 1, "{} fetched once in total", blob.digest);
+        assert_eq!(origin.gets(&path(&blob.digest)), 1, "{} fetched once in total", blob.digest);
     }
     assert_eq!(origin.bytes_served(), image.total_blob_bytes() + image.manifest_bytes.len() as u64);
     Ok(())
@@ -470,7 +479,9 @@ async fn slow_measure_preheat_vs_cold_pull_of_1_gib() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     pull_everywhere(&warm, &registry.url(), &[&image]).await?;
     let after = t.elapsed();
-    assert_eq!(registry.since(mark).await?.blob_requests(), 0);
+    let during = registry.since(mark).await?;
+    assert_eq!(during.all_blob_gets(), 0, "{:?}", during.records());
+    assert!(during.blob_heads_per_repository().values().all(|&n| n <= 1), "{:?}", during.records());
     drop(warm);
 
     let cold = cluster(1, &registry.host()).await?;

@@ -58,7 +58,8 @@ async fn round(cluster: &Cluster, origin: &Origin, path: &str, blob: &[u8]) -> a
         assert_eq!(file_sha256(run.output_path())?, sha256_hex(blob), "{run}");
     }
     assert_eq!(origin.bytes_served() - origin_before, blob.len() as u64, "origin must serve {path} exactly once");
-    assert_eq!(origin.requests(path), 1, "one origin request for {path}");
+    assert_eq!(origin.gets(path), 1, "one origin GET for {path}");
+    assert!(origin.heads(path) <= 1, "at most one authorization check for {path}");
     Ok(Split::of(&cluster.daemon_metrics().await?).minus(before))
 }
 
@@ -149,7 +150,7 @@ async fn a_daemon_serving_corrupt_pieces_is_reported_and_downloads_still_complet
     let reported: Vec<&str> =
         peers["bad"].as_array().context("bad list")?.iter().filter_map(|p| p["id"].as_str()).collect();
     assert_eq!(reported, vec![bad_id.trim()], "the corrupting daemon is reported: {peers}");
-    assert_eq!(origin.requests("/blob"), 1);
+    assert_eq!(origin.gets("/blob"), 1);
     Ok(())
 }
 
@@ -188,7 +189,7 @@ async fn killing_a_parent_mid_download_does_not_stop_the_others() -> anyhow::Res
         ensure_success(&output, &run.to_string())?;
         assert_eq!(file_sha256(run.output_path())?, sha256_hex(&blob), "{run}");
     }
-    assert_eq!(origin.requests("/slow"), 1);
+    assert_eq!(origin.gets("/slow"), 1);
     Ok(())
 }
 

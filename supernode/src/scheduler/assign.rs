@@ -122,7 +122,10 @@ impl Shared {
     fn choose_parent(&mut self, task: &TaskState, child: u32, piece: u32, now: Duration) -> Option<Pick> {
         let ps = task.pieces.get(piece as usize)?;
         let failed = task.member(child)?.failed.get(&piece);
-        let excluded = |slot: u32| failed.is_some_and(|f| task.member(slot).is_some_and(|h| f.contains(&h.id)));
+        let avoid = &task.member(child)?.avoid;
+        let excluded = |slot: u32| {
+            task.member(slot).is_some_and(|h| failed.is_some_and(|f| f.contains(&h.id)) || avoid.contains(&h.id))
+        };
         // A parent already sending to this child with room on the link: the piece queues behind
         // the one in flight on the same connection, so the link never idles between pieces.
         let linked = self.links_with_room(task, child);
@@ -160,11 +163,18 @@ impl Shared {
         }
         let endgame = endgame(task) && endgame_piece(ps) && starving(task.member(child)?);
         if ps.holder_count > 0 && !endgame {
-            let unusable = failed.map_or(0, |f| {
-                let holder =
-                    |id| self.peers.gid(id).and_then(|g| task.slot_of(g)).is_some_and(|s| ps.holders.contains(s));
-                f.iter().filter(|id| holder(id)).count()
-            });
+            // Holders this child reported for this piece or avoids altogether: if that is all
+            // of them, waiting would never end.
+            let mut unusable: Vec<u32> = failed
+                .into_iter()
+                .flatten()
+                .chain(avoid.iter())
+                .filter_map(|id| self.peers.gid(id).and_then(|g| task.slot_of(g)))
+                .filter(|&s| ps.holders.contains(s))
+                .collect();
+            unusable.sort_unstable();
+            unusable.dedup();
+            let unusable = unusable.len();
             if ps.holder_count as usize > unusable {
                 return None;
             }
@@ -456,6 +466,7 @@ impl Shared {
             task.is_landed(piece)
                 && !child.assigned.contains_key(&piece)
                 && !child.failed.get(&piece).is_some_and(|f| f.contains(&parent.id))
+                && !child.avoid.contains(&parent.id)
         };
         let pieces = parent.held.and_not_iter(&child.held).filter(|&piece| usable(piece));
         self.rarest(task, pieces)

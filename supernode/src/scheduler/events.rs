@@ -149,6 +149,7 @@ impl Scheduler {
             held_count,
             assigned: BTreeMap::new(),
             failed: BTreeMap::new(),
+            avoid: Vec::new(),
             done: false,
             wait_seq: None,
         };
@@ -248,6 +249,10 @@ impl Scheduler {
         if let Some(blamed) = blamed {
             if let Some(m) = task.member_mut(slot) {
                 m.failed.entry(piece).or_default().push(blamed.clone());
+                let reports = m.failed.values().filter(|f| f.contains(blamed)).count();
+                if reports >= 2 && !m.avoid.contains(blamed) {
+                    m.avoid.push(blamed.clone());
+                }
             }
             parent_slot = self.shared.slot(task, blamed);
             if let (FailReason::Digest, Some(ps)) = (reason, parent_slot) {
@@ -257,7 +262,7 @@ impl Scheduler {
         // A transfer from a parent that already left was bound to fail: no strike for that.
         let departed = matches!(source, Source::Peer { gid: None, .. });
         if let Some(blamed) = blamed.filter(|_| !(departed && reason == FailReason::Transfer)) {
-            fresh.supernode |= self.strike(now, blamed, id, reason, out);
+            fresh.supernode |= self.strike(now, blamed, peer, id, reason, out);
         }
         let Some(task) = self.tasks.get_mut(id) else {
             return;
@@ -348,6 +353,10 @@ impl Scheduler {
     /// Tick: stalled supernode copies may be retried, and a batch of waiting members is fully
     /// reconsidered.
     pub(super) fn tick(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let cfg = self.shared.config.clone();
+        for peer in self.shared.strikes.expire(&cfg, now) {
+            self.unban(now, &peer, out);
+        }
         let fresh = Fresh { supernode: true, ..Fresh::default() };
         let ids: Vec<TaskId> =
             self.tasks.iter().filter(|(_, t)| !t.waiting.is_empty()).map(|(id, _)| id.clone()).collect();
@@ -359,6 +368,26 @@ impl Scheduler {
             let mut outbox = Outbox::default();
             self.shared.drain(task, &fresh, now, &mut outbox);
             self.shared.refill_waiting(task, TICK_REFILL, now, &mut outbox);
+            flush(task, outbox, out);
+        }
+    }
+
+    /// A peer's ban ended: it serves again what it holds, in every task it is in.
+    fn unban(&mut self, now: Duration, peer: &PeerId, out: &mut Vec<Action>) {
+        let Some(gid) = self.shared.peers.gid(peer) else { return };
+        let Some(rec) = self.shared.peers.get_mut(gid) else { return };
+        rec.bad = false;
+        let tasks: Vec<TaskId> = rec.tasks.iter().cloned().collect();
+        for id in tasks {
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let Some(slot) = task.slot_of(gid) else { continue };
+            let held: Vec<u32> = task.member(slot).map(|m| m.held.iter().collect()).unwrap_or_default();
+            for p in held {
+                task.add_holder(slot, p, false);
+            }
+            self.shared.refresh_open(task, gid);
+            let mut outbox = Outbox::default();
+            self.shared.drain(task, &Fresh { peers: vec![slot], supernode: false }, now, &mut outbox);
             flush(task, outbox, out);
         }
     }
@@ -397,29 +426,22 @@ impl Scheduler {
         }
     }
 
-    /// Adds strikes to `peer`; when it crosses the threshold, reports it and stops using it as a
-    /// parent in every task. Returns whether that made a piece of `current` supernode-servable
-    /// (the caller refills `current`; other tasks are refilled here).
+    /// Records `reporter`'s failure report against `peer`; when that makes `peer` bad (see
+    /// [`super::strikes`]), reports it and stops using it as a parent in every task. Returns
+    /// whether that made a piece of `current` supernode-servable (the caller refills `current`;
+    /// other tasks are refilled here).
     fn strike(
         &mut self,
         now: Duration,
         peer: &PeerId,
+        reporter: &PeerId,
         current: &TaskId,
         reason: FailReason,
         out: &mut Vec<Action>,
     ) -> bool {
-        let add = match reason {
-            FailReason::Digest => 2,
-            FailReason::Transfer => 1,
-        };
-        let threshold = self.shared.config.bad_peer_strikes;
-        let strikes = self.shared.strikes.entry(peer.clone()).or_insert(0);
-        let before = *strikes;
-        *strikes = strikes.saturating_add(add);
-        let after = *strikes;
-        if before >= threshold || after < threshold {
+        let Some(after) = self.shared.strikes.report(&self.shared.config, peer, reporter, reason, now) else {
             return false;
-        }
+        };
         out.push(Action::PeerReported { peer: peer.clone(), task: current.clone(), strikes: after });
         let Some(gid) = self.shared.peers.gid(peer) else {
             return false;
@@ -484,7 +506,7 @@ impl Shared {
 
     /// Whether `peer` is at or over the strike threshold.
     fn is_bad(&self, peer: &PeerId) -> bool {
-        self.strikes.get(peer).is_some_and(|&s| s >= self.config.bad_peer_strikes)
+        self.strikes.is_bad(peer)
     }
 
     fn is_bad_gid(&self, gid: u32) -> bool {

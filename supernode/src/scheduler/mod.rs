@@ -36,11 +36,14 @@
 //!   leftovers are found by the next fill of any peer, and every [`Event::Tick`] retries stalled
 //!   supernode copies and fully refills up to 256 waiting peers per task (round robin).
 //! * **Strikes.** A failure report costs the parent 2 strikes for a bad digest, 1 for a transfer
-//!   failure; only reports naming the parent actually assigned count. At
-//!   [`SchedulerConfig::bad_peer_strikes`] the parent is reported once
-//!   ([`Action::PeerReported`]) and is never used as a parent again, in any task. The reporting
-//!   child never gets that parent for that piece again, and a parent that served a bad digest
-//!   stops holding that piece (it may be assigned the piece again to repair its copy).
+//!   failure; only reports naming the parent actually assigned count, and each reporter counts
+//!   once per parent ([`strikes`]). With [`SchedulerConfig::bad_peer_strikes`] from at least
+//!   [`SchedulerConfig::bad_peer_reporters`] distinct children within
+//!   [`SchedulerConfig::strike_ttl`], the parent is reported once ([`Action::PeerReported`]) and
+//!   not used as a parent, in any task, for `strike_ttl`. One child alone cannot ban a parent;
+//!   it only stops getting that parent: never again for the failed piece, never again in the
+//!   task after two failed pieces. A parent that served a bad digest stops holding that piece
+//!   (it may be assigned the piece again to repair its copy).
 //!
 //! # Cost
 //! No event walks all peers or all pairs. A piece's holders are a bitset over the task's members
@@ -58,6 +61,7 @@ mod assign;
 mod events;
 mod forget;
 mod state;
+mod strikes;
 #[cfg(test)]
 mod tests;
 
@@ -100,8 +104,15 @@ pub struct SchedulerConfig {
     #[serde(with = "humantime_serde")]
     pub stalled_after: Duration,
     /// Strikes after which a peer is no longer used as a parent anywhere (a digest failure
-    /// counts 2, a transfer failure 1). Default 2.
+    /// counts 2, a transfer failure 1; each reporter counts once, with its heaviest report).
+    /// Default 3.
     pub bad_peer_strikes: u32,
+    /// Distinct children that must have reported a peer before it is banned: one liar is not
+    /// enough. Default 2.
+    pub bad_peer_reporters: usize,
+    /// Reports older than this are forgotten, and a ban lasts this long. Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub strike_ttl: Duration,
     /// Seed of the PRNG that breaks ties; the same seed and events give the same decisions.
     /// Default 0.
     pub seed: u64,
@@ -119,8 +130,11 @@ impl SchedulerConfig {
                         must be at least 1"
                 .into());
         }
-        if self.stalled_after.is_zero() || self.bad_peer_strikes == 0 {
-            return Err("scheduler: stalled_after and bad_peer_strikes must be greater than zero".into());
+        if self.stalled_after.is_zero() || self.bad_peer_strikes == 0 || self.strike_ttl.is_zero() {
+            return Err("scheduler: stalled_after, bad_peer_strikes and strike_ttl must be greater than zero".into());
+        }
+        if self.bad_peer_reporters == 0 {
+            return Err("scheduler: bad_peer_reporters must be at least 1".into());
         }
         Ok(())
     }
@@ -134,7 +148,9 @@ impl Default for SchedulerConfig {
             max_supernode_uploads: 4,
             link_depth: 1,
             stalled_after: Duration::from_secs(3),
-            bad_peer_strikes: 2,
+            bad_peer_strikes: 3,
+            bad_peer_reporters: 2,
+            strike_ttl: Duration::from_secs(600),
             seed: 0,
         }
     }
@@ -410,7 +426,7 @@ struct Shared {
     rng: SplitMix64,
     peers: PeerTable,
     /// Strikes per peer id; kept after the peer leaves so that a bad peer stays bad.
-    strikes: std::collections::HashMap<PeerId, u32>,
+    strikes: strikes::StrikeBook,
     /// Uploads assigned to the supernode and not yet finished, failed or abandoned.
     sn_uploads: usize,
     /// Pieces in flight from the supernode per (task, child slot): with links of several
@@ -521,14 +537,10 @@ impl Scheduler {
         self.shared.peers.len()
     }
 
-    /// Peers at or over the strike threshold (no longer used as parents), with their strikes,
+    /// Peers banned now (not used as parents until their strikes expire), with their strikes,
     /// in id order.
     pub fn bad_peers(&self) -> Vec<(PeerId, u32)> {
-        let threshold = self.shared.config.bad_peer_strikes;
-        let mut bad: Vec<_> =
-            self.shared.strikes.iter().filter(|(_, s)| **s >= threshold).map(|(p, s)| (p.clone(), *s)).collect();
-        bad.sort();
-        bad
+        self.shared.strikes.banned()
     }
 
     /// Uploads currently assigned to the supernode.

@@ -290,6 +290,9 @@ pub(super) struct Member {
     pub(super) assigned: BTreeMap<u32, Source>,
     /// Parents it reported failing for a piece: never assigned to it again for that piece.
     pub(super) failed: BTreeMap<u32, Vec<PeerId>>,
+    /// Parents it reported failing for two pieces or more: never assigned to it again in this
+    /// task. (A parent is banned for everyone only when several children report it.)
+    pub(super) avoid: Vec<PeerId>,
     pub(super) done: bool,
     /// Position in the task's waiting queue, if waiting.
     pub(super) wait_seq: Option<u64>,

@@ -148,7 +148,8 @@ impl Swarm {
             Parent::Peer { id, addr: parent_addr } => {
                 assert_ne!(id, child);
                 assert!(!self.gone.contains(id), "departed parent {id}");
-                assert!(!self.reported.iter().any(|(r, _)| r == id), "bad parent {id}");
+                // Bans end after `strike_ttl`: only a parent banned now must not be used.
+                assert!(!self.s.bad_peers().iter().any(|(r, _)| r == id), "bad parent {id}");
                 assert!(self.views[id].held.contains(&a.piece), "parent {id} lacks piece {}", a.piece);
                 let i: usize = id.as_str()[1..].parse().unwrap();
                 assert_eq!(*parent_addr, addr(i));
@@ -921,6 +922,8 @@ mod prop {
                 max_supernode_uploads: 3,
                 stalled_after: Duration::from_secs(5),
                 bad_peer_strikes: 3,
+                bad_peer_reporters: 1 + (seed % 3) as usize,
+                strike_ttl: Duration::from_secs(5 + seed % 20),
                 link_depth: 1 + (seed % 2) as usize,
                 seed,
             };

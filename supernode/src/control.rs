@@ -1,0 +1,294 @@
+//! A peer's control stream for one task: registration (checked against the peer's
+//! certificate, admitted by the origin's verdict on its credentials), its ticket, the
+//! scheduler's messages down and the peer's reports up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use damselfly_common::id::{PeerId, Sha256Digest, TaskId};
+use damselfly_common::transport::{read_frame, write_frame, TransportError};
+use damselfly_proto as pb;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
+
+use crate::admission::Refusal;
+use crate::origin::OriginRequest;
+use crate::quic::{Client, ConnPeers};
+use crate::scheduler::{Down, Event, FailReason, Parent};
+use crate::{Shared, ToPeer, CONTROL_QUEUE};
+
+/// Checks a registration before anything is fetched for it: a well-formed request, a URL the
+/// origin policy allows (refused: final, the peer must not fetch it itself either), the peer id
+/// of the peer's own certificate. The address children will dial is the one the connection
+/// comes from, with the port the peer serves on: a peer cannot point children at another host.
+fn validate_register(
+    shared: &Shared,
+    client: &Client,
+    r: &pb::Register,
+) -> Result<(url::Url, Option<Sha256Digest>, SocketAddr), pb::Failed> {
+    let invalid = |message: String| pb::Failed { status: 0, message, refused: false };
+    let url = url::Url::parse(&r.url).map_err(|e| invalid(format!("invalid url: {e}")))?;
+    if let Err(refused) = shared.origins.policy().check_url(&url, None) {
+        return Err(pb::Failed { status: 0, message: refused.to_string(), refused: true });
+    }
+    let digest = if r.digest.is_empty() {
+        None
+    } else {
+        Some(r.digest.parse::<Sha256Digest>().map_err(|e| invalid(e.to_string()))?)
+    };
+    if TaskId::for_url(&url, digest.as_ref()).as_str() != r.task_id {
+        return Err(invalid("task id does not match the url/digest".into()));
+    }
+    let advertised = r
+        .peer_addr
+        .parse::<SocketAddr>()
+        .map_err(|e| invalid(format!("invalid peer address {:?}: {e}", r.peer_addr)))?;
+    if client.peer_id.as_deref() != Some(r.peer_id.as_str()) {
+        return Err(pb::Failed {
+            status: 0,
+            message: format!("peer id {:?} is not the one of this peer's certificate", r.peer_id),
+            refused: true,
+        });
+    }
+    let addr = SocketAddr::new(client.remote.ip(), advertised.port());
+    if addr != advertised {
+        debug!(%advertised, %addr, "peer advertises another address than it connects from: using its source address");
+    }
+    Ok((url, digest, addr))
+}
+
+/// Sends one message on a control stream that has not started its writer yet, and closes it.
+async fn refuse(send: &mut SendStream, failed: pb::Failed) -> Result<(), TransportError> {
+    let down = pb::ControlDown { kind: Some(pb::control_down::Kind::Failed(failed)) };
+    write_frame(send, &down).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Serves one control stream (opened by a `Register`) until the peer is done or leaves.
+pub(crate) async fn control(
+    shared: Arc<Shared>,
+    client: Client,
+    peers: ConnPeers,
+    reg: pb::Register,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), TransportError> {
+    let remote = client.remote;
+    let (url, digest, addr) = match validate_register(&shared, &client, &reg) {
+        Ok(v) => v,
+        Err(failed) => {
+            warn!(%remote, error = %failed.message, "registration refused");
+            return refuse(&mut send, failed).await;
+        }
+    };
+    let task = TaskId::new(reg.task_id.clone());
+    let peer = PeerId::new(reg.peer_id.clone());
+    let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
+    if reg.announce_only {
+        return announce(shared, peers, task, peer, addr, reg.have, recv).await;
+    }
+    // Admission: this host's own credentials, accepted by the origin for this content.
+    if let Err(refusal) = shared.admissions.check(&shared.origins, &url, &reg.headers).await {
+        let (status, refused) = match &refusal {
+            Refusal::Denied { status, .. } => {
+                shared.metrics.admissions_refused.inc();
+                (u32::from(*status), false)
+            }
+            Refusal::Policy(_) => (0, true),
+            Refusal::Unavailable(_) => (0, false),
+        };
+        debug!(%remote, task = %task, error = %refusal, "registration not admitted");
+        return refuse(&mut send, pb::Failed { status, message: refusal.to_string(), refused }).await;
+    }
+    let span = tracing::info_span!("control", task = %task, peer = %peer);
+    async move {
+        peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
+        claim_conn(&shared, &peer, &peers);
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        // The ticket goes first: every assignment that follows can be fetched with it.
+        let _ = tx.try_send(ToPeer::Ticket(issue_ticket(&shared, &task, &peer)));
+        shared.attach(&peer, &task, tx.clone());
+        let writer = tokio::spawn(write_downs(rx, send));
+        let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx));
+        // Joined first, so that a fetch failing at once still reaches this peer.
+        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
+        // Held while the peer downloads: the cache never evicts an entry in use.
+        let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
+        let result = read_ups(&shared, &task, &peer, &mut recv).await;
+        shared.detach(&peer, &task);
+        renewer.abort();
+        writer.abort();
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// A ticket for `peer` to get pieces of `task` for the configured lifetime.
+fn issue_ticket(shared: &Shared, task: &TaskId, peer: &PeerId) -> pb::Ticket {
+    shared.tickets.issue(task.as_str(), peer.as_str(), SystemTime::now() + shared.config.ticket_ttl)
+}
+
+/// Sends a fresh ticket at half of each ticket's life, while the control stream lasts.
+async fn renew_tickets(shared: Arc<Shared>, task: TaskId, peer: PeerId, tx: mpsc::Sender<ToPeer>) {
+    let every = shared.config.ticket_ttl / 2;
+    loop {
+        tokio::time::sleep(every).await;
+        if tx.send(ToPeer::Ticket(issue_ticket(&shared, &task, &peer))).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn start_origin_if_needed(
+    shared: &Arc<Shared>,
+    task: &TaskId,
+    url: url::Url,
+    digest: Option<Sha256Digest>,
+    headers: &[pb::Header],
+) -> Option<Arc<crate::cache::CachedTask>> {
+    let headers = headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+    let req = OriginRequest { task: task.clone(), url, digest, headers };
+    match crate::origin::start_fetch(shared, req) {
+        Ok((entry, _)) => Some(entry),
+        Err(e) => {
+            warn!(error = %e, "cannot create cache entry");
+            shared.handle(Event::OriginFailed {
+                task: task.clone(),
+                status: None,
+                refused: false,
+                message: format!("supernode cache error: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// A peer tells what it holds without downloading (`Register.announce_only`): after a restart
+/// it re-announces a finished task (`have`: every piece, then `TaskDone`), after an eviction it
+/// leaves (`have` empty). No origin fetch starts and nothing is sent back.
+async fn announce(
+    shared: Arc<Shared>,
+    peers: ConnPeers,
+    task: TaskId,
+    peer: PeerId,
+    addr: SocketAddr,
+    have: Vec<u32>,
+    mut recv: RecvStream,
+) -> Result<(), TransportError> {
+    if have.is_empty() {
+        debug!(task = %task, peer = %peer, "peer dropped the task");
+        shared.handle(Event::PeerLeft { task, peer });
+        return Ok(());
+    }
+    peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
+    claim_conn(&shared, &peer, &peers);
+    shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have });
+    read_ups(&shared, &task, &peer, &mut recv).await
+}
+
+/// Records `peers`' connection as the one `peer` registered on last.
+pub(crate) fn claim_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers) {
+    let key = Arc::as_ptr(peers) as usize;
+    shared.peer_conns.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone(), key);
+}
+
+/// Forgets `peer`'s connection if it is `peers`' one; false when the peer registered on a newer
+/// connection since.
+pub(crate) fn release_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers) -> bool {
+    let key = Arc::as_ptr(peers) as usize;
+    let mut conns = shared.peer_conns.lock().unwrap_or_else(|e| e.into_inner());
+    match conns.get(peer) {
+        Some(k) if *k != key => false,
+        _ => {
+            conns.remove(peer);
+            true
+        }
+    }
+}
+
+async fn write_downs(mut rx: mpsc::Receiver<ToPeer>, mut send: SendStream) {
+    while let Some(msg) = rx.recv().await {
+        let (down, last) = match msg {
+            ToPeer::Down(down) => {
+                let failed = matches!(down, Down::Failed { .. });
+                (to_proto(down), failed)
+            }
+            ToPeer::Ticket(t) => (pb::ControlDown { kind: Some(pb::control_down::Kind::Ticket(t)) }, false),
+        };
+        if write_frame(&mut send, &down).await.is_err() {
+            return;
+        }
+        if last {
+            let _ = send.finish();
+            return;
+        }
+    }
+}
+
+async fn read_ups(shared: &Shared, task: &TaskId, peer: &PeerId, recv: &mut RecvStream) -> Result<(), TransportError> {
+    use pb::control_up::Kind;
+    loop {
+        let Some(up) = read_frame::<pb::ControlUp>(recv).await? else {
+            shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
+            return Ok(());
+        };
+        let event = match up.kind {
+            Some(Kind::PieceDone(d)) => Event::PieceFinished { task: task.clone(), peer: peer.clone(), piece: d.piece },
+            Some(Kind::PieceFailed(f)) => {
+                shared.metrics.piece_failure_reports.inc();
+                let reason =
+                    if f.reason == pb::FailReason::Digest as i32 { FailReason::Digest } else { FailReason::Transfer };
+                let parent = (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id));
+                debug!(piece = f.piece, ?parent, detail = %f.detail, "piece failure reported");
+                Event::PieceFailed { task: task.clone(), peer: peer.clone(), piece: f.piece, parent, reason }
+            }
+            Some(Kind::Done(_)) => {
+                // The peer keeps seeding; its control stream may now close.
+                shared.handle(Event::PeerDone { task: task.clone(), peer: peer.clone() });
+                return Ok(());
+            }
+            Some(Kind::Leave(_)) => {
+                shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
+                return Ok(());
+            }
+            Some(Kind::Register(_)) | None => continue,
+        };
+        shared.handle(event);
+    }
+}
+
+fn to_proto(down: Down) -> pb::ControlDown {
+    use pb::control_down::Kind;
+    let kind = match down {
+        Down::TaskInfo { content_length, piece_size } => Kind::TaskInfo(pb::TaskInfo { content_length, piece_size }),
+        Down::Pieces(pieces) => Kind::Pieces(pb::Pieces {
+            pieces: pieces
+                .into_iter()
+                .map(|p| pb::PieceMeta { number: p.number, offset: p.offset, size: p.size, sha256: p.sha256.to_vec() })
+                .collect(),
+        }),
+        Down::Assign(list) => Kind::Assign(pb::Assign {
+            assignments: list
+                .into_iter()
+                .map(|a| pb::Assignment {
+                    piece: a.piece,
+                    parent: Some(match a.parent {
+                        Parent::Supernode => pb::Parent::default(),
+                        Parent::Peer { id, addr } => pb::Parent { peer_id: id.to_string(), addr: addr.to_string() },
+                    }),
+                })
+                .collect(),
+        }),
+        Down::Complete { total_pieces, content_length } => {
+            Kind::Complete(pb::Complete { total_pieces, content_length })
+        }
+        Down::Failed { status, refused, message } => {
+            Kind::Failed(pb::Failed { status: u32::from(status.unwrap_or(0)), message, refused })
+        }
+    };
+    pb::ControlDown { kind: Some(kind) }
+}

@@ -1,0 +1,263 @@
+//! Private blobs reach only hosts that proved access, end to end with real processes: a real
+//! registry with htpasswd auth, a real supernode and dfdaemons, and a hostile test peer that
+//! holds a valid cluster certificate and knows the digests.
+//!
+//! - Hosts without credentials, with wrong ones, or with credentials for another repository get
+//!   the origin's 401/403 and zero bytes, through the registry mirror and the dfget API.
+//! - A peer asking a parent (a dfdaemon or the supernode) for a piece over QUIC gets nothing
+//!   without a ticket the supernode issued for that task and that peer: no ticket, a ticket for
+//!   another task, a forged one.
+//! - A registration under another peer's id is refused.
+//! - The authorized host still pulls through the swarm, the registry serving each blob once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use damselfly_common::ticket::TicketSigner;
+use damselfly_common::tls::{self, ClusterCa};
+use damselfly_common::transport::{bind_endpoint, read_frame, with_transport, write_frame};
+use damselfly_proto as pb;
+use damselfly_testkit::{
+    http_client, random_bytes, sha256_digest, Blob, Cluster, ClusterOpts, DfdaemonOpts, Origin, Registry, RegistryOpts,
+    TestImage,
+};
+
+const MIB: usize = 1 << 20;
+
+fn mirror_opts(registry: &Registry) -> ClusterOpts {
+    let args = ["--insecure-registry".to_string(), registry.host(), "--registry".to_string(), registry.url()];
+    ClusterOpts { daemon: DfdaemonOpts::default().args(args), ..Default::default() }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use std::io::Write;
+    let mut raw = Vec::new();
+    let _ = write!(raw, "{user}:{password}");
+    format!("Basic {}", base64_encode(&raw))
+}
+
+/// Standard base64 (RFC 4648 with padding), enough for a test header.
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `GET /v2/<name>/blobs/<digest>?ns=<registry>` on a daemon's mirror: (status, body).
+async fn mirror_get(proxy: &str, registry: &Registry, name: &str, blob: &Blob, auth: Option<&str>) -> (u16, Vec<u8>) {
+    let url = format!("{proxy}/v2/{name}/blobs/{}?ns={}", blob.digest, registry.host());
+    let mut req = http_client().get(url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+        }
+        Err(e) => panic!("mirror request failed: {e}"),
+    }
+}
+
+/// `POST /api/v1/download` (the dfget API, streaming): (status, body).
+async fn api_download(proxy: &str, url: &str, digest: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let body = serde_json::json!({ "url": url, "digest": digest, "headers": headers });
+    let resp = http_client().post(format!("{proxy}/api/v1/download")).json(&body).send().await.expect("api request");
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.len() <= haystack.len() && haystack.windows(needle.len().min(64)).any(|w| w == &needle[..w.len()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_blobs_reach_only_hosts_whose_credentials_the_registry_accepts() -> anyhow::Result<()> {
+    let registry =
+        Registry::start(RegistryOpts { htpasswd: Some(("alice".into(), "s3cret".into())), ..Default::default() })
+            .await?;
+    let name = "private/app";
+    let image = TestImage::generate(name, "v1", &[3 * MIB, 4096], 41);
+    image.push(&registry, Some(("alice", "s3cret"))).await?;
+    let cluster = Cluster::start(3, mirror_opts(&registry)).await?;
+    let right = basic("alice", "s3cret");
+    let wrong = basic("alice", "wrong");
+    let layer = &image.layers[0];
+
+    // Host 1 pulls with the right password: through the swarm.
+    let mark = registry.mark().await?;
+    let (status, body) = mirror_get(&cluster.daemons[0].proxy_url(), &registry, name, layer, Some(&right)).await;
+    assert_eq!(status, 200);
+    assert_eq!(sha256_digest(&body), layer.digest);
+
+    // Hosts 2 and 3, without credentials or with wrong ones, through the mirror and the dfget
+    // API: the registry's refusal and zero bytes of the blob.
+    let blob_url = format!("{}/v2/{name}/blobs/{}", registry.url(), layer.digest);
+    for (d, auth) in [(&cluster.daemons[1], None), (&cluster.daemons[2], Some(wrong.as_str()))] {
+        let (status, body) = mirror_get(&d.proxy_url(), &registry, name, layer, auth).await;
+        assert_eq!(status, 401, "mirror without valid credentials: {}", String::from_utf8_lossy(&body));
+        assert!(!contains(&body, &layer.bytes), "no blob bytes in the refusal");
+        let headers: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        let (status, body) = api_download(&d.proxy_url(), &blob_url, &layer.digest, &headers).await;
+        assert_eq!(status, 401, "dfget API without valid credentials: {}", String::from_utf8_lossy(&body));
+        assert!(!contains(&body, &layer.bytes));
+        let m = d.metrics().await?;
+        assert_eq!(m.get("damselfly_dfdaemon_download_bytes_total"), 0.0, "not a byte reached the host");
+    }
+    let sn = cluster.supernode.metrics().await?;
+    assert!(sn.get("damselfly_supernode_admissions_refused_total") >= 2.0);
+
+    // Host 2 with the right password: admitted, served from the swarm.
+    let (status, body) = mirror_get(&cluster.daemons[1].proxy_url(), &registry, name, layer, Some(&right)).await;
+    assert_eq!(status, 200);
+    assert_eq!(sha256_digest(&body), layer.digest);
+    let log = registry.since(mark).await?;
+    assert_eq!(log.blob_gets(&layer.digest), 1, "the registry served the blob once: {:?}", log.records());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_for_another_repository_get_nothing() -> anyhow::Result<()> {
+    // Two "repositories" on an origin that wants a different token for each.
+    let origin = Origin::start()?;
+    let (a, b) = (random_bytes(MIB + 7, 51), random_bytes(MIB + 9, 52));
+    origin.add("/team-a/blob", a.clone());
+    origin.add("/team-b/blob", b.clone());
+    origin.require_header("/team-a/blob", "authorization", "Bearer token-a");
+    origin.require_header("/team-b/blob", "authorization", "Bearer token-b");
+    let cluster = Cluster::start(2, ClusterOpts::default()).await?;
+    let (d0, d1) = (&cluster.daemons[0], &cluster.daemons[1]);
+    let url_a = origin.url("/team-a/blob");
+    let (status, body) =
+        api_download(&d0.proxy_url(), &url_a, &sha256_digest(&a), &[("Authorization", "Bearer token-a")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, a);
+    // Team B's token for team A's blob: refused, though the blob sits in the swarm.
+    let (status, body) =
+        api_download(&d1.proxy_url(), &url_a, &sha256_digest(&a), &[("Authorization", "Bearer token-b")]).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(!contains(&body, &a));
+    assert_eq!(d1.metrics().await?.get("damselfly_dfdaemon_download_bytes_total"), 0.0);
+    assert_eq!(origin.gets("/team-a/blob"), 1, "fetched once, for the authorized host");
+    Ok(())
+}
+
+/// A QUIC client holding a valid cluster certificate (minted with the cluster CA's key, which a
+/// test can read from the supernode's data dir): an enrolled host gone rogue.
+struct RoguePeer {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    peer_id: String,
+}
+
+impl RoguePeer {
+    fn new(ca: &ClusterCa, peer_id: &str) -> anyhow::Result<Self> {
+        let identity = ca.issue_peer_identity(peer_id)?;
+        let client = with_transport(tls::client_config(Some(&identity), &ca.cert_der())?);
+        let endpoint = bind_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+        Ok(Self { endpoint, client, peer_id: peer_id.into() })
+    }
+
+    async fn connect(&self, addr: SocketAddr, name: &str) -> anyhow::Result<quinn::Connection> {
+        Ok(self.endpoint.connect_with(self.client.clone(), addr, name)?.await?)
+    }
+
+    /// Asks `conn` for a piece; the answer and the raw bytes that followed it.
+    async fn ask_piece(
+        &self,
+        conn: &quinn::Connection,
+        task: &str,
+        ticket: Option<pb::Ticket>,
+    ) -> anyhow::Result<(pb::PieceResponse, usize)> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let req = pb::PieceRequest { task_id: task.into(), piece: 0, ticket };
+        write_frame(&mut send, &pb::Request { kind: Some(pb::request::Kind::Piece(req)) }).await?;
+        let _ = send.finish();
+        let resp: pb::PieceResponse = read_frame(&mut recv).await?.context("no answer")?;
+        let mut extra = 0;
+        while let Ok(Some(chunk)) = recv.read_chunk(1 << 20, true).await {
+            extra += chunk.bytes.len();
+        }
+        Ok((resp, extra))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_with_a_certificate_but_no_valid_ticket_gets_no_piece() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let origin = Origin::start()?;
+    let blob = random_bytes(2 * MIB, 61);
+    let digest = sha256_digest(&blob);
+    origin.add("/blob", blob.clone());
+    let cluster = Cluster::start(1, ClusterOpts::default()).await?;
+    let seed = &cluster.daemons[0];
+    let dir = tempfile::tempdir()?;
+    seed.dfget(&origin.url("/blob"), dir.path().join("x")).digest(&digest).run_ok().await?;
+
+    let tls_dir = cluster.supernode.data_dir().join("tls");
+    let ca = ClusterCa::load(&tls_dir.join("ca.crt"), &tls_dir.join("ca.key"))?;
+    let rogue = RoguePeer::new(&ca, "0123456789abcdef01234567")?;
+    let other_ca = ClusterCa::generate()?;
+    let forged =
+        TicketSigner::from_ca(&other_ca)?.issue(&digest, &rogue.peer_id, SystemTime::now() + Duration::from_secs(60));
+    let signer = TicketSigner::from_ca(&ca)?;
+    let wrong_task = signer.issue("sha256:00", &rogue.peer_id, SystemTime::now() + Duration::from_secs(60));
+    let wrong_peer = signer.issue(&digest, "someone-else", SystemTime::now() + Duration::from_secs(60));
+    let expired = signer.issue(&digest, &rogue.peer_id, SystemTime::now() - Duration::from_secs(1));
+
+    let parents = [
+        (seed.peer_addr(), tls::PEER_SERVER_NAME, "dfdaemon"),
+        (cluster.supernode.quic_addr(), tls::SUPERNODE_SERVER_NAME, "supernode"),
+    ];
+    for (addr, name, what) in parents {
+        let conn = rogue.connect(addr, name).await?;
+        for (ticket, case) in [
+            (None, "no ticket"),
+            (Some(forged.clone()), "a ticket from another CA"),
+            (Some(wrong_task.clone()), "a ticket for another task"),
+            (Some(wrong_peer.clone()), "another peer's ticket"),
+            (Some(expired.clone()), "an expired ticket"),
+        ] {
+            let (resp, extra) = rogue.ask_piece(&conn, &digest, ticket).await?;
+            assert_eq!(resp.error, pb::PieceError::Unauthenticated as i32, "{what}, {case}: {resp:?}");
+            assert_eq!((resp.size, extra), (0, 0), "{what}, {case}: no piece bytes");
+        }
+    }
+    assert!(seed.metrics().await?.get("damselfly_dfdaemon_refused_piece_requests_total") >= 5.0);
+    assert!(cluster.supernode.metrics().await?.get("damselfly_supernode_refused_piece_requests_total") >= 5.0);
+
+    // A registration under the seed's peer id from the rogue's certificate: refused.
+    let seed_id = std::fs::read_to_string(seed.data_dir().join("tls/peer_id"))?;
+    let conn = rogue.connect(cluster.supernode.quic_addr(), tls::SUPERNODE_SERVER_NAME).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let register = pb::Register {
+        task_id: digest.clone(),
+        url: origin.url("/blob"),
+        digest: digest.clone(),
+        peer_id: seed_id.trim().into(),
+        peer_addr: "127.0.0.1:9".into(),
+        ..Default::default()
+    };
+    let up = pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) };
+    write_frame(&mut send, &pb::Request { kind: Some(pb::request::Kind::Control(up)) }).await?;
+    let down: pb::ControlDown = read_frame(&mut recv).await?.context("no answer to a spoofed registration")?;
+    match down.kind {
+        Some(pb::control_down::Kind::Failed(f)) => {
+            assert!(f.refused && f.message.contains("certificate"), "{f:?}")
+        }
+        other => panic!("a spoofed peer id was accepted: {other:?}"),
+    }
+    Ok(())
+}
