@@ -545,6 +545,31 @@ pub fn client_peer_id(conn: &quinn::Connection) -> Option<String> {
     common_name_of(chain.first()?)
 }
 
+/// Whether the connection's peer presented the supernode's client certificate (verified against
+/// the CA by the handshake): its SAN is [`SUPERNODE_SERVER_NAME`], which no peer certificate
+/// carries ([`ClusterCa::sign_peer_csr`] ignores the names a CSR asks for), and its CN the
+/// supernode's, which no peer id may be.
+pub fn client_is_supernode(conn: &quinn::Connection) -> bool {
+    let Some(chain) = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok()) else {
+        return false;
+    };
+    chain.first().is_some_and(is_supernode_cert)
+}
+
+/// Whether `cert` names the supernode (see [`client_is_supernode`]).
+pub fn is_supernode_cert(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    let san = parsed.subject_alternative_name().ok().flatten().is_some_and(|ext| {
+        ext.value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == SUPERNODE_SERVER_NAME))
+    });
+    san && common_name_of(cert).as_deref() == Some(SUPERNODE_COMMON_NAME)
+}
+
 /// The CN of a certificate's subject.
 pub fn common_name_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -646,6 +671,8 @@ fn validate_peer_id(peer_id: &str) -> Result<(), TlsError> {
         "it is longer than 64 bytes"
     } else if peer_id.chars().any(char::is_control) {
         "it contains control characters"
+    } else if peer_id == SUPERNODE_COMMON_NAME {
+        "it is the supernode's name"
     } else {
         return Ok(());
     };
@@ -875,6 +902,22 @@ mod tests {
         let request = PeerKeyRequest::new().expect("key request");
         let leaf = ca.sign_peer_csr(request.csr_der(), peer_id, DAY).expect("sign CSR");
         request.into_identity(leaf, ca.cert_der())
+    }
+
+    #[test]
+    fn only_the_supernode_certificate_names_the_supernode() {
+        let ca = ca();
+        let supernode = ca.issue_supernode_identity().expect("supernode identity");
+        assert!(is_supernode_cert(&supernode.chain[0]));
+        assert!(!is_supernode_cert(&enroll(&ca, "host-1").chain[0]));
+        // A CSR asking for the supernode's names gets a peer certificate all the same.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(vec![SUPERNODE_SERVER_NAME.to_owned()]).expect("params");
+        params.distinguished_name = common_name(SUPERNODE_COMMON_NAME);
+        let csr = params.serialize_request(&key).expect("csr");
+        let leaf = ca.sign_peer_csr(csr.der(), "rogue", DAY).expect("sign");
+        assert!(!is_supernode_cert(&leaf));
+        assert!(matches!(ca.sign_peer_csr(csr.der(), SUPERNODE_COMMON_NAME, DAY), Err(TlsError::InvalidPeerId { .. })));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

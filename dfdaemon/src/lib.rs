@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod storage;
 pub mod verify;
+mod warm;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -273,6 +274,7 @@ async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
             let Some(peer_id) = damselfly_common::tls::client_peer_id(&conn).map(Arc::<str>::from) else {
                 return debug!("peer connection without a peer certificate: closed");
             };
+            let supernode = tls::client_is_supernode(&conn);
             // Tickets verify with the CA in force when the connection came (it changes only on
             // re-enrollment into another cluster, which also ends this peer's connections).
             let tickets = match TicketVerifier::from_ca_cert(&daemon.identity.tls.ca()) {
@@ -281,16 +283,17 @@ async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
             };
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let (daemon, peer_id, tickets) = (daemon.clone(), peer_id.clone(), tickets.clone());
-                tokio::spawn(async move { serve_upload(&daemon, &peer_id, &tickets, send, recv).await });
+                tokio::spawn(async move { serve_upload(&daemon, &peer_id, supernode, &tickets, send, recv).await });
             }
         });
     }
 }
 
-/// One piece request from `peer_id`.
+/// One request from `peer_id`: a piece, or (from the supernode only) a preheat.
 async fn serve_upload(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     peer_id: &str,
+    supernode: bool,
     tickets: &TicketVerifier,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -298,9 +301,19 @@ async fn serve_upload(
     let Ok(Some(req)) = read_first_frame::<pb::Request>(&mut recv, damselfly_proto::MAX_FRAME_LEN).await else {
         return;
     };
-    let Some(pb::request::Kind::Piece(p)) = req.kind else {
-        let _ = send.reset(2u32.into());
-        return;
+    let p = match req.kind {
+        Some(pb::request::Kind::Piece(p)) => p,
+        Some(pb::request::Kind::Warm(w)) if supernode => return warm::serve(daemon, w, send).await,
+        Some(pb::request::Kind::Warm(_)) => {
+            daemon.metrics.refused_piece_requests.inc();
+            warn!(peer = %peer_id, "preheat request from a peer that is not the supernode: refused");
+            let _ = send.reset(3u32.into());
+            return;
+        }
+        _ => {
+            let _ = send.reset(2u32.into());
+            return;
+        }
     };
     if TaskId::is_valid(&p.task_id) {
         // Pieces loaded from disk are hashed before their first upload.

@@ -45,7 +45,8 @@ pub(crate) struct PreheatArgs {
     /// File holding the supernode's API token (its DATA_DIR/api-token) [default: $DAMSELFLY_API_TOKEN].
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// dfdaemon that should fetch the image too (HOST:PORT of its HTTP API); repeatable.
+    /// Enrolled dfdaemon that should fetch the image too: its peer id or its QUIC address
+    /// HOST:PORT (the supernode asks it over authenticated QUIC); repeatable.
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<String>,
     /// Start the job, print its id and exit without waiting.

@@ -58,6 +58,12 @@ pub struct SupernodeConfig {
     /// trusted before the next registration asks again (`HEAD` of the blob). Default 5 min.
     #[serde(with = "humantime_serde")]
     pub auth_ttl: Duration,
+    /// Admit a host to a task only once the origin accepted its credentials (see
+    /// `admission`). Default true. `false` is for a cluster that mirrors only public content
+    /// and wants to spare the origin the one `HEAD` per repository and `auth_ttl`: every host
+    /// that registers is then admitted, and private blobs reach any enrolled host (as in
+    /// Dragonfly, Kraken and Spegel). Tickets and the other checks stay.
+    pub check_access: bool,
     /// Lifetime of the tickets that let an admitted peer get a task's pieces; renewed at half
     /// life while the peer stays registered. Default 10 min.
     #[serde(with = "humantime_serde")]
@@ -87,6 +93,7 @@ impl Default for SupernodeConfig {
             origin_read_timeout: Duration::from_secs(60),
             auth_ttl: Duration::from_secs(300),
             ticket_ttl: Duration::from_secs(600),
+            check_access: true,
             scheduler: SchedulerConfig::default(),
         }
     }

@@ -91,7 +91,11 @@ pub(crate) async fn control(
         return announce(shared, peers, task, peer, addr, reg.have, recv).await;
     }
     // Admission: this host's own credentials, accepted by the origin for this content.
-    if let Err(refusal) = shared.admissions.check(&shared.origins, &url, &reg.headers).await {
+    let verdict = match shared.config.check_access {
+        true => shared.admissions.check(&shared.origins, &url, &reg.headers).await,
+        false => Ok(()),
+    };
+    if let Err(refusal) = verdict {
         let (status, refused) = match &refusal {
             Refusal::Denied { status, .. } => {
                 shared.metrics.admissions_refused.inc();
@@ -106,7 +110,7 @@ pub(crate) async fn control(
     let span = tracing::info_span!("control", task = %task, peer = %peer);
     async move {
         peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
-        claim_conn(&shared, &peer, &peers);
+        claim_conn(&shared, &peer, &peers, addr);
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         // The ticket goes first: every assignment that follows can be fetched with it.
         let _ = tx.try_send(ToPeer::Ticket(issue_ticket(&shared, &task, &peer)));
@@ -185,15 +189,16 @@ async fn announce(
         return Ok(());
     }
     peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
-    claim_conn(&shared, &peer, &peers);
+    claim_conn(&shared, &peer, &peers, addr);
     shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have });
     read_ups(&shared, &task, &peer, &mut recv).await
 }
 
 /// Records `peers`' connection as the one `peer` registered on last.
-pub(crate) fn claim_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers) {
+pub(crate) fn claim_conn(shared: &Shared, peer: &PeerId, peers: &ConnPeers, addr: SocketAddr) {
     let key = Arc::as_ptr(peers) as usize;
     shared.peer_conns.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone(), key);
+    shared.peer_addrs.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone(), addr);
 }
 
 /// Forgets `peer`'s connection if it is `peers`' one; false when the peer registered on a newer

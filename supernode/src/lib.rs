@@ -46,8 +46,6 @@ pub struct Shared {
     /// enforces the origin policy (`--allow-origin`, no loopback / link-local / metadata
     /// addresses otherwise) and the header allow-list.
     pub origins: origin::client::OriginClient,
-    /// Client for the dfdaemon APIs a preheat job's `peers` name; never for origins.
-    pub peer_http: reqwest::Client,
     /// The cluster CA (signs peer certificates).
     pub ca: ClusterCa,
     /// The join token enrollment requires and the API token the HTTP API requires.
@@ -65,6 +63,9 @@ pub struct Shared {
     /// The connection (its peer set's address) each peer registered on last: when an older
     /// connection of a restarted peer closes, the peer's newer registrations stay.
     peer_conns: Mutex<HashMap<PeerId, usize>>,
+    /// The address each peer last registered from (its upload port): how a preheat job that
+    /// names a daemon by peer id reaches it.
+    peer_addrs: Mutex<HashMap<PeerId, std::net::SocketAddr>>,
 }
 
 /// The scheduler and the routes to the peers' control streams. Actions are dispatched while the
@@ -88,6 +89,11 @@ pub enum ToPeer {
 pub const CONTROL_QUEUE: usize = 4096;
 
 impl Shared {
+    /// The address `peer` last registered from, if it ever did.
+    pub fn peer_addr(&self, peer: &PeerId) -> Option<std::net::SocketAddr> {
+        self.peer_addrs.lock().unwrap_or_else(|e| e.into_inner()).get(peer).copied()
+    }
+
     /// Feeds one event to the scheduler and dispatches its actions.
     pub fn handle(&self, event: Event) {
         let now = self.started.elapsed();
@@ -174,10 +180,6 @@ pub async fn start(
     let tickets = damselfly_common::ticket::TicketSigner::from_ca(&ca)?;
     let ticket_verifier = damselfly_common::ticket::TicketVerifier::from_ca_cert(&ca.cert_der())?;
     let origins = origin_client(&config)?;
-    let peer_http = reqwest::Client::builder()
-        .connect_timeout(config.origin_connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
     let metrics = metrics::Metrics::new();
     let quota = config.cache_quota.map(|q| q.as_u64());
     let shared = Arc::new(Shared {
@@ -185,7 +187,6 @@ pub async fn start(
         cache: cache::Cache::open(&config.data_dir, quota, metrics.cache.clone())?,
         metrics,
         origins,
-        peer_http,
         ca,
         preheat: preheat::Preheats::default(),
         admissions: admission::Admissions::new(config.auth_ttl),
@@ -194,6 +195,7 @@ pub async fn start(
         started: Instant::now(),
         core: Mutex::new(Core { scheduler: Scheduler::new(config.scheduler.clone()), routes: HashMap::new() }),
         peer_conns: Mutex::new(HashMap::new()),
+        peer_addrs: Mutex::new(HashMap::new()),
         config,
     });
     let endpoint = quic::bind(&shared)?;

@@ -175,6 +175,11 @@ async fn handle_stream(
             }
             _ => Ok(()),
         },
+        // The supernode asks daemons to warm, never the other way round.
+        Some(pb::request::Kind::Warm(_)) => {
+            let _ = send.reset(2u32.into());
+            Ok(())
+        }
         None => Ok(()),
     }
 }

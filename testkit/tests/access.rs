@@ -238,6 +238,16 @@ async fn a_peer_with_a_certificate_but_no_valid_ticket_gets_no_piece() -> anyhow
     assert!(seed.metrics().await?.get("damselfly_dfdaemon_refused_piece_requests_total") >= 5.0);
     assert!(cluster.supernode.metrics().await?.get("damselfly_supernode_refused_piece_requests_total") >= 5.0);
 
+    // Only the supernode may ask a daemon to preheat: a peer's request is refused and nothing is
+    // fetched (it would make the daemon fetch with whatever credentials the request carries).
+    let conn = rogue.connect(seed.peer_addr(), tls::PEER_SERVER_NAME).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let warm = pb::Warm { url: origin.url("/other"), digest: sha256_digest(b"other"), headers: Vec::new() };
+    write_frame(&mut send, &pb::Request { kind: Some(pb::request::Kind::Warm(warm)) }).await?;
+    let answer = read_frame::<pb::WarmStatus>(&mut recv).await;
+    assert!(answer.is_err(), "a peer's preheat request was answered: {answer:?}");
+    assert_eq!(origin.gets("/other"), 0);
+
     // A registration under the seed's peer id from the rogue's certificate: refused.
     let seed_id = std::fs::read_to_string(seed.data_dir().join("tls/peer_id"))?;
     let conn = rogue.connect(cluster.supernode.quic_addr(), tls::SUPERNODE_SERVER_NAME).await?;
@@ -259,5 +269,78 @@ async fn a_peer_with_a_certificate_but_no_valid_ticket_gets_no_piece() -> anyhow
         }
         other => panic!("a spoofed peer id was accepted: {other:?}"),
     }
+    Ok(())
+}
+
+/// The cost of per-task authorization, measured rather than asserted (run by hand):
+/// `cargo nextest run -p damselfly-testkit --test access --run-ignored only --no-capture slow_measure`
+///
+/// Three clusters in the same run, each with a seed daemon that pulled a private image once (so
+/// the image is in the swarm): access checks off (`check_access = false`), on with the verdict
+/// cached (the default `auth_ttl`: a warm pull asks the registry nothing), and on with the
+/// verdict expired before every pull (`auth_ttl = 1s`, rounds 1.2 s apart: the pull's
+/// concurrent registrations share one HEAD). Each round, in turn, a
+/// fresh daemon on each cluster pulls every layer through its mirror with the right password;
+/// prints wall times, their ratios to "off" and the registry requests each pull caused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, run by hand"]
+async fn slow_measure_authorization_cost_of_a_warm_private_pull() -> anyhow::Result<()> {
+    const ROUNDS: usize = 7;
+    let registry =
+        Registry::start(RegistryOpts { htpasswd: Some(("alice".into(), "s3cret".into())), ..Default::default() })
+            .await?;
+    let name = "private/big";
+    let image = TestImage::generate(name, "v1", &[8 * MIB; 8], 71);
+    image.push(&registry, Some(("alice", "s3cret"))).await?;
+    let right = basic("alice", "s3cret");
+    let dir = tempfile::tempdir()?;
+    let mut clusters = Vec::new();
+    for (label, toml) in [("off", "check_access = false\n"), ("on, cached", ""), ("on, expired", "auth_ttl = \"1s\"\n")]
+    {
+        let config = dir.path().join(format!("{}.toml", clusters.len()));
+        std::fs::write(&config, toml)?;
+        let mut opts = mirror_opts(&registry);
+        opts.supernode = damselfly_testkit::SupernodeOpts::default().args(["--config", &config.to_string_lossy()]);
+        let cluster = Cluster::start(1, opts).await?;
+        pull_all(&cluster.daemons[0].proxy_url(), &registry, name, &image, &right).await?;
+        clusters.push((label, cluster, Vec::new(), 0usize));
+    }
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for (_, cluster, times, requests) in &mut clusters {
+            let proxy = cluster.add_daemon().await?.proxy_url();
+            let mark = registry.mark().await?;
+            let started = std::time::Instant::now();
+            pull_all(&proxy, &registry, name, &image, &right).await?;
+            times.push(started.elapsed().as_secs_f64());
+            *requests += registry.since(mark).await?.records().len();
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&clusters[0].2);
+    println!("warm private pull of {} layers x 8 MiB through a fresh daemon, {ROUNDS} rounds:", image.layers.len());
+    for (label, _, times, requests) in &clusters {
+        let m = median(times);
+        println!(
+            "  {label:>13}: median {m:.3} s (x{:.2} of off), registry requests per pull {:.1}",
+            m / base,
+            *requests as f64 / ROUNDS as f64
+        );
+    }
+    Ok(())
+}
+
+/// Every layer of `image` through the daemon's mirror at once; checks each.
+async fn pull_all(proxy: &str, registry: &Registry, name: &str, image: &TestImage, auth: &str) -> anyhow::Result<()> {
+    let pulls = image.layers.iter().map(|layer| async move {
+        let (status, body) = mirror_get(proxy, registry, name, layer, Some(auth)).await;
+        anyhow::ensure!(status == 200 && sha256_digest(&body) == layer.digest, "layer {}: HTTP {status}", layer.digest);
+        Ok(())
+    });
+    futures_util::future::try_join_all(pulls).await?;
     Ok(())
 }

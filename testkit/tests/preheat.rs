@@ -337,6 +337,7 @@ async fn bad_requests_get_a_clear_4xx_at_once() -> anyhow::Result<()> {
         (json!({ "image": "x@sha256:123" }), 400, "digest"),
         (json!({ "image": format!("{host}/team/private:v1"), "platform": "linux" }), 400, "platform"),
         (json!({ "image": format!("{host}/team/private:v1"), "peers": ["not a peer"] }), 400, "peer"),
+        (json!({ "image": format!("{host}/team/private:v1"), "peers": ["http://127.0.0.1:65001"] }), 400, "is a URL"),
         (json!({ "img": "x" }), 400, "bad preheat request"),
         (json!({ "image": format!("{host}/team/private:v1") }), 403, "credentials"),
         (
@@ -398,7 +399,8 @@ async fn dfget_preheat_shows_progress_warms_peers_and_fails_with_the_reason() ->
     let cluster = cluster(2, &registry.host()).await?;
     let api = cluster.supernode.http_url();
     let reference = index.reference(&registry.host());
-    let peers: Vec<String> = cluster.daemons.iter().map(|d| d.proxy_addr().to_string()).collect();
+    // Daemons by their QUIC address (the supernode reaches them only over authenticated QUIC).
+    let peers: Vec<String> = cluster.daemons.iter().map(|d| d.peer_addr().to_string()).collect();
     let token_file = cluster.supernode.data_dir().join("api-token");
     let token_file = token_file.to_string_lossy();
 
@@ -428,11 +430,23 @@ async fn dfget_preheat_shows_progress_warms_peers_and_fails_with_the_reason() ->
     // --no-wait prints the job id; the environment names the API and carries the token.
     let token = cluster.supernode.api_token()?;
     let env = [("DFGET_SUPERNODE_API", api.as_str()), ("DAMSELFLY_API_TOKEN", token.as_str())];
-    let out = dfget(&["preheat", &reference, "--platform", "linux/arm64", "--no-wait"], &env).await?;
+    // A daemon by its peer id (known to the supernode since it registered for the blobs above).
+    let peer_id = std::fs::read_to_string(cluster.daemons[1].data_dir().join("tls/peer_id"))?;
+    let out = dfget(&["preheat", &reference, "--platform", "linux/arm64", "--no-wait", "--peer", peer_id.trim()], &env)
+        .await?;
     ensure_success(&out, "dfget preheat --no-wait")?;
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(id.len(), 32, "job id on stdout: {id:?}");
     assert_eq!(job_end(&cluster.supernode, &id).await?["state"], "succeeded");
+    let status = cluster.daemons[1].get_json(&format!("/api/v1/tasks/{}", arm.layers[0].digest)).await?;
+    assert_eq!(status["status"], "done", "warmed by peer id: {status}");
+
+    // Peers are enrolled daemons reached over QUIC: another service at the address fails the job.
+    let id = start_preheat(&cluster.supernode, json!({ "image": reference, "peers": [registry.host()] })).await?;
+    let end = job_end(&cluster.supernode, &id).await?;
+    assert_eq!(end["state"], "failed", "{end}");
+    let error = end["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not an enrolled dfdaemon") || error.contains("no answer"), "{end}");
 
     // Failure: non-zero exit and the supernode's reason.
     let missing = format!("{}/demo/cli:nope", registry.host());

@@ -144,7 +144,13 @@ pub fn view(shared: &Shared, job: &Job) -> JobResponse {
         }
     }
     for (addr, peer_state, error) in &peers {
-        let host = super::parse_peer(addr).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let host = match super::warm::parse_peer(addr) {
+            Ok(super::warm::PeerTarget::Addr(a)) => {
+                a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+            }
+            _ => None,
+        }
+        .unwrap_or_default();
         for (url, _, _) in &blobs {
             let outcome = |description: String| TaskOutcome {
                 url: url.clone(),

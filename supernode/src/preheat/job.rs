@@ -58,8 +58,8 @@ struct Blob {
 struct Peer {
     /// As the caller gave it.
     addr: String,
-    /// `http://host:port` of its API.
-    api: url::Url,
+    /// Whom to dial.
+    target: super::warm::PeerTarget,
     state: ItemState,
     blobs_done: usize,
     bytes: u64,
@@ -211,7 +211,12 @@ impl Job {
     }
 
     /// Fills in what resolution found: the blobs with their origin URLs, and the peers.
-    pub(super) fn set_plan(&self, resolved: &Resolved, urls: Vec<url::Url>, peers: Vec<(String, url::Url)>) {
+    pub(super) fn set_plan(
+        &self,
+        resolved: &Resolved,
+        urls: Vec<url::Url>,
+        peers: Vec<(String, super::warm::PeerTarget)>,
+    ) {
         self.update(|g| {
             g.manifest_digest = Some(resolved.manifest_digest.to_string());
             g.media_type = Some(resolved.media_type.clone());
@@ -229,7 +234,14 @@ impl Job {
                 .collect();
             g.peers = peers
                 .into_iter()
-                .map(|(addr, api)| Peer { addr, api, state: ItemState::Pending, blobs_done: 0, bytes: 0, error: None })
+                .map(|(addr, target)| Peer {
+                    addr,
+                    target,
+                    state: ItemState::Pending,
+                    blobs_done: 0,
+                    bytes: 0,
+                    error: None,
+                })
                 .collect();
         });
     }
@@ -306,9 +318,9 @@ impl Job {
         self.lock().peers.len()
     }
 
-    /// Peer `p`'s address as given and its API URL.
-    pub(super) fn peer_target(&self, p: usize) -> Option<(String, url::Url)> {
-        self.lock().peers.get(p).map(|x| (x.addr.clone(), x.api.clone()))
+    /// Peer `p` as given and whom to dial.
+    pub(super) fn peer_target(&self, p: usize) -> Option<(String, super::warm::PeerTarget)> {
+        self.lock().peers.get(p).map(|x| (x.addr.clone(), x.target.clone()))
     }
 
     /// Records what happened to peer `p`.
@@ -503,7 +515,11 @@ mod tests {
             blobs: vec![spec(1), spec(2)],
         };
         let u = url::Url::parse("http://r/v2/x/blobs/y").unwrap();
-        job.set_plan(&resolved, vec![u.clone(), u], vec![("p:1".into(), url::Url::parse("http://p:1").unwrap())]);
+        job.set_plan(
+            &resolved,
+            vec![u.clone(), u],
+            vec![("p:1".into(), super::super::warm::PeerTarget::Addr("p:1".into()))],
+        );
         job.set_blob(0, ItemState::Succeeded, None);
         job.finish(Some("blob 2 failed".into()));
         let v = job.view();

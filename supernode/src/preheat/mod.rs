@@ -21,9 +21,12 @@
 //!    `--insecure-registry` hosts), fetched with the `Authorization` the job obtained. That
 //!    header lives only in the job's registry client and the origin request: it is not logged,
 //!    not part of any id, never in API output.
-//! 4. With `peers`, each listed dfdaemon then fetches every blob through its own dfget API
-//!    (`POST {peer}/api/v1/download`), i.e. from the swarm, which has them now. A peer failure
-//!    fails the job (the caller asked for those hosts) and is shown per peer.
+//! 4. With `peers` (enrolled dfdaemons, by peer id or QUIC address `HOST:PORT`; never URLs),
+//!    the supernode connects to each daemon over mutually authenticated QUIC (its certificate
+//!    must chain to the cluster CA; the daemon accepts the request only from the supernode's
+//!    certificate) and asks it to fetch every blob (`Warm`), i.e. from the swarm, which has them
+//!    now; the job's registry credentials travel only in that connection (see [`warm`]). A peer
+//!    failure fails the job (the caller asked for those hosts) and is shown per peer.
 //! 5. Failure never leaves partial content servable: a failed origin fetch marks its cache entry
 //!    failed and removes its file (see [`crate::origin`]); only verified blobs are complete.
 //!
@@ -53,6 +56,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 mod run;
+pub mod warm;
 
 use std::sync::Arc;
 
@@ -112,22 +116,6 @@ pub struct JobSpec {
     pub peers: Vec<String>,
 }
 
-/// Parses a dfdaemon address (`HOST:PORT`, or an `http(s)://` URL) into its API base URL.
-pub fn parse_peer(addr: &str) -> Result<url::Url, PreheatError> {
-    let addr = addr.trim();
-    let text = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-    let url = url::Url::parse(&text)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
-        .ok_or_else(|| {
-            PreheatError::BadRequest(format!("peer {addr:?} is not a dfdaemon address (HOST:PORT or http://HOST:PORT)"))
-        })?;
-    let mut base = url.clone();
-    base.set_path("/");
-    base.set_query(None);
-    Ok(base)
-}
-
 /// Resolves the image, records the job and starts it. Errors are the request's (nothing is
 /// recorded then).
 pub async fn submit(shared: &Arc<Shared>, spec: JobSpec) -> Result<Arc<job::Job>, PreheatError> {
@@ -147,11 +135,14 @@ pub async fn submit(shared: &Arc<Shared>, spec: JobSpec) -> Result<Arc<job::Job>
     Ok(job)
 }
 
-type Prepared = (Arc<job::Job>, RegistryClient, manifest::Resolved, Vec<(String, url::Url)>);
+type Prepared = (Arc<job::Job>, RegistryClient, manifest::Resolved, Vec<(String, warm::PeerTarget)>);
 
 async fn prepare(shared: &Arc<Shared>, spec: JobSpec) -> Result<Prepared, PreheatError> {
-    let peers =
-        spec.peers.iter().map(|p| parse_peer(p).map(|u| (p.trim().to_owned(), u))).collect::<Result<Vec<_>, _>>()?;
+    let peers = spec
+        .peers
+        .iter()
+        .map(|p| warm::parse_peer(p).map(|t| (p.trim().to_owned(), t)))
+        .collect::<Result<Vec<_>, _>>()?;
     let insecure = shared.config.insecure_registries.iter().any(|h| h.eq_ignore_ascii_case(&spec.image.registry));
     let client = RegistryClient::new(shared.origins.clone(), &spec.image, insecure, spec.creds)?;
     // Checked again on every request (redirects, resolved addresses, the token realm).
@@ -173,16 +164,6 @@ pub fn record_failure(shared: &Shared, image: String, platform: String, error: &
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peers_parse_as_dfdaemon_api_urls() {
-        assert_eq!(parse_peer("127.0.0.2:65001").unwrap().as_str(), "http://127.0.0.2:65001/");
-        assert_eq!(parse_peer(" http://h:1/x?y ").unwrap().as_str(), "http://h:1/");
-        assert_eq!(parse_peer("https://h").unwrap().as_str(), "https://h/");
-        for bad in ["", "ftp://h", "http://", "a b:1"] {
-            assert!(matches!(parse_peer(bad), Err(PreheatError::BadRequest(_))), "{bad:?}");
-        }
-    }
 
     #[test]
     fn errors_map_to_http_statuses() {

@@ -1,16 +1,18 @@
 //! Running a job: every blob into the supernode's cache through the coalesced origin path, a
-//! few at once, then every requested dfdaemon fetches every blob through its dfget API.
+//! few at once, then every requested dfdaemon fetches every blob (over QUIC, see [`super::warm`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use damselfly_common::id::TaskId;
+use damselfly_proto as pb;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 
 use super::job::{ItemState, Job, PeerEvent};
 use super::manifest::BlobSpec;
-use super::registry::{error_chain, RegistryClient};
+use super::registry::RegistryClient;
+use super::warm::DaemonLink;
 use crate::cache::CacheState;
 use crate::origin::{start_fetch, OriginRequest};
 use crate::Shared;
@@ -123,12 +125,12 @@ async fn warm_peers(shared: &Shared, job: &Job, client: &RegistryClient) -> Resu
     if n == 0 {
         return Ok(());
     }
-    let headers: Vec<(String, String)> = client
+    let headers: Vec<pb::Header> = client
         .forward_headers()
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .map(|(name, value)| pb::Header { name, value })
         .collect();
     let blobs = job.blob_targets();
     let results: Vec<Option<String>> = futures_util::stream::iter(0..n)
@@ -149,12 +151,25 @@ async fn warm_peer(
     job: &Job,
     p: usize,
     blobs: &[(BlobSpec, url::Url)],
-    headers: &[(String, String)],
+    headers: &[pb::Header],
 ) -> Option<String> {
-    let (addr, api) = job.peer_target(p)?;
+    let (addr, target) = job.peer_target(p)?;
     job.peer_event(p, PeerEvent::Started);
+    let link = match DaemonLink::connect(shared, &target).await {
+        Ok(link) => link,
+        Err(e) => {
+            let message = format!("peer {addr}: {e}");
+            job.peer_event(p, PeerEvent::Failed(e));
+            return Some(message);
+        }
+    };
+    debug!(peer = %addr, peer_id = %link.peer_id, "warming a dfdaemon");
     for (spec, url) in blobs {
-        match download_on_peer(shared, &api, spec, url, headers).await {
+        let warm = pb::Warm { url: url.to_string(), digest: spec.digest.to_string(), headers: headers.to_vec() };
+        let result = link.warm(shared, warm).await.and_then(|bytes| {
+            (bytes == spec.size).then_some(bytes).ok_or_else(|| format!("has {bytes} of {} bytes", spec.size))
+        });
+        match result {
             Ok(bytes) => job.peer_event(p, PeerEvent::BlobDone(bytes)),
             Err(e) => {
                 let message = format!("peer {addr}: {} {}: {e}", kind_name(spec), spec.digest);
@@ -165,50 +180,4 @@ async fn warm_peer(
     }
     job.peer_event(p, PeerEvent::Succeeded);
     None
-}
-
-/// `POST {peer}/api/v1/download` for one blob and drains the body; returns the bytes received.
-async fn download_on_peer(
-    shared: &Shared,
-    api: &url::Url,
-    spec: &BlobSpec,
-    url: &url::Url,
-    headers: &[(String, String)],
-) -> Result<u64, String> {
-    let body = serde_json::json!({ "url": url.as_str(), "digest": spec.digest.to_string(), "headers": headers });
-    let endpoint = api.join("api/v1/download").map_err(|e| e.to_string())?;
-    let resp = shared
-        .peer_http
-        .post(endpoint)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the dfdaemon: {}", error_chain(&e.without_url())))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let detail = resp
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        return Err(format!("dfdaemon answered HTTP {}: {detail}", status.as_u16()));
-    }
-    let mut received = 0u64;
-    let mut stream = resp.bytes_stream();
-    loop {
-        let next = tokio::time::timeout(shared.config.origin_read_timeout, stream.next()).await;
-        match next {
-            Err(_) => return Err(format!("the dfdaemon stopped sending after {received} bytes")),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(format!("download broke off after {received} bytes: {}", error_chain(&e.without_url())))
-            }
-            Ok(Some(Ok(chunk))) => received += chunk.len() as u64,
-        }
-    }
-    if received != spec.size {
-        return Err(format!("download broke off after {received} of {} bytes", spec.size));
-    }
-    Ok(received)
 }
