@@ -16,6 +16,7 @@ pub mod origin;
 pub mod preheat;
 pub mod quic;
 pub mod scheduler;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,8 @@ pub struct Shared {
 /// lock is held so that messages to one peer keep the order the scheduler produced them in.
 struct Core {
     scheduler: Scheduler,
+    /// Bytes per host and task for the status page, fed beside the scheduler.
+    stats: status::Stats,
     routes: HashMap<(PeerId, TaskId), mpsc::UnboundedSender<Down>>,
 }
 
@@ -78,9 +81,13 @@ impl Shared {
             // (`RUST_LOG=info,damselfly_sched=debug`).
             tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece, "finished");
         }
+        if let Some(d) = core.stats.on_event(now, &event) {
+            self.metrics.delivered(d.from_supernode, d.bytes);
+        }
         let actions = core.scheduler.on_event(now, event);
         for action in actions {
             tracing::trace!(?action, "scheduler action");
+            core.stats.on_action(now, &action);
             if let (Action::Send { peer, msg: Down::Assign(list), .. }, true) = (&action, sched_trace) {
                 for a in list {
                     let parent = match &a.parent {
@@ -163,7 +170,11 @@ pub async fn start(
         ca,
         preheat: preheat::Preheats::default(),
         started: Instant::now(),
-        core: Mutex::new(Core { scheduler: Scheduler::new(config.scheduler.clone()), routes: HashMap::new() }),
+        core: Mutex::new(Core {
+            scheduler: Scheduler::new(config.scheduler.clone()),
+            stats: status::Stats::default(),
+            routes: HashMap::new(),
+        }),
         peer_conns: Mutex::new(HashMap::new()),
         config,
     });
