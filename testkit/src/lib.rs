@@ -92,7 +92,7 @@ mod supernode;
 mod templates;
 
 pub use access_log::{AccessLog, AccessMark, AccessRecord};
-pub use bins::{bin_path, BIN_DIR_ENV};
+pub use bins::{bin_path, target_dir, BIN_DIR_ENV};
 pub use cluster::{Cluster, ClusterOpts};
 pub use containerd::{hosts_dir_for, Containerd, ImageCheck};
 pub use data::{file_sha256, random_bytes, sha256_digest, sha256_hex};
