@@ -70,6 +70,9 @@
 //! ```
 //!
 //! The engines need root (mounts, namespaces) and the Debian packages `scripts/setup.sh` installs.
+//!
+//! [`Prometheus`] runs a real Prometheus server scraping the test's processes, to evaluate the
+//! Grafana dashboard's queries against a running node.
 
 mod access_log;
 mod bins;
@@ -86,6 +89,7 @@ mod net;
 mod origin;
 mod podman;
 mod process;
+mod prometheus;
 mod push;
 mod registry;
 mod supernode;
@@ -106,6 +110,9 @@ pub use net::{free_tcp_port, free_udp_port, loopback_ip};
 pub use origin::{Origin, RequestRecord};
 pub use podman::{podman_pull, registries_conf_for, skopeo_copy_via_mirror, skopeo_copy_with, Podman};
 pub use process::KEEP_DIRS_ENV;
+pub use prometheus::{
+    prometheus_bin_dir, promtool_check_config, Prometheus, ScrapeJob, PROMETHEUS_DIR_ENV, SCRAPE_INTERVAL,
+};
 pub use registry::{Registry, RegistryOpts};
 pub use supernode::{Supernode, SupernodeOpts};
 pub use templates::{fill_template, CONTAINERD_HOSTS_TOML, DOCKER_DAEMON_JSON, REGISTRIES_CONF};
