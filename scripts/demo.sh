@@ -12,11 +12,15 @@
 # configured with deploy/containerd/hosts.toml, runs `ctr images pull` on every host at once,
 # checks every host holds the complete image with the pushed digest, and prints the supernode's origin vs upload
 # bytes, each daemon's download bytes by source, and the blob bytes the registry served (from
-# its access log). Every process it started is stopped on exit (KEEP=1 keeps the work dir).
+# its access log). It ends by printing where to look: the supernode's status page (with its API
+# token), the metrics URLs, and how to point a local engine at one of the demo's daemons. Run
+# from a terminal, it then keeps the swarm up until Ctrl-C so you can open them; otherwise (or
+# with HOLD=0) it stops every process it started right away (KEEP=1 keeps the work dir).
 #
 # Knobs: LAYERS (layer sizes, default 64MiB,32MiB,16MiB,4MiB,1KiB), DAEMONS (default 3),
 # SKIP_BUILD=1, BIN_DIR (default target/release), KEEP=1, RUST_LOG (default info), DIRECT=1
-# (then also time the same pulls straight from the registry, for comparison).
+# (then also time the same pulls straight from the registry, for comparison), HOLD=1|0 (keep the
+# swarm running at the end until Ctrl-C; default 1 when stdin and stdout are a terminal).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,6 +30,11 @@ source scripts/env.sh
 LAYERS="${LAYERS:-64MiB,32MiB,16MiB,4MiB,1KiB}"
 DAEMONS="${DAEMONS:-3}"
 BIN_DIR="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
+if [[ -t 0 && -t 1 ]]; then
+    HOLD="${HOLD:-1}"
+else
+    HOLD="${HOLD:-0}"
+fi
 export RUST_LOG="${RUST_LOG:-info}"
 REPO=demo/app
 TAG=v1
@@ -206,7 +215,8 @@ for n in $(seq "$DAEMONS"); do
     peer="$ip:$(free_port "$ip" udp)"
     start "dfdaemon d$n" "$WORK/d$n.log" "$BIN_DIR/dfdaemon" \
         --supernode "$SN_QUIC" --proxy-listen "$proxy" --peer-listen "$peer" \
-        --data-dir "$WORK/d$n" --join-token-file "$JOIN_TOKEN" --insecure-registry "$REG"
+        --data-dir "$WORK/d$n" --join-token-file "$JOIN_TOKEN" --insecure-registry "$REG" \
+        --registry "http://$REG"
     DAEMON_URLS+=("http://$proxy")
     DAEMON_PIDS+=("${PIDS[-1]}")
 done
@@ -345,3 +355,45 @@ if [[ "${DIRECT:-}" == 1 ]]; then
         "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$DIRECT_BYTES" "$IMAGE_BYTES")"
 fi
 say "demo done"
+
+# where_to_look: the status page, the metrics, and how to point a local engine at daemon d1.
+where_to_look() {
+    local token mirror n
+    token="$(cat "$WORK/sn/api-token")"
+    mirror="${DAEMON_URLS[0]}"
+    echo
+    echo "==== where to look"
+    echo "status page: open this once in a browser; a cookie then keeps it signed in (tasks, hosts, offload, live rates):"
+    echo "    http://$SN_HTTP/status?token=$token"
+    echo "  the token is the supernode's API token (DATA_DIR/api-token); scripts send it as a header:"
+    echo "    curl -H 'Authorization: Bearer $token' http://$SN_HTTP/api/v1/status"
+    echo "metrics (Prometheus text, no token; Grafana dashboard: deploy/grafana, scrape example: deploy/prometheus):"
+    echo "    supernode  http://$SN_HTTP/metrics"
+    for n in $(seq "$DAEMONS"); do
+        echo "    d$n         ${DAEMON_URLS[$((n - 1))]}/metrics"
+    done
+    echo "point this machine's engine at daemon d1 ($mirror, upstream http://$REG) and pull the demo image:"
+    echo "    containerd: $BIN_DIR/dfdaemon configure containerd --mirror $mirror --registry http://$REG"
+    echo "                ctr images pull --hosts-dir /etc/containerd/certs.d $REG/$REPO:$TAG"
+    echo "    podman:     $BIN_DIR/dfdaemon configure podman --mirror $mirror --registry http://$REG"
+    echo "                podman pull $REG/$REPO:$TAG"
+    echo "    Docker:     $BIN_DIR/dfdaemon configure docker --mirror $mirror && systemctl reload docker"
+    echo "                docker pull $REPO:$TAG   (Docker mirrors Docker Hub names; d1 forwards them to $REG)"
+    echo "  (--dry-run shows the change first; each writes FILE.bak-<time> before changing FILE)"
+    echo "on a real host: dfdaemon configure containerd|crio|podman|docker with the defaults (mirror 127.0.0.1:65001)"
+}
+where_to_look
+if [[ "$HOLD" == 1 ]]; then
+    echo
+    echo "==== the swarm keeps running: press Ctrl-C to stop it (HOLD=0 exits right away)"
+    STAGE=hold
+    trap 'exit 0' INT TERM
+    while true; do
+        sleep 3600 &
+        PIDS+=("$!")
+        wait "$!" || true
+    done
+else
+    echo
+    echo "(every process stops now; run from a terminal, or with HOLD=1, to keep the swarm up and open these)"
+fi

@@ -1,5 +1,6 @@
-//! The supernode's HTTP API: `/healthz`, `/metrics`, `/api/v1/tasks`, `/api/v1/peers`, and the
-//! preheat routes ([`crate::preheat::api::routes`]: `/api/v1/preheat`, Harbor's `/oapi/v1/jobs`).
+//! The supernode's HTTP API: `/healthz`, `/metrics`, `/api/v1/tasks`, `/api/v1/peers`, the
+//! preheat routes ([`crate::preheat::api::routes`]: `/api/v1/preheat`, Harbor's `/oapi/v1/jobs`)
+//! and the status page ([`crate::status::routes`]: `/status`, `/api/v1/status`).
 //!
 //! Every route but `/healthz`, `/healthy` and `/metrics` requires the API token
 //! ([`crate::auth::require_api_token`], applied to the whole router, unknown paths included).
@@ -24,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/peers", get(peers))
         .merge(crate::preheat::api::routes())
+        .merge(crate::status::routes())
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::auth::require_api_token))
         .with_state(shared)
 }

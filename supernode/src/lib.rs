@@ -18,6 +18,7 @@ pub mod origin;
 pub mod preheat;
 pub mod quic;
 pub mod scheduler;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,6 +73,8 @@ pub struct Shared {
 /// lock is held so that messages to one peer keep the order the scheduler produced them in.
 struct Core {
     scheduler: Scheduler,
+    /// Bytes per host and task for the status page, fed beside the scheduler.
+    stats: status::Stats,
     routes: HashMap<(PeerId, TaskId), mpsc::Sender<ToPeer>>,
 }
 
@@ -105,9 +108,13 @@ impl Shared {
             // (`RUST_LOG=info,damselfly_sched=debug`).
             tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece, "finished");
         }
+        if let Some(d) = core.stats.on_event(now, &event) {
+            self.metrics.delivered(d.from_supernode, d.bytes);
+        }
         let actions = core.scheduler.on_event(now, event);
         for action in actions {
             tracing::trace!(?action, "scheduler action");
+            core.stats.on_action(now, &action);
             if let (Action::Send { peer, msg: Down::Assign(list), .. }, true) = (&action, sched_trace) {
                 for a in list {
                     let parent = match &a.parent {
@@ -193,7 +200,11 @@ pub async fn start(
         tickets,
         ticket_verifier,
         started: Instant::now(),
-        core: Mutex::new(Core { scheduler: Scheduler::new(config.scheduler.clone()), routes: HashMap::new() }),
+        core: Mutex::new(Core {
+            scheduler: Scheduler::new(config.scheduler.clone()),
+            stats: status::Stats::default(),
+            routes: HashMap::new(),
+        }),
         peer_conns: Mutex::new(HashMap::new()),
         peer_addrs: Mutex::new(HashMap::new()),
         config,

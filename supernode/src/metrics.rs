@@ -1,11 +1,20 @@
 //! The supernode's Prometheus metrics, all in one place (`damselfly_supernode_*`).
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use damselfly_common::cache_metrics::CacheMetrics;
+
+/// Who served delivered bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// `peer` or `supernode`.
+    pub source: &'static str,
+}
 
 /// Counters and gauges the supernode exports on `/metrics`.
 #[derive(Default)]
@@ -21,6 +30,9 @@ pub struct Metrics {
     pub upload_bytes: Counter,
     /// Pieces uploaded to peers.
     pub upload_pieces: Counter,
+    /// Piece bytes peers reported receiving, by who served them (the swarm's delivery; with
+    /// `origin_bytes`, the origin offload).
+    pub delivered_bytes: Family<SourceLabel, Counter>,
     /// Tasks known to the scheduler.
     pub tasks: Gauge,
     /// Peers connected.
@@ -54,6 +66,11 @@ impl Metrics {
         r.register("damselfly_supernode_origin_failures", "Origin fetches that failed", m.origin_failures.clone());
         r.register("damselfly_supernode_upload_bytes", "Piece bytes uploaded to peers", m.upload_bytes.clone());
         r.register("damselfly_supernode_upload_pieces", "Pieces uploaded to peers", m.upload_pieces.clone());
+        r.register(
+            "damselfly_supernode_delivered_bytes",
+            "Piece bytes peers reported receiving, by source (peer or supernode)",
+            m.delivered_bytes.clone(),
+        );
         r.register("damselfly_supernode_tasks", "Tasks known to the scheduler", m.tasks.clone());
         r.register("damselfly_supernode_peers", "Peers connected", m.peers.clone());
         r.register(
@@ -81,6 +98,12 @@ impl Metrics {
         );
         m.cache.register(r, "supernode");
         m
+    }
+
+    /// Counts `bytes` a peer reported receiving from the supernode or from another peer.
+    pub fn delivered(&self, from_supernode: bool, bytes: u64) {
+        let source = if from_supernode { "supernode" } else { "peer" };
+        self.delivered_bytes.get_or_create(&SourceLabel { source }).inc_by(bytes);
     }
 
     /// The Prometheus text exposition.

@@ -192,6 +192,7 @@ async fn land(shared: &Shared, entry: &CachedTask, task: &TaskId, piece: CutPiec
     tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await.map_err(std::io::Error::other)??;
     let meta = PieceMeta { number: piece.number, offset: piece.offset, size: piece.size, sha256: piece.sha256 };
     entry.add_piece(meta.clone());
+    shared.count_origin_bytes(task, u64::from(meta.size));
     shared.handle(Event::PieceLanded { task: task.clone(), piece: meta });
     Ok(())
 }

@@ -26,6 +26,15 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The Cargo target directory the running test was built in (`target/`, or
+/// `$CARGO_TARGET_DIR`): the parent of its profile directory. Tools the tests fetch and the
+/// artifacts they keep go under it (`target/test-tools/`, `target/test-artifacts/`).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let profile = profile_dir()?;
+    let target = profile.parent().with_context(|| format!("{} has no parent directory", profile.display()))?;
+    Ok(target.to_path_buf())
+}
+
 fn profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find the running test executable")?;
     let mut dir = exe.parent().with_context(|| format!("{} has no parent directory", exe.display()))?.to_path_buf();

@@ -70,6 +70,9 @@
 //! ```
 //!
 //! The engines need root (mounts, namespaces) and the Debian packages `scripts/setup.sh` installs.
+//!
+//! [`Prometheus`] runs a real Prometheus server scraping the test's processes, to evaluate the
+//! Grafana dashboard's queries against a running node.
 
 mod access_log;
 mod bins;
@@ -86,13 +89,14 @@ mod net;
 mod origin;
 mod podman;
 mod process;
+mod prometheus;
 mod push;
 mod registry;
 mod supernode;
 mod templates;
 
 pub use access_log::{AccessLog, AccessMark, AccessRecord};
-pub use bins::{bin_path, BIN_DIR_ENV};
+pub use bins::{bin_path, target_dir, BIN_DIR_ENV};
 pub use cluster::{Cluster, ClusterOpts};
 pub use containerd::{hosts_dir_for, Containerd, ImageCheck};
 pub use data::{file_sha256, random_bytes, sha256_digest, sha256_hex};
@@ -106,6 +110,9 @@ pub use net::{free_tcp_port, free_udp_port, loopback_ip};
 pub use origin::{Origin, RequestRecord};
 pub use podman::{podman_pull, registries_conf_for, skopeo_copy_via_mirror, skopeo_copy_with, Podman};
 pub use process::KEEP_DIRS_ENV;
+pub use prometheus::{
+    prometheus_bin_dir, promtool_check_config, Prometheus, ScrapeJob, PROMETHEUS_DIR_ENV, SCRAPE_INTERVAL,
+};
 pub use registry::{Registry, RegistryOpts};
 pub use supernode::{Supernode, SupernodeOpts};
 pub use templates::{fill_template, CONTAINERD_HOSTS_TOML, DOCKER_DAEMON_JSON, REGISTRIES_CONF};
