@@ -38,6 +38,23 @@ struct Args {
     /// Round-trip time between nodes, milliseconds.
     #[arg(long, default_value_t = 1.0)]
     rtt_ms: f64,
+    /// Extra one-way delay, milliseconds, of a message crossing a link that carries a flow (its
+    /// standing queue; the netns benchmark's tbf holds 50 ms).
+    #[arg(long, default_value_t = 0.0)]
+    queue_ms: f64,
+    /// Fraction of each link's rate that carries payload (QUIC/UDP/IP headers, ACKs).
+    #[arg(long, default_value_t = 1.0)]
+    wire_efficiency: f64,
+    /// Time, milliseconds, from a piece's last byte to its report (hash, write, report).
+    #[arg(long, default_value_t = 0.0)]
+    piece_overhead_ms: f64,
+    /// Supernode download rate (from the origin) [default: --sn-up].
+    #[arg(long, value_parser = parse_rate)]
+    sn_down: Option<f64>,
+    /// Scheduler: a piece in flight on a parent-child link may queue this many behind it
+    /// (default: the supernode's).
+    #[arg(long)]
+    link_depth: Option<usize>,
     /// Hosts join at uniformly random times within this many seconds (0: all at once).
     #[arg(long, default_value_t = 0.0)]
     join_spread: f64,
@@ -74,6 +91,7 @@ fn scheduler_config(args: &Args) -> supernode::scheduler::SchedulerConfig {
         window_per_peer: args.window.unwrap_or(d.window_per_peer),
         max_uploads_per_peer: args.max_uploads.unwrap_or(d.max_uploads_per_peer),
         max_supernode_uploads: args.sn_uploads.unwrap_or(d.max_supernode_uploads),
+        link_depth: args.link_depth.unwrap_or(d.link_depth),
         ..d
     }
 }
@@ -105,9 +123,12 @@ fn main() -> anyhow::Result<()> {
                 host_up: pick(&args.host_up, p),
                 host_down: pick(&args.host_down, p),
                 sn_up: args.sn_up,
-                sn_down: args.sn_up,
+                sn_down: args.sn_down.unwrap_or(args.sn_up),
                 origin_up: args.origin_up,
                 rtt: args.rtt_ms / 1000.0,
+                queue_delay: args.queue_ms / 1000.0,
+                wire_efficiency: args.wire_efficiency,
+                piece_overhead: args.piece_overhead_ms / 1000.0,
                 join_spread: args.join_spread,
                 tick: args.tick,
                 seed: args.seed,
@@ -178,12 +199,15 @@ fn main() -> anyhow::Result<()> {
     }
     let layers: Vec<String> = args.layers.iter().map(|&l| fmt_bytes(l as f64)).collect();
     let md = format!(
-        "Image: {} ({}), supernode {} up, origin {} up, RTT {} ms, joins spread over {} s, seed {}.\n\n{}",
+        "Image: {} ({}), supernode {} up, origin {} up, RTT {} ms, queue on a busy link {} ms, wire efficiency {}, per-piece cost {} ms, joins spread over {} s, seed {}.\n\n{}",
         fmt_bytes(args.layers.iter().sum::<u64>() as f64),
         layers.join(" + "),
         fmt_rate(args.sn_up),
         fmt_rate(args.origin_up),
         args.rtt_ms,
+        args.queue_ms,
+        args.wire_efficiency,
+        args.piece_overhead_ms,
         args.join_spread,
         args.seed,
         table.to_markdown()

@@ -11,8 +11,14 @@
 //!   each task from the origin once, in order, starting when the first host registers, and
 //!   every piece is announced to the scheduler as it lands ([`Event::PieceLanded`]).
 //! - **The network**: flows share each node's uplink and downlink (see [`net`] for the exact
-//!   model). Control messages take half a round trip each way; a piece transfer starts one
-//!   round trip after its assignment arrives (the request, then the first byte).
+//!   model), of which only `wire_efficiency` carries payload (packet headers, acknowledgements).
+//!   Every message (registration, assignment, report, piece request) takes half a round trip
+//!   plus `queue_delay` for each link on its way that is carrying a flow at that moment: a
+//!   saturated link has a standing queue (tbf's `latency 50ms` in the netns benchmark, a
+//!   router's buffer in production) and a control message waits behind the piece bytes in it.
+//!   A piece transfer starts after its request reached the parent and the first byte came back.
+//! - **Per-piece cost**: a host reports a piece `piece_overhead` after its last byte arrived
+//!   (hashing, writing, the report itself).
 //! - **Ticks** every `tick` seconds, as the supernode's shell sends them.
 //!
 //! Everything is deterministic: the same [`SimConfig`] gives the same result.
@@ -48,8 +54,15 @@ pub struct SimConfig {
     pub sn_down: f64,
     /// The origin's upload rate (to the supernode).
     pub origin_up: f64,
-    /// Round-trip time between any two nodes.
+    /// Round-trip time between any two nodes (idle links).
     pub rtt: f64,
+    /// Extra one-way delay of a message crossing a link that is carrying a flow (its standing
+    /// queue), per busy link on the way. 0: queues never build.
+    pub queue_delay: f64,
+    /// Fraction of every link's rate that carries payload. 1: no overhead.
+    pub wire_efficiency: f64,
+    /// Time from a piece's last byte to its report leaving the host.
+    pub piece_overhead: f64,
     /// Hosts join at uniformly spread times in `0..join_spread` (0: all at once).
     pub join_spread: f64,
     /// Interval of [`Event::Tick`].
@@ -73,6 +86,9 @@ impl Default for SimConfig {
             sn_down: 1.25e9,
             origin_up: 1.25e9,
             rtt: 0.001,
+            queue_delay: 0.0,
+            wire_efficiency: 1.0,
+            piece_overhead: 0.0,
             join_spread: 0.0,
             tick: 0.5,
             time_limit: 3600.0,
@@ -88,16 +104,16 @@ impl SimConfig {
         self.layers.iter().sum()
     }
 
-    /// The distribution lower bound for this setup; the sources are the origin and the
-    /// supernode together.
+    /// The distribution lower bound for this setup, at the links' nominal rates: hosts get bytes
+    /// only from the supernode and each other, and the supernode's first copy cannot come faster
+    /// than the origin sends it.
     pub fn bound(&self) -> Bound {
         let n = self.hosts;
-        lower_bound(
-            self.image_bytes() as f64,
-            self.origin_up + self.sn_up,
-            &vec![self.host_up; n],
-            &vec![self.host_down; n],
-        )
+        let f = self.image_bytes() as f64;
+        let mut b = lower_bound(f, self.sn_up, &vec![self.host_up; n], &vec![self.host_down; n]);
+        b.sources = b.sources.max(f / self.origin_up.min(self.sn_down));
+        b.seconds = b.seconds.max(b.sources);
+        b
     }
 }
 
@@ -196,11 +212,12 @@ pub fn run(cfg: SimConfig) -> SimResult {
 impl Sim {
     fn new(cfg: SimConfig) -> Self {
         let mut net = Net::default();
+        let eff = cfg.wire_efficiency;
         for _ in 0..cfg.hosts {
-            net.add_node(cfg.host_up, cfg.host_down);
+            net.add_node(cfg.host_up * eff, cfg.host_down * eff);
         }
-        let sn = net.add_node(cfg.sn_up, cfg.sn_down);
-        let origin = net.add_node(cfg.origin_up, f64::INFINITY);
+        let sn = net.add_node(cfg.sn_up * eff, cfg.sn_down * eff);
+        let origin = net.add_node(cfg.origin_up * eff, f64::INFINITY);
         let tasks: Vec<TaskId> = (0..cfg.layers.len()).map(|i| TaskId::new(format!("{:064x}", i + 1))).collect();
         let peers: Vec<PeerId> = (0..cfg.hosts).map(|i| PeerId::new(format!("h{i}"))).collect();
         let host_tasks: Vec<HostTask> = cfg
@@ -291,10 +308,10 @@ impl Sim {
     }
 
     fn handle(&mut self, ev: Ev) {
-        let half = self.cfg.rtt / 2.0;
         match ev {
             Ev::Join(host) => {
                 let addr = peer_addr(host);
+                let half = self.hop(host, self.sn);
                 for task in 0..self.tasks.len() {
                     let event = Event::PeerJoined {
                         task: self.tasks[task].clone(),
@@ -348,6 +365,14 @@ impl Sim {
         }
     }
 
+    /// One-way delay of a message from `from` to `to` now: half a round trip plus the standing
+    /// queue of each busy link it crosses.
+    fn hop(&self, from: NodeId, to: NodeId) -> f64 {
+        let q = self.cfg.queue_delay;
+        let busy = u8::from(self.net.up_busy(from)) + u8::from(self.net.down_busy(to));
+        self.cfg.rtt / 2.0 + q * f64::from(busy)
+    }
+
     fn push_dues(&mut self, dues: &mut Vec<Due>) {
         for due in dues.drain(..) {
             self.at(due.at, Ev::Due(due));
@@ -366,7 +391,6 @@ impl Sim {
     }
 
     fn flow_done(&mut self, from: NodeId, to: NodeId, bytes: u64, cargo: Cargo) {
-        let half = self.cfg.rtt / 2.0;
         match cargo {
             Cargo::Origin { task, piece } => {
                 self.result.origin_upload += bytes;
@@ -401,7 +425,8 @@ impl Sim {
                 }
                 let event =
                     Event::PieceFinished { task: self.tasks[task].clone(), peer: self.peers[host].clone(), piece };
-                self.at(self.now + half, Ev::Sched(event));
+                let report = self.cfg.piece_overhead + self.hop(host, self.sn);
+                self.at(self.now + report, Ev::Sched(event));
                 self.check_done(host, task);
             }
         }
@@ -422,7 +447,6 @@ impl Sim {
             }
             None => self.result.scheduler_by_kind.push((kind.to_string(), 1, took)),
         }
-        let half = self.cfg.rtt / 2.0;
         for action in actions {
             let Action::Send { peer, task, msg } = action else {
                 continue;
@@ -433,7 +457,8 @@ impl Sim {
             let (Some(&host), Some(&task)) = (self.peer_index.get(&peer), self.task_index.get(&task)) else {
                 continue;
             };
-            self.at(self.now + half, Ev::ToHost { host, task, msg });
+            let delay = self.hop(self.sn, host);
+            self.at(self.now + delay, Ev::ToHost { host, task, msg });
         }
     }
 
@@ -456,7 +481,9 @@ impl Sim {
                             None => continue,
                         },
                     };
-                    self.at(self.now + self.cfg.rtt, Ev::Transfer { from, host, task, piece: a.piece });
+                    // The request reaches the parent, the first byte comes back.
+                    let delay = self.hop(host, from) + self.hop(from, host);
+                    self.at(self.now + delay, Ev::Transfer { from, host, task, piece: a.piece });
                 }
             }
             Down::Complete { .. } => {
@@ -474,7 +501,8 @@ impl Sim {
         }
         ht.done = true;
         let event = Event::PeerDone { task: self.tasks[task].clone(), peer: self.peers[host].clone() };
-        self.at(self.now + self.cfg.rtt / 2.0, Ev::Sched(event));
+        let delay = self.hop(host, self.sn);
+        self.at(self.now + delay, Ev::Sched(event));
         if self.hosts[host].iter().all(|t| t.done) && self.finished_at[host].is_none() {
             self.finished_at[host] = Some(self.now);
             self.hosts_left -= 1;
@@ -549,6 +577,27 @@ mod tests {
         // Same config, same result.
         let again = run(cfg);
         assert_eq!(again.completion, r.completion);
+    }
+
+    #[test]
+    fn standing_queues_and_header_overhead_slow_a_small_window_most() {
+        let p50 = |window: usize, queue_delay: f64, wire_efficiency: f64| {
+            let scheduler = SchedulerConfig { window_per_peer: window, ..SchedulerConfig::default() };
+            let cfg = SimConfig { queue_delay, wire_efficiency, scheduler, ..small(8) };
+            let r = run(cfg);
+            let mut c: Vec<f64> = r.completion.iter().flatten().copied().collect();
+            assert_eq!(c.len(), 8);
+            c.sort_by(f64::total_cmp);
+            c[4]
+        };
+        // Headers alone: every transfer slower by the same factor, roughly.
+        let (plain, headers) = (p50(8, 0.0, 1.0), p50(8, 0.0, 0.9));
+        assert!(headers > plain * 1.05, "{headers} vs {plain}");
+        // A 50 ms standing queue on busy links: each piece waits for a control round trip
+        // through full queues, so the swarm slows down, and a small window cannot hide it.
+        let (queued2, queued8) = (p50(2, 0.05, 1.0), p50(8, 0.05, 1.0));
+        assert!(queued2 > p50(2, 0.0, 1.0) * 1.2, "queues must cost a window of 2");
+        assert!(queued2 > queued8, "window 2: {queued2:.2} s, window 8: {queued8:.2} s");
     }
 
     #[test]

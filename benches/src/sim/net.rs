@@ -74,6 +74,16 @@ impl Net {
     }
 
     /// Flows in progress.
+    /// Whether a flow leaves `node` now (its uplink queue is standing).
+    pub(crate) fn up_busy(&self, node: NodeId) -> bool {
+        !self.nodes[node].ups.is_empty()
+    }
+
+    /// Whether a flow enters `node` now (its downlink queue is standing).
+    pub(crate) fn down_busy(&self, node: NodeId) -> bool {
+        !self.nodes[node].downs.is_empty()
+    }
+
     pub(crate) fn active(&self) -> usize {
         self.active
     }
