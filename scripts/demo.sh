@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Damselfly demo: three hosts, each with its own containerd and dfdaemon, pull the same image at
-# once through the swarm, and the registry serves each blob once.
+# Damselfly demo: three hosts, each with its own containerd and dfdaemon, pull the same private
+# image at once through the swarm, and the registry serves each blob once; a host without the
+# password gets nothing of it.
 #
 #   bash scripts/demo.sh                   # as root on Debian 12 (installs what it needs)
 #   LAYERS=256MiB,64MiB,8MiB bash scripts/demo.sh
 #   SKIP_BUILD=1 BIN_DIR=target/debug KEEP=1 bash scripts/demo.sh
 #
-# What it does: starts a real docker-registry on a free 127.0.0.1 port, builds the release
+# What it does: starts a real docker-registry (htpasswd auth: a private registry) on a free
+# 127.0.0.1 port, builds the release
 # binaries, pushes a generated multi-layer OCI image (scripts/make-image.py + skopeo), starts a
 # supernode on 127.0.0.1, DAEMONS dfdaemons on 127.0.0.2, .3, ... and one containerd per daemon
 # configured with deploy/containerd/hosts.toml, runs `ctr images pull` on every host at once,
 # checks every host holds the complete image with the pushed digest, and prints the supernode's origin vs upload
 # bytes, each daemon's download bytes by source, and the blob bytes the registry served (from
-# its access log). It ends by printing where to look: the supernode's status page (with its API
+# its access log). Then a fourth daemon, on a host that never pulled, is asked for a layer by
+# digest without the password and with a wrong one: the registry's 401 and no byte of it. It ends by printing where to look: the supernode's status page (with its API
 # token), the metrics URLs, and how to point a local engine at one of the demo's daemons. Run
 # from a terminal, it then keeps the swarm up until Ctrl-C so you can open them; otherwise (or
 # with HOLD=0) it stops every process it started right away (KEEP=1 keeps the work dir).
@@ -169,6 +172,11 @@ say "registry"
 REG_PORT="$(free_port 127.0.0.1 tcp)"
 REG="127.0.0.1:$REG_PORT"
 mkdir -p "$WORK/registry"
+# A private registry: every request needs the demo user's password.
+REG_USER=demo
+REG_PASS="$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+htpasswd -Bbn "$REG_USER" "$REG_PASS" >"$WORK/htpasswd" 2>/dev/null
+(umask 077 && printf '%s' "$REG_PASS" >"$WORK/registry-password")
 cat >"$WORK/registry.yml" <<YML
 version: 0.1
 log:
@@ -180,15 +188,19 @@ storage:
     rootdirectory: $WORK/registry
 http:
   addr: $REG
+auth:
+  htpasswd:
+    realm: damselfly-demo
+    path: $WORK/htpasswd
 YML
 start registry "$WORK/registry.log" docker-registry serve "$WORK/registry.yml"
-wait_http "http://$REG/v2/" registry
+wait_http "http://$REG_USER:$REG_PASS@$REG/v2/" registry
 
 say "image: layers $LAYERS"
 python3 scripts/make-image.py --out "$WORK/oci" --tag "$TAG" --layers "$LAYERS" >/dev/null
-skopeo copy --quiet --dest-tls-verify=false --preserve-digests \
+skopeo copy --quiet --dest-tls-verify=false --preserve-digests --dest-creds "$REG_USER:$REG_PASS" \
     "oci:$WORK/oci:$TAG" "docker://$REG/$REPO:$TAG"
-MANIFEST="$(curl -fsS --noproxy '*' \
+MANIFEST="$(curl -fsS --noproxy '*' -u "$REG_USER:$REG_PASS" \
     -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
     "http://$REG/v2/$REPO/manifests/$TAG")"
@@ -257,7 +269,7 @@ LOG_LINES_BEFORE="$(wc -l <"$WORK/registry.log")"
 PULL_START="$(date +%s.%N)"
 CTR_PIDS=()
 for n in $(seq "$DAEMONS"); do
-    ctr -a "${CTR_SOCKS[$((n - 1))]}" images pull --hosts-dir "$WORK/containerd$n/hosts" \
+    ctr -a "${CTR_SOCKS[$((n - 1))]}" images pull --user "$REG_USER:$REG_PASS" --hosts-dir "$WORK/containerd$n/hosts" \
         "$REG/$REPO:$TAG" >"$WORK/ctr$n.log" 2>&1 &
     CTR_PIDS+=("$!")
 done
@@ -275,7 +287,7 @@ fi
 echo "$DAEMONS pulls finished in ${PULL_SECONDS}s"
 
 say "verify: every host holds the image, complete and unpacked, with the pushed manifest digest"
-PUSHED="$(curl -fsSI --noproxy '*' -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+PUSHED="$(curl -fsSI --noproxy '*' -u "$REG_USER:$REG_PASS" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
     "http://$REG/v2/$REPO/manifests/$TAG" | awk 'tolower($1) == "docker-content-digest:" { print $2 }' | tr -d '\r')"
 for n in $(seq "$DAEMONS"); do
@@ -338,7 +350,7 @@ if [[ "${DIRECT:-}" == 1 ]]; then
     DIRECT_START="$(date +%s.%N)"
     PIDS_DIRECT=()
     for n in $(seq "$DAEMONS"); do
-        ctr -a "$WORK/direct$n/containerd.sock" images pull --hosts-dir "$WORK/direct$n/hosts" \
+        ctr -a "$WORK/direct$n/containerd.sock" images pull --user "$REG_USER:$REG_PASS" --hosts-dir "$WORK/direct$n/hosts" \
             "$REG/$REPO:$TAG" >"$WORK/direct$n.log" 2>&1 &
         PIDS_DIRECT+=("$!")
     done
@@ -354,6 +366,41 @@ if [[ "${DIRECT:-}" == 1 ]]; then
     printf '%-22s %10s %16s %10s\n' "straight from registry" "$DIRECT_SECONDS" "$DIRECT_BYTES" \
         "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$DIRECT_BYTES" "$IMAGE_BYTES")"
 fi
+say "private: a fourth host that never pulled asks its own dfdaemon for a layer by digest"
+# The layers sit in the swarm (three daemons and the supernode hold them), but a host gets a
+# task's pieces only after the registry accepted its own credentials for the repository.
+ip="127.0.0.$((DAEMONS + 2))"
+proxy="$ip:$(free_port "$ip" tcp)"
+start "dfdaemon outsider" "$WORK/outsider.log" "$BIN_DIR/dfdaemon" \
+    --supernode "$SN_QUIC" --proxy-listen "$proxy" --peer-listen "$ip:$(free_port "$ip" udp)" \
+    --data-dir "$WORK/outsider" --join-token-file "$JOIN_TOKEN" --insecure-registry "$REG" \
+    --registry "http://$REG"
+wait_http "http://$proxy/healthz" "dfdaemon outsider"
+LAYER="${DIGESTS[1]}"
+for creds in "" "$REG_USER:wrong-password"; do
+    args=(-sS --noproxy '*' -o "$WORK/outsider.body" -w '%{http_code}')
+    label="no credentials:"
+    if [[ -n "$creds" ]]; then
+        args+=(-u "$creds")
+        label="wrong password:"
+    fi
+    code="$(curl "${args[@]}" "http://$proxy/v2/$REPO/blobs/$LAYER?ns=$REG")"
+    bytes="$(stat -c %s "$WORK/outsider.body")"
+    printf '  %-26s HTTP %s, %s bytes (the registry'"'"'s challenge, not the layer)\n' "$label" "$code" "$bytes"
+    [[ "$code" == 401 ]] || { echo "expected 401 from the outsider's daemon, got $code" >&2; exit 1; }
+    if [[ "$(sha256sum <"$WORK/outsider.body" | cut -d' ' -f1)" == "${LAYER#sha256:}" ]]; then
+        echo "the outsider got the layer!" >&2
+        exit 1
+    fi
+done
+page="$(curl -fsS --noproxy '*' "http://$proxy/metrics")"
+echo "  outsider's daemon received $(metric "$page" damselfly_dfdaemon_download_bytes) bytes;" \
+    "supernode refused $(metric "$(curl -fsS --noproxy '*' "http://$SN_HTTP/metrics")" damselfly_supernode_admissions_refused) admissions"
+code="$(curl -sS --noproxy '*' -o "$WORK/outsider.body" -w '%{http_code}' -u "$REG_USER:$REG_PASS" \
+    "http://$proxy/v2/$REPO/blobs/$LAYER?ns=$REG")"
+[[ "$code" == 200 && "$(sha256sum <"$WORK/outsider.body" | cut -d' ' -f1)" == "${LAYER#sha256:}" ]] ||
+    { echo "the outsider with the right password did not get the layer (HTTP $code)" >&2; exit 1; }
+echo "  with the right password:   HTTP 200, the layer, from the swarm"
 say "demo done"
 
 # where_to_look: the status page, the metrics, and how to point a local engine at daemon d1.
@@ -372,13 +419,14 @@ where_to_look() {
     for n in $(seq "$DAEMONS"); do
         echo "    d$n         ${DAEMON_URLS[$((n - 1))]}/metrics"
     done
+    echo "the demo registry is private: user $REG_USER, password in $WORK/registry-password (KEEP=1 keeps it)"
     echo "point this machine's engine at daemon d1 ($mirror, upstream http://$REG) and pull the demo image:"
     echo "    containerd: $BIN_DIR/dfdaemon configure containerd --mirror $mirror --registry http://$REG"
-    echo "                ctr images pull --hosts-dir /etc/containerd/certs.d $REG/$REPO:$TAG"
+    echo "                ctr images pull --user $REG_USER:\$(cat $WORK/registry-password) --hosts-dir /etc/containerd/certs.d $REG/$REPO:$TAG"
     echo "    podman:     $BIN_DIR/dfdaemon configure podman --mirror $mirror --registry http://$REG"
-    echo "                podman pull $REG/$REPO:$TAG"
+    echo "                podman pull --creds $REG_USER:\$(cat $WORK/registry-password) $REG/$REPO:$TAG"
     echo "    Docker:     $BIN_DIR/dfdaemon configure docker --mirror $mirror && systemctl reload docker"
-    echo "                docker pull $REPO:$TAG   (Docker mirrors Docker Hub names; d1 forwards them to $REG)"
+    echo "                docker pull $REPO:$TAG   (Docker mirrors Docker Hub names; d1 forwards them to $REG; log in first: the registry is private, user $REG_USER, password in $WORK/registry-password)"
     echo "  (--dry-run shows the change first; each writes FILE.bak-<time> before changing FILE)"
     echo "on a real host: dfdaemon configure containerd|crio|podman|docker with the defaults (mirror 127.0.0.1:65001)"
 }
