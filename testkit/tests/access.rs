@@ -272,6 +272,55 @@ async fn a_peer_with_a_certificate_but_no_valid_ticket_gets_no_piece() -> anyhow
     Ok(())
 }
 
+/// Before its certificate is checked a client gets little: 2 streams, one frame of at most
+/// 16 KiB per stream, read within 10 s; and one address gets at most 64 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_without_a_certificate_gets_only_small_bounded_requests() -> anyhow::Result<()> {
+    use damselfly_common::transport::{FIRST_FRAME_TIMEOUT, PRE_AUTH_STREAMS};
+    use futures_util::FutureExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sn = damselfly_testkit::Supernode::start(damselfly_testkit::SupernodeOpts::default()).await?;
+    let ca = tls::load_ca_cert(&sn.data_dir().join("tls/ca.crt"))?;
+    let client = with_transport(tls::client_config(None, &ca)?);
+    let endpoint = bind_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+    let connect = || async {
+        anyhow::Ok(endpoint.connect_with(client.clone(), sn.quic_addr(), tls::SUPERNODE_SERVER_NAME)?.await?)
+    };
+    let conn = connect().await?;
+
+    // Streams: the limit is a transport parameter, known once the handshake is done.
+    let mut streams = Vec::new();
+    for _ in 0..PRE_AUTH_STREAMS {
+        streams.push(conn.open_bi().now_or_never().context("a pre-auth stream within the limit")??);
+    }
+    assert!(conn.open_bi().now_or_never().is_none(), "a third stream before the certificate check");
+
+    // A frame longer than an enrollment request: the stream ends without an answer.
+    let (mut send, mut recv) = streams.remove(0);
+    send.write_all(&(1u32 << 20).to_be_bytes()).await?;
+    let _ = send.write_all(&vec![0u8; 64 << 10]).await;
+    let answer = read_frame::<pb::EnrollResponse>(&mut recv).await;
+    assert!(!matches!(answer, Ok(Some(_))), "an oversized pre-auth frame was answered: {answer:?}");
+
+    // A stream that starts a frame and never finishes it is dropped after FIRST_FRAME_TIMEOUT
+    // (liveness, with a wide margin: not a timing assertion).
+    let (mut send, mut recv) = streams.remove(0);
+    send.write_all(&[0, 0]).await?;
+    let ended = tokio::time::timeout(FIRST_FRAME_TIMEOUT * 3, read_frame::<pb::EnrollResponse>(&mut recv)).await;
+    assert!(matches!(ended, Ok(Err(_) | Ok(None))), "a silent stream was kept open: {ended:?}");
+
+    // Connections per address.
+    let mut conns = vec![conn];
+    // supernode::quic::MAX_CONNECTIONS_PER_IP (testkit does not link the supernode crate).
+    const MAX_CONNECTIONS_PER_IP: usize = 64;
+    while conns.len() < MAX_CONNECTIONS_PER_IP {
+        conns.push(connect().await?);
+    }
+    assert!(connect().await.is_err(), "connection {} from one address", conns.len() + 1);
+    drop(conns);
+    Ok(())
+}
+
 /// The cost of per-task authorization, measured rather than asserted (run by hand):
 /// `cargo nextest run -p damselfly-testkit --test access --run-ignored only --no-capture slow_measure`
 ///
