@@ -6,6 +6,17 @@ use anyhow::{bail, Context};
 
 use crate::Metrics;
 
+/// An `Authorization: Basic` value for `user` and `password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    format!("Basic {}", base64_standard(format!("{user}:{password}").as_bytes()))
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64_standard(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
 /// A reqwest client for talking to the test servers: ignores proxy variables (every target is on
 /// loopback), 5 s connect timeout.
 ///

@@ -103,7 +103,7 @@ pub use data::{file_sha256, random_bytes, sha256_digest, sha256_hex};
 pub use dfdaemon::{Dfdaemon, DfdaemonOpts};
 pub use dfget::{dfget, ensure_success, run_all, DfgetChild, DfgetRun};
 pub use docker::{docker_daemon_json_for, ensure_docker, DockerImage, Dockerd};
-pub use http::http_client;
+pub use http::{base64_standard, basic_auth, http_client};
 pub use image::{media_types, Blob, ImageFormat, Platform, TestImage, TestIndex};
 pub use metrics::{Metrics, Sample};
 pub use net::{free_tcp_port, free_udp_port, loopback_ip};

@@ -103,7 +103,7 @@ impl Sandbox {
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let mut auth: serde_json::Value =
             serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?;
-        let token = base64_encode(format!("{user}:{password}").as_bytes());
+        let token = crate::base64_standard(format!("{user}:{password}").as_bytes());
         auth["auths"][host] = serde_json::json!({ "auth": token });
         std::fs::write(&path, auth.to_string()).with_context(|| format!("write {}", path.display()))
     }
@@ -256,37 +256,10 @@ fn toml_string(path: &Path) -> String {
     serde_json::Value::from(path.to_string_lossy()).to_string()
 }
 
-/// Standard base64 with padding (for `auth.json`), without a dependency for ten lines.
-fn base64_encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{ensure_success, Registry, RegistryOpts, TestImage};
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"alice:secret"), "YWxpY2U6c2VjcmV0");
-    }
 
     #[test]
     fn registries_conf_is_the_filled_template() -> anyhow::Result<()> {

@@ -30,31 +30,6 @@ fn mirror_opts(registry: &Registry) -> ClusterOpts {
     ClusterOpts { daemon: DfdaemonOpts::default().args(args), ..Default::default() }
 }
 
-fn basic(user: &str, password: &str) -> String {
-    use std::io::Write;
-    let mut raw = Vec::new();
-    let _ = write!(raw, "{user}:{password}");
-    format!("Basic {}", base64_encode(&raw))
-}
-
-/// Standard base64 (RFC 4648 with padding), enough for a test header.
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// `GET /v2/<name>/blobs/<digest>?ns=<registry>` on a daemon's mirror: (status, body).
 async fn mirror_get(proxy: &str, registry: &Registry, name: &str, blob: &Blob, auth: Option<&str>) -> (u16, Vec<u8>) {
     let url = format!("{proxy}/v2/{name}/blobs/{}?ns={}", blob.digest, registry.host());
@@ -92,8 +67,8 @@ async fn private_blobs_reach_only_hosts_whose_credentials_the_registry_accepts()
     let image = TestImage::generate(name, "v1", &[3 * MIB, 4096], 41);
     image.push(&registry, Some(("alice", "s3cret"))).await?;
     let cluster = Cluster::start(3, mirror_opts(&registry)).await?;
-    let right = basic("alice", "s3cret");
-    let wrong = basic("alice", "wrong");
+    let right = damselfly_testkit::basic_auth("alice", "s3cret");
+    let wrong = damselfly_testkit::basic_auth("alice", "wrong");
     let layer = &image.layers[0];
 
     // Host 1 pulls with the right password: through the swarm.
@@ -341,7 +316,7 @@ async fn slow_measure_authorization_cost_of_a_warm_private_pull() -> anyhow::Res
     let name = "private/big";
     let image = TestImage::generate(name, "v1", &[8 * MIB; 8], 71);
     image.push(&registry, Some(("alice", "s3cret"))).await?;
-    let right = basic("alice", "s3cret");
+    let right = damselfly_testkit::basic_auth("alice", "s3cret");
     let dir = tempfile::tempdir()?;
     let mut clusters = Vec::new();
     for (label, toml) in [("off", "check_access = false\n"), ("on, cached", ""), ("on, expired", "auth_ttl = \"1s\"\n")]

@@ -247,7 +247,7 @@ async fn harbor_creates_and_polls_jobs() -> anyhow::Result<()> {
     assert_eq!(client.get(format!("{}/healthy", sn.http_url())).send().await?.status(), 200);
 
     // Harbor passes the registry credential it minted as a header.
-    let auth = format!("Basic {}", base64(&format!("{}:{}", user.0, user.1)));
+    let auth = damselfly_testkit::basic_auth(user.0, user.1);
     let url = format!("{}/v2/library/app/manifests/v1", registry.url());
     let (status, created) = post(sn, "/oapi/v1/jobs", &harbor_job(&url, json!({ "Authorization": auth }))).await?;
     assert_eq!(status, 200, "{created}");
@@ -291,18 +291,6 @@ async fn harbor_creates_and_polls_jobs() -> anyhow::Result<()> {
     let unknown = sn.api_client()?.get(format!("{}/oapi/v1/jobs/999999", sn.http_url())).send().await?;
     assert_eq!(unknown.status(), 404);
     Ok(())
-}
-
-fn base64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = c.iter().enumerate().fold(0u32, |a, (k, &x)| a | (u32::from(x) << (16 - 8 * k)));
-        for k in 0..4 {
-            out.push(if k <= c.len() { char::from(A[((n >> (18 - 6 * k)) & 63) as usize]) } else { '=' });
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -144,19 +144,8 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
 
 /// Standard base64 (with padding), for Basic auth.
 pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (k, &x)| acc | (u32::from(x) << (16 - 8 * k)));
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * k)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// A manifest as the registry served it.
