@@ -459,8 +459,9 @@ impl LocalTask {
         self.touch();
         self.verify_range(offset, len).await?;
         let file = self.file()?;
+        // Allocated on the worker, not the blocking thread (see `damselfly_common::upload`).
+        let mut buf = vec![0u8; len];
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
         })
