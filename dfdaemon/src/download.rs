@@ -75,8 +75,11 @@ struct Fetched {
 /// Why the swarm did not deliver a task.
 #[derive(Debug)]
 enum SwarmError {
-    /// The swarm cannot deliver now (supernode unreachable or lost, no progress): the origin may.
+    /// The swarm cannot deliver now (no supernode reachable, no progress): the origin may.
     Unavailable(String),
+    /// The task's supernode went away mid-download: the next one in the task's order may
+    /// take over, with the pieces already here.
+    Lost(String),
     /// The task itself failed (origin error, digest mismatch, local storage): final.
     Failed(TaskFailure),
 }
@@ -139,11 +142,13 @@ async fn fetch_verified(
         match drive(daemon, task, req).await {
             Ok(()) => Ok(()),
             Err(SwarmError::Failed(f)) => Err(f),
-            Err(SwarmError::Unavailable(reason)) if daemon.config.origin_fallback => {
+            Err(SwarmError::Unavailable(reason) | SwarmError::Lost(reason)) if daemon.config.origin_fallback => {
                 warn!(%reason, "swarm unavailable: falling back to the origin");
                 crate::fallback::from_origin(daemon, task, req).await
             }
-            Err(SwarmError::Unavailable(reason)) => Err(TaskFailure { origin_status: None, message: reason }),
+            Err(SwarmError::Unavailable(reason) | SwarmError::Lost(reason)) => {
+                Err(TaskFailure { origin_status: None, message: reason })
+            }
         }
     };
     match (fetched, follower) {
@@ -164,10 +169,36 @@ async fn fetch_verified(
     }
 }
 
+/// Runs the download through the task's supernode; when that one is lost midway, through the
+/// next in the task's order (the pieces already here are kept: `Register.have`).
 async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
-    let unavailable = |m: String| SwarmError::Unavailable(m);
-    let sn = daemon.supernode_connection().await.map_err(|e| unavailable(format!("supernode unreachable: {e:#}")))?;
-    let (mut send, recv) = sn.open_bi().await.map_err(|e| unavailable(format!("supernode connection broke: {e}")))?;
+    let mut tried = Vec::new();
+    loop {
+        let (link, sn) = daemon
+            .supernodes
+            .connection_for(&task.id, &tried)
+            .await
+            .map_err(|e| SwarmError::Unavailable(format!("no supernode reachable: {e}")))?;
+        tried.push(link);
+        match drive_with(daemon, task, req, sn.clone()).await {
+            Err(SwarmError::Lost(why)) => {
+                let name = &daemon.supernodes.links()[link].name;
+                warn!(supernode = %name, %why, "lost the task's supernode: moving the task to the next one");
+                daemon.supernodes.links()[link].broke(&sn, &why);
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn drive_with(
+    daemon: &Arc<Daemon>,
+    task: &Arc<LocalTask>,
+    req: &DownloadRequest,
+    sn: Connection,
+) -> Result<(), SwarmError> {
+    let lost = |m: String| SwarmError::Lost(m);
+    let (mut send, recv) = sn.open_bi().await.map_err(|e| lost(format!("supernode connection broke: {e}")))?;
     let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
     let register = pb::Register {
         task_id: task.id.to_string(),
@@ -181,7 +212,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
             .into_iter()
             .map(|(name, value)| pb::Header { name, value })
             .collect(),
-        peer_id: daemon.identity.peer_id.to_string(),
+        peer_id: daemon.identity.peer_id().to_string(),
         peer_addr: daemon.advertise.to_string(),
         // Resume: pieces already here (verified first) are not fetched again.
         have: task.present_pieces().await,
@@ -192,7 +223,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
     };
     write_frame(&mut send, &first)
         .await
-        .map_err(|e| unavailable(format!("cannot register with the supernode: {e}")))?;
+        .map_err(|e| lost(format!("cannot register with the supernode: {e}")))?;
     let (down_tx, mut down_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_downs(recv, down_tx));
     let mut state = Conductor {
@@ -253,7 +284,7 @@ type DownRx = mpsc::UnboundedReceiver<Result<pb::ControlDown, TransportError>>;
 
 impl Conductor {
     async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), SwarmError> {
-        let lost = |m: String| SwarmError::Unavailable(format!("lost the supernode: {m}"));
+        let lost = |m: String| SwarmError::Lost(format!("lost the supernode: {m}"));
         let stall = self.daemon.config.stall_timeout;
         let mut last_progress = tokio::time::Instant::now();
         loop {
@@ -265,7 +296,11 @@ impl Conductor {
             }
             tokio::select! {
                 down = down_rx.recv() => {
-                    last_progress = tokio::time::Instant::now();
+                    // Only news of content counts as progress: assignments and tickets keep
+                    // coming while nothing lands (e.g. every parent fails).
+                    if down.as_ref().is_some_and(|d| d.as_ref().is_ok_and(is_content_news)) {
+                        last_progress = tokio::time::Instant::now();
+                    }
                     match down {
                         Some(Ok(msg)) => self.on_down(msg).await?,
                         Some(Err(e)) => return Err(lost(e.to_string())),
@@ -408,7 +443,7 @@ impl Conductor {
         };
         write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) })
             .await
-            .map_err(|e| SwarmError::Unavailable(format!("lost the supernode: {e}")))
+            .map_err(|e| SwarmError::Lost(format!("lost the supernode: {e}")))
     }
 
     /// Lets every fetch still running end before the task changes hands (fallback, failure): a
@@ -420,6 +455,13 @@ impl Conductor {
         self.writes.close();
         self.writes.wait().await;
     }
+}
+
+/// Whether a message from the supernode says that the content moved on: its size, new pieces
+/// at the supernode, the end.
+fn is_content_news(msg: &pb::ControlDown) -> bool {
+    use pb::control_down::Kind;
+    matches!(msg.kind, Some(Kind::TaskInfo(_) | Kind::Pieces(_) | Kind::Complete(_) | Kind::Failed(_)))
 }
 
 fn failed(piece: u32, source: &Source, reason: pb::FailReason, detail: String) -> pb::control_up::Kind {
