@@ -39,7 +39,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
 use crate::config::DaemonConfig;
-use crate::supernodes::Supernodes;
+use crate::supernodes::{Supernodes, SUPERNODE_CONNECT_TIMEOUT};
 use crate::Daemon;
 
 /// The environment variable that carries the join token when no token file is configured.
@@ -50,7 +50,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Wait before trying again to enroll after a failed re-enrollment.
 const REENROLL_RETRY: Duration = Duration::from_secs(5);
-/// Longest an enrollment (handshake, request, answer) may take.
+/// Longest the enrollment exchange (request and answer, after the handshake) may take.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The peer id an unenrolled daemon goes by until it enrolls (never sent to a supernode).
 const UNENROLLED: &str = "unenrolled";
@@ -294,12 +294,12 @@ async fn enroll(
     let connecting = endpoint
         .connect_with(with_transport(client), supernode, tls::SUPERNODE_SERVER_NAME)
         .map_err(|e| refused(e.into()))?;
-    let timed_out = || anyhow!("no answer within {ENROLL_TIMEOUT:?}");
-    let conn = match tokio::time::timeout(ENROLL_TIMEOUT, connecting).await {
+    let timed_out = |after: Duration| anyhow!("no answer within {after:?}");
+    let conn = match tokio::time::timeout(SUPERNODE_CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Err(_) => {
             return Err(EnrollError::Unreachable(
-                timed_out().context(format!("cannot reach supernode {supernode} to enroll")),
+                timed_out(SUPERNODE_CONNECT_TIMEOUT).context(format!("cannot reach supernode {supernode} to enroll")),
             ))
         }
         Ok(Err(e)) => match report.presented_ca() {
@@ -333,7 +333,9 @@ async fn enroll(
             return Err(EnrollError::Unreachable(anyhow!("enrollment with supernode {supernode} failed: {e}")))
         }
         Err(_) => {
-            return Err(EnrollError::Unreachable(timed_out().context(format!("enrollment with supernode {supernode}"))))
+            return Err(EnrollError::Unreachable(
+                timed_out(ENROLL_TIMEOUT).context(format!("enrollment with supernode {supernode}")),
+            ))
         }
     };
     if !resp.error.is_empty() {

@@ -119,6 +119,9 @@ pub async fn start(
     // Without a supernode at start a daemon with an origin fallback starts anyway and enrolls
     // later; dfget's embedded peer (no fallback) has nothing to offer without one.
     let identity = identity::load_or_enroll(&config, &endpoint, &supernodes, config.origin_fallback).await?;
+    if !identity.enrolled() {
+        supernodes.all_down("unreachable at start");
+    }
     endpoint.set_server_config(Some(server_config(&identity)?));
     let local = endpoint.local_addr()?;
     let advertise = SocketAddr::new(advertise_ip(&config, local, &supernodes).await?, local.port());

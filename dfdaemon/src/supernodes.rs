@@ -178,6 +178,12 @@ impl Supernodes {
         Self { links: names.iter().map(|n| Arc::new(Link::new(n.clone()))).collect() }
     }
 
+    /// Marks every link down (none answered at start): downloads do not wait for their first
+    /// attempt.
+    pub fn all_down(&self, why: &str) {
+        self.links.iter().for_each(|l| l.set(LinkState::Down(why.to_owned())));
+    }
+
     /// All links, in configuration order.
     pub fn links(&self) -> &[Arc<Link>] {
         &self.links
