@@ -221,9 +221,7 @@ async fn drive_with(
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
     };
-    write_frame(&mut send, &first)
-        .await
-        .map_err(|e| lost(format!("cannot register with the supernode: {e}")))?;
+    write_frame(&mut send, &first).await.map_err(|e| lost(format!("cannot register with the supernode: {e}")))?;
     let (down_tx, mut down_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_downs(recv, down_tx));
     let mut state = Conductor {
@@ -332,9 +330,12 @@ impl Conductor {
     async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), SwarmError> {
         use pb::control_down::Kind;
         match msg.kind {
-            Some(Kind::TaskInfo(info)) => self.task.set_info(info.content_length, info.piece_size).map_err(|e| {
-                TaskFailure { origin_status: None, message: format!("cannot size the content file: {e}") }
-            })?,
+            Some(Kind::TaskInfo(info)) => {
+                self.task.set_info(info.content_length, info.piece_size).map_err(|e| TaskFailure {
+                    origin_status: None,
+                    message: format!("cannot size the content file {}: {e}", self.task.content_path().display()),
+                })?
+            }
             Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(|m| {
                 let sha: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
                 Some((m.number, PieceInfo { offset: m.offset, size: m.size, sha256: sha }))
@@ -492,7 +493,11 @@ async fn fetch_from(
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
-    fetch_piece(&conn, what, &file, writes).await
+    fetch_piece(&conn, what, &file, writes).await.map_err(|e| match e {
+        // A local failure names the file: the operator must find which disk is full.
+        FetchError::Local(m) => FetchError::Local(format!("{m} ({})", task.content_path().display())),
+        other => other,
+    })
 }
 
 /// One piece to fetch: which, what the supernode says it is, and the ticket that lets this peer

@@ -35,7 +35,8 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     if current.piece_size != 0 && current.piece_size != psize {
         return Err(fail("origin length differs from the swarm's record".into()));
     }
-    task.set_info(len, psize).map_err(|e| fail(format!("cannot size the content file: {e}")))?;
+    task.set_info(len, psize)
+        .map_err(|e| fail(format!("cannot size the content file {}: {e}", task.content_path().display())))?;
     let mut cutter = PieceCutter::new(psize);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -77,9 +78,10 @@ async fn store(daemon: &Daemon, task: &LocalTask, piece: CutPiece) -> Result<(),
     }
     task.add_pieces([(n, PieceInfo { offset: piece.offset, size: piece.size, sha256: piece.sha256 })]);
     let len = piece.data.len() as u64;
-    task.store_piece(n, piece.offset, piece.data)
-        .await
-        .map_err(|e| TaskFailure { origin_status: None, message: format!("cannot store piece: {e}") })?;
+    task.store_piece(n, piece.offset, piece.data).await.map_err(|e| TaskFailure {
+        origin_status: None,
+        message: format!("cannot store piece {n} in {}: {e}", task.content_path().display()),
+    })?;
     daemon.metrics.downloaded("origin", len);
     Ok(())
 }

@@ -303,13 +303,15 @@ async fn enroll(
             ))
         }
         Ok(Err(e)) => match report.presented_ca() {
-            Some(presented) => return Err(refused(anyhow!(
-                "supernode {supernode} presents the cluster CA sha256:{}, but the join token pins {}: the token \
+            Some(presented) => {
+                return Err(refused(anyhow!(
+                    "supernode {supernode} presents the cluster CA sha256:{}, but the join token pins {}: the token \
                  belongs to another cluster, or the supernode's CA was regenerated (give this daemon the supernode's \
                  current join token); the token's secret was not sent",
-                hex::encode(presented),
-                token.ca_fingerprint()
-            ))),
+                    hex::encode(presented),
+                    token.ca_fingerprint()
+                )))
+            }
             None => {
                 return Err(EnrollError::Unreachable(
                     anyhow!(e).context(format!("cannot reach supernode {supernode} to enroll")),

@@ -181,9 +181,16 @@ pub async fn run(config: DaemonConfig, shutdown: ShutdownSignal) -> anyhow::Resu
     Ok(())
 }
 
+/// Time allowed to connect to a registry or origin (mirror pass-through, origin fallback).
+pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest silence of a registry or origin (response headers, then between two reads of the
+/// body) before the request fails.
+pub const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn upstream_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
+        .read_timeout(UPSTREAM_READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -198,7 +205,11 @@ fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
 /// The IP other peers should dial: the listen IP, `--advertise-ip`, or the local side of the
 /// route to the first supernode that resolves (found by connecting a UDP socket, which sends
 /// nothing).
-async fn advertise_ip(config: &DaemonConfig, local: SocketAddr, supernodes: &supernodes::Supernodes) -> anyhow::Result<IpAddr> {
+async fn advertise_ip(
+    config: &DaemonConfig,
+    local: SocketAddr,
+    supernodes: &supernodes::Supernodes,
+) -> anyhow::Result<IpAddr> {
     if let Some(ip) = config.advertise_ip {
         return Ok(ip);
     }

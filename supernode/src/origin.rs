@@ -136,10 +136,18 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
     let url_text = damselfly_common::id::normalise_url(&req.url);
     let request_err =
         |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: client::describe(&e.without_url()) };
-    let resp = shared.origins.send(reqwest::Method::GET, &req.url, &req.headers, None).await.map_err(|e| match e {
-        client::SendError::Refused(r) => OriginError::Refused(r),
-        other => OriginError::Request { url: url_text.clone(), message: other.to_string() },
-    })?;
+    let headers_due = shared.config.origin_header_timeout;
+    let send = shared.origins.send(reqwest::Method::GET, &req.url, &req.headers, None);
+    let resp = tokio::time::timeout(headers_due, send)
+        .await
+        .map_err(|_| OriginError::Request {
+            url: url_text.clone(),
+            message: format!("no response within {headers_due:?}"),
+        })?
+        .map_err(|e| match e {
+            client::SendError::Refused(r) => OriginError::Refused(r),
+            other => OriginError::Request { url: url_text.clone(), message: other.to_string() },
+        })?;
     if !resp.status().is_success() {
         return Err(OriginError::Status { status: resp.status().as_u16(), url: url_text });
     }

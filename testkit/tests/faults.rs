@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use damselfly_testkit::{
-    file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Dfdaemon, DfdaemonOpts, DfgetRun, Origin,
-    Supernode, SupernodeOpts,
+    file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Dfdaemon, DfdaemonOpts, DfgetRun, Origin, Supernode,
+    SupernodeOpts,
 };
 
 const MIB: usize = 1 << 20;
@@ -104,7 +104,10 @@ async fn region(n: usize) -> anyhow::Result<(Vec<Supernode>, Vec<Dfdaemon>)> {
     for _ in 0..2 {
         sns.push(Supernode::start(SupernodeOpts::default().args(shared)).await?);
     }
-    let opts = DfdaemonOpts { supernodes: sns.iter().map(Supernode::quic_addr).collect(), ..DfdaemonOpts::for_supernode(&sns[0]) };
+    let opts = DfdaemonOpts {
+        supernodes: sns.iter().map(Supernode::quic_addr).collect(),
+        ..DfdaemonOpts::for_supernode(&sns[0])
+    };
     let mut daemons = Vec::new();
     for _ in 0..n {
         daemons.push(Dfdaemon::start(opts.clone()).await?);
@@ -113,13 +116,23 @@ async fn region(n: usize) -> anyhow::Result<(Vec<Supernode>, Vec<Dfdaemon>)> {
 }
 
 /// Every daemon pulls every blob `paths[i]` at once; checks each output against its digest.
-async fn pull_all(origin: &Origin, daemons: &[Dfdaemon], blobs: &[(String, bytes::Bytes)], out: &Path) -> anyhow::Result<()> {
+async fn pull_all(
+    origin: &Origin,
+    daemons: &[Dfdaemon],
+    blobs: &[(String, bytes::Bytes)],
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let mut expect = Vec::new();
     for (d, daemon) in daemons.iter().enumerate() {
         for (path, blob) in blobs {
             let file = out.join(format!("d{d}{}", path.replace('/', "-")));
-            runs.push(DfgetRun::new(&origin.url(path), &file).daemon(&daemon.proxy_url()).digest(&sha256_digest(blob)).quiet());
+            runs.push(
+                DfgetRun::new(&origin.url(path), &file)
+                    .daemon(&daemon.proxy_url())
+                    .digest(&sha256_digest(blob))
+                    .quiet(),
+            );
             expect.push((file, sha256_hex(blob)));
         }
     }
@@ -137,7 +150,8 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
     let dir = tempfile::tempdir()?;
 
     // Wave 1: 9 blobs spread over the three supernodes, each fetched from the origin once.
-    let wave1: Vec<(String, bytes::Bytes)> = (0..9u64).map(|i| (format!("/w1/{i}"), random_bytes(2 * MIB, 100 + i))).collect();
+    let wave1: Vec<(String, bytes::Bytes)> =
+        (0..9u64).map(|i| (format!("/w1/{i}"), random_bytes(2 * MIB, 100 + i))).collect();
     for (path, blob) in &wave1 {
         origin.add(path, blob.clone());
     }
@@ -156,7 +170,8 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
     assert_eq!(per_sn.iter().sum::<f64>(), (9 * 2 * MIB) as f64, "no blob fetched by two supernodes");
 
     // Wave 2: slower blobs; one supernode killed once the pulls are under way.
-    let wave2: Vec<(String, bytes::Bytes)> = (0..6u64).map(|i| (format!("/w2/{i}"), random_bytes(4 * MIB, 200 + i))).collect();
+    let wave2: Vec<(String, bytes::Bytes)> =
+        (0..6u64).map(|i| (format!("/w2/{i}"), random_bytes(4 * MIB, 200 + i))).collect();
     for (path, blob) in &wave2 {
         origin.add_throttled(path, blob.clone(), 4_000_000);
     }
@@ -187,5 +202,65 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
             m.get_labeled("damselfly_dfdaemon_download_bytes_total", &[("source", "origin")]) / MIB as f64,
         );
     }
+    Ok(())
+}
+
+/// Mounts a tmpfs of `size` at `dir`; `None` when this host cannot (not root): the test is
+/// then skipped with a note.
+fn small_tmpfs(dir: &Path, size: &str) -> Option<TmpfsMount> {
+    std::fs::create_dir_all(dir).ok()?;
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| TmpfsMount(dir.to_path_buf()))
+}
+
+/// Unmounts on drop.
+struct TmpfsMount(std::path::PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_the_download_locally_and_blames_no_parent() -> anyhow::Result<()> {
+    let origin = Origin::start()?;
+    let small = random_bytes(2 * MIB, 80);
+    let big = random_bytes(12 * MIB, 81);
+    origin.add("/small", small.clone());
+    origin.add("/big", big.clone());
+    let sn = Supernode::start(SupernodeOpts::default()).await?;
+    let mut seed = Dfdaemon::start(DfdaemonOpts::for_supernode(&sn)).await?;
+    let dir = tempfile::tempdir()?;
+    seed.dfget(&origin.url("/big"), dir.path().join("seed-big")).digest(&sha256_digest(&big)).run_ok().await?;
+
+    // A daemon whose data dir is an 8 MiB tmpfs.
+    let mnt = dir.path().join("tmpfs");
+    let Some(_mount) = small_tmpfs(&mnt, "8m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root)");
+        return Ok(());
+    };
+    let opts = DfdaemonOpts { data_dir: Some(mnt.join("d")), ..DfdaemonOpts::for_supernode(&sn) };
+    let mut full = Dfdaemon::start(opts).await?;
+    full.dfget(&origin.url("/small"), dir.path().join("small")).digest(&sha256_digest(&small)).run_ok().await?;
+    let out = dir.path().join("big");
+    let run = full.dfget(&origin.url("/big"), &out).digest(&sha256_digest(&big)).run().await?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    println!("dfget on a full disk: {:?}: {}", run.status.code(), stderr.trim());
+    ensure!(!run.status.success(), "the download fails");
+    ensure!(
+        stderr.contains("No space left on device") && stderr.contains(&mnt.to_string_lossy().into_owned()),
+        "the error names the cause and the path: {stderr}"
+    );
+    ensure!(!out.exists(), "nothing half-written is left as the output");
+    let reports = sn.metrics().await?.get("damselfly_supernode_piece_failure_reports_total");
+    assert_eq!(reports, 0.0, "no parent was blamed for this host's disk");
+    // The daemon keeps serving what it holds.
+    full.dfget(&origin.url("/small"), dir.path().join("small-again")).digest(&sha256_digest(&small)).run_ok().await?;
+    ensure!(full.is_running() && seed.is_running());
     Ok(())
 }
