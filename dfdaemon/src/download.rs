@@ -171,25 +171,37 @@ async fn fetch_verified(
 
 /// Runs the download through the task's supernode; when that one is lost midway, through the
 /// next in the task's order (the pieces already here are kept: `Register.have`).
+///
+/// A task whose supernode is lost waits up to `stall_timeout` for one to take it (the next in
+/// its order at once, or the same one restarted) rather than sending every host of the region
+/// to the origin at the same moment; only then does it fall back.
 async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
-    let mut tried = Vec::new();
-    loop {
-        let (link, sn) = daemon
-            .supernodes
-            .connection_for(&task.id, &tried)
-            .await
-            .map_err(|e| SwarmError::Unavailable(format!("no supernode reachable: {e}")))?;
-        tried.push(link);
-        match drive_with(daemon, task, req, sn.clone()).await {
-            Err(SwarmError::Lost(why)) => {
-                let name = &daemon.supernodes.links()[link].name;
-                warn!(supernode = %name, %why, "lost the task's supernode: moving the task to the next one");
-                daemon.supernodes.links()[link].broke(&sn, &why);
-            }
+    let links = daemon.supernodes.links();
+    let (mut link, mut sn) = daemon
+        .supernodes
+        .connection_for(&task.id, &[])
+        .await
+        .map_err(|e| SwarmError::Unavailable(format!("no supernode reachable: {e}")))?;
+    for _ in 0..=MAX_MOVES {
+        let why = match drive_with(daemon, task, req, sn.clone()).await {
+            Err(SwarmError::Lost(why)) => why,
             other => return other,
-        }
+        };
+        links[link].broke(&sn, &why);
+        let stall = daemon.config.stall_timeout;
+        warn!(supernode = %links[link].name, %why, "lost the task's supernode: waiting up to {stall:?} for one to take the task");
+        (link, sn) =
+            daemon.supernodes.wait_for_owner(&task.id, stall).await.ok_or_else(|| {
+                SwarmError::Unavailable(format!("{why}; no supernode took the task within {stall:?}"))
+            })?;
+        debug!(supernode = %links[link].name, "the task goes on with the pieces already here");
     }
+    Err(SwarmError::Unavailable(format!("the task's supernode was lost {MAX_MOVES} times")))
 }
+
+/// How many times one download moves to another (or a restarted) supernode before it falls
+/// back to the origin.
+const MAX_MOVES: usize = 3;
 
 async fn drive_with(
     daemon: &Arc<Daemon>,
@@ -359,8 +371,13 @@ impl Conductor {
                 }
                 self.complete = true;
             }
+            Some(Kind::Failed(f)) if f.status >= 500 => {
+                // The origin failed for the supernode (a flapping origin): it may answer this
+                // host's own request.
+                return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
+            }
             Some(Kind::Failed(f)) if f.status != 0 => {
-                // The origin answered with an error: final, the daemon would get the same.
+                // The origin refused with a 4xx: final, the daemon would get the same.
                 return Err(SwarmError::Failed(TaskFailure {
                     origin_status: Some(f.status as u16),
                     message: f.message,

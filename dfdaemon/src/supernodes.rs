@@ -45,6 +45,8 @@ pub const SUPERNODE_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SUPERNODE_KEEP_ALIVE: Duration = Duration::from_millis(400);
 /// Longest a download waits for a link that is still making its first attempt.
 pub const FIRST_ATTEMPT_WAIT: Duration = Duration::from_secs(1);
+/// How often a download that lost its supernode looks for the next owner.
+const OWNER_POLL: Duration = Duration::from_millis(100);
 /// First wait before dialling a supernode again after a failed attempt; doubles up to [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts to reach a supernode.
@@ -216,6 +218,22 @@ impl Supernodes {
             why.push("every supernode was tried".into());
         }
         Err(why.join("; "))
+    }
+
+    /// The first link in `task`'s order that is up, waiting up to `wait` for one (a restarted
+    /// supernode, a link that reconnects); `None` when none came up in time.
+    pub async fn wait_for_owner(&self, task: &TaskId, wait: Duration) -> Option<(usize, Connection)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let order = self.order(task);
+        loop {
+            if let Some(found) = order.iter().find_map(|&i| self.links[i].connection().map(|c| (i, c))) {
+                return Some(found);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(OWNER_POLL).await;
+        }
     }
 
     /// Any connection that is up, preferring configuration order (renewal, enrollment).
