@@ -304,7 +304,8 @@ async fn suite(args: &Args, prefix: &str) -> anyhow::Result<()> {
 
 fn ns_spawn(name: &str, log: &Path, ns: &str, program: &Path, args: &[String]) -> anyhow::Result<Proc> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program).args(args).env("RUST_LOG", "info");
+    let log_filter = std::env::var("FAULT_RUST_LOG").unwrap_or_else(|_| "info".into());
+    cmd.args(["netns", "exec", ns]).arg(program).args(args).env("RUST_LOG", log_filter);
     Proc::spawn_with(name, log, &mut cmd)
 }
 
