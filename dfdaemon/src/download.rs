@@ -172,9 +172,9 @@ async fn fetch_verified(
 /// Runs the download through the task's supernode; when that one is lost midway, through the
 /// next in the task's order (the pieces already here are kept: `Register.have`).
 ///
-/// A task whose supernode is lost waits up to `stall_timeout` for one to take it (the next in
-/// its order at once, or the same one restarted) rather than sending every host of the region
-/// to the origin at the same moment; only then does it fall back.
+/// A task whose supernode is lost waits up to [`LOST_SUPERNODE_WAIT`] for one to take it (the
+/// next in its order at once, or the same one restarted) rather than sending every host of the
+/// region to the origin at the same moment; only then does it fall back.
 async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
     let links = daemon.supernodes.links();
     let (mut link, mut sn) = daemon
@@ -188,7 +188,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
             other => return other,
         };
         links[link].broke(&sn, &why);
-        let stall = daemon.config.stall_timeout;
+        let stall = LOST_SUPERNODE_WAIT;
         warn!(supernode = %links[link].name, %why, "lost the task's supernode: waiting up to {stall:?} for one to take the task");
         (link, sn) =
             daemon.supernodes.wait_for_owner(&task.id, stall).await.ok_or_else(|| {
@@ -198,6 +198,10 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
     }
     Err(SwarmError::Unavailable(format!("the task's supernode was lost {MAX_MOVES} times")))
 }
+
+/// How long a download that lost its supernode waits for another one (or the same one back)
+/// before it falls back to the origin. A supernode restarted by its supervisor is back within it.
+pub const LOST_SUPERNODE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How many times one download moves to another (or a restarted) supernode before it falls
 /// back to the origin.

@@ -6,7 +6,7 @@
 //! run. Each row says how many pulls completed, how many failed (and whether each failure said
 //! why), how many bytes of wrong content reached an output (must be 0), how many bytes the
 //! origin sent beyond one copy of the image, and the time added against the baseline case (the
-//! same pulls without a fault, run first).
+//! same pulls without a fault, run first, and again at the end: the mean of both).
 //!
 //! The origin is this binary too (`fault-suite origin`): a file server in its own namespace
 //! whose behaviour (`ok`, `flap`, `reset`, `slow`) is read from a control file at each request,
@@ -31,6 +31,8 @@ use tokio::process::Command;
 const CASES: &[&str] = &[
     "baseline",
     "baseline-cold",
+    "supernode-dead",
+    "supernode-killed-at-start",
     "supernode-kill-restart",
     "parent-kill",
     "parent-stall",
@@ -282,6 +284,11 @@ async fn suite(args: &Args, prefix: &str) -> anyhow::Result<()> {
         fault_after: Duration::from_secs_f64(args.fault_after),
     };
     let mut rows = Vec::new();
+    // The machine is shared: a second baseline at the end shows how much the reference moved.
+    let mut cases = cases;
+    if cases.len() > 3 && cases.contains(&"baseline") {
+        cases.push("baseline");
+    }
     for case in cases {
         eprintln!("==== case {case}");
         let row = run_case(&world, case).await.with_context(|| format!("case {case}"))?;
@@ -555,6 +562,14 @@ async fn run_case(world: &World, name: &str) -> anyhow::Result<Row> {
         "origin-5xx" => std::fs::write(world.work.join("origin-mode"), "flap")?,
         "origin-reset" => std::fs::write(world.work.join("origin-mode"), "reset")?,
         "origin-slow" => std::fs::write(world.work.join("origin-mode"), "slow")?,
+        "supernode-dead" | "supernode-killed-at-start" => {
+            signal(&case.sn, "-KILL");
+            case.sn = None;
+            if name == "supernode-dead" {
+                // Dead for longer than the daemons' idle timeout on it: they know.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
         _ => {}
     }
     let sent_before = origin_sent(world);
@@ -661,7 +676,8 @@ async fn inject(case: &mut Case<'_>, name: &str, after: Duration) -> anyhow::Res
 fn table(rows: &[Row], args: &Args, world: &World) -> String {
     let base_of = |case: &str| {
         let name = if cold(case) { "baseline-cold" } else { "baseline" };
-        rows.iter().find(|r| r.case == name).map(|r| r.wall)
+        let walls: Vec<f64> = rows.iter().filter(|r| r.case == name).map(|r| r.wall.as_secs_f64()).collect();
+        (!walls.is_empty()).then(|| Duration::from_secs_f64(walls.iter().sum::<f64>() / walls.len() as f64))
     };
     let mut t = format!(
         "# Fault suite\n\n{} pulling hosts + 1 seed host (the parent that parent faults hit), each a network namespace \
