@@ -508,6 +508,7 @@ async fn fetch_from(
         FetchError::Local(format!("cannot {what} {}: {e}", task.content_path().display()))
     };
     task.reserve(info.offset + u64::from(info.size)).map_err(|e| local("make room for", e))?;
+    task.ensure_room(u64::from(info.size)).map_err(|e| local("write the piece to", e))?;
     let file = task.content_file().map_err(|e| local("open", e))?;
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),

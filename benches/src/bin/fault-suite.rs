@@ -289,9 +289,9 @@ async fn suite(args: &Args, prefix: &str) -> anyhow::Result<()> {
     if cases.len() > 3 && cases.contains(&"baseline") {
         cases.push("baseline");
     }
-    for case in cases {
+    for (n, case) in cases.into_iter().enumerate() {
         eprintln!("==== case {case}");
-        let row = run_case(&world, case).await.with_context(|| format!("case {case}"))?;
+        let row = run_case(&world, case, n).await.with_context(|| format!("case {case}"))?;
         eprintln!("{row:?}");
         rows.push(row);
     }
@@ -529,8 +529,9 @@ fn signal(proc: &Option<Proc>, sig: &str) {
     }
 }
 
-async fn run_case(world: &World, name: &str) -> anyhow::Result<Row> {
-    let mut case = Case::start(world, name).await?;
+async fn run_case(world: &World, name: &str, n: usize) -> anyhow::Result<Row> {
+    // Its own directory even when a case runs twice (fresh caches).
+    let mut case = Case::start(world, &format!("{n:02}-{name}")).await?;
     // Cold cases have no seed: host 0 pulls with the others.
     let pullers: Vec<usize> = if cold(name) { (0..=world.hosts).collect() } else { (1..=world.hosts).collect() };
     let mut mount = None;
