@@ -438,11 +438,18 @@ async fn renew(daemon: &Daemon) -> Result<(), RenewError> {
             RenewError::Unavailable(e.to_string())
         }
     };
-    let conn = dial_any(daemon).await.map_err(classify)?;
+    // The link's connection when one is up (as before: no handshake on the way), else a fresh
+    // one, which also tells whether the supernode still accepts this certificate.
+    let (conn, fresh) = match daemon.supernodes.any_up() {
+        Some((_, conn)) => (conn, false),
+        None => (dial_any(daemon).await.map_err(classify)?, true),
+    };
     let request = PeerKeyRequest::new().map_err(|e| RenewError::Unavailable(e.to_string()))?;
     let renew = pb::RenewRequest { csr_der: request.csr_der().to_vec() };
     let resp = exchange(&conn, pb::request::Kind::Renew(renew)).await;
-    conn.close(0u32.into(), b"renewed");
+    if fresh {
+        conn.close(0u32.into(), b"renewed");
+    }
     let resp = resp.map_err(classify)?;
     if !resp.error.is_empty() {
         return Err(RenewError::Refused(format!("the supernode refused the renewal: {}", resp.error)));
@@ -488,8 +495,8 @@ async fn re_enroll(daemon: &Daemon, why: String) -> anyhow::Result<()> {
     bail!("{}", why.join("; "))
 }
 
-/// A fresh connection to the first supernode that answers: renewal checks whether the
-/// supernode still accepts this daemon's certificate, so it never reuses a connection.
+/// A fresh connection to the first supernode that answers (no link is up: a refused handshake
+/// must be seen to enroll again).
 async fn dial_any(daemon: &Daemon) -> Result<Connection, TransportError> {
     let mut last = None;
     for link in daemon.supernodes.links() {

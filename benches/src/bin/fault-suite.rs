@@ -302,9 +302,15 @@ async fn suite(args: &Args, prefix: &str) -> anyhow::Result<()> {
     }
     let corrupt: u64 = rows.iter().map(|r| r.corrupt_bytes).sum();
     let unclear: usize = rows.iter().map(|r| r.failed_unclear).sum();
-    eprintln!("work dir (logs): {}", world.work.display());
     if corrupt > 0 || unclear > 0 {
+        eprintln!("work dir (logs of the failed cases): {}", world.work.display());
         bail!("{corrupt} corrupt bytes delivered, {unclear} failures without a clear error");
+    }
+    drop(world._origin);
+    if std::env::var_os("FAULT_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&world.work);
+    } else {
+        eprintln!("work dir (logs): {}", world.work.display());
     }
     Ok(())
 }
@@ -589,6 +595,7 @@ async fn run_case(world: &World, name: &str, n: usize) -> anyhow::Result<Row> {
         set_loss(world, None).await?;
     }
     signal(&case.daemons[0], "-CONT");
+    let case_dir = case.dir.clone();
     case.stop().await;
     if let Some(dir) = mount {
         let _ = run("umount", &["-l", &dir.display().to_string()]);
@@ -611,6 +618,10 @@ async fn run_case(world: &World, name: &str, n: usize) -> anyhow::Result<Row> {
     // Warm cases: the seed fetched the image before `sent_before`, so every origin byte during
     // the pulls is extra. Cold cases: one copy is what the supernode fetches without a fault.
     row.extra_origin_bytes = sent as i64 - if cold(name) { image_bytes(world) as i64 } else { 0 };
+    if row.corrupt_bytes == 0 && row.failed_unclear == 0 && std::env::var_os("FAULT_KEEP").is_none() {
+        // Caches and outputs of a case that went well: hundreds of MiB each.
+        let _ = std::fs::remove_dir_all(&case_dir);
+    }
     Ok(row)
 }
 
