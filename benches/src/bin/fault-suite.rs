@@ -612,7 +612,7 @@ async fn run_case(world: &World, name: &str, n: usize) -> anyhow::Result<Row> {
             row.failed_unclear += 1;
         }
         if !p.ok && row.example_error.is_empty() {
-            row.example_error = p.error.lines().last().unwrap_or_default().chars().take(160).collect();
+            row.example_error = p.error.lines().last().unwrap_or_default().chars().take(320).collect();
         }
     }
     // Warm cases: the seed fetched the image before `sent_before`, so every origin byte during
