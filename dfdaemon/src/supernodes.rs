@@ -124,6 +124,12 @@ impl Link {
         Ok(resolved)
     }
 
+    /// Forgets the resolved address: the next attempt resolves the name again (a StatefulSet
+    /// pod that comes back has a new IP under the same name).
+    fn forget_addr(&self) {
+        *self.addr.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// The connection if the link is up.
     pub fn connection(&self) -> Option<Connection> {
         match &*self.state.borrow() {
@@ -285,6 +291,7 @@ pub async fn supervise(daemon: Arc<Daemon>, index: usize) {
                 let reason = conn.closed().await;
                 warn!(supernode = %link.name, %reason, "lost the supernode connection");
                 link.set(LinkState::Down(reason.to_string()));
+                link.forget_addr();
                 crate::announce::disconnected(&daemon, index);
                 // Redial at once: a restarted supernode answers the first attempt.
             }
@@ -294,6 +301,7 @@ pub async fn supervise(daemon: Arc<Daemon>, index: usize) {
                 }
                 let was_up_or_new = !matches!(link.state(), LinkState::Down(_));
                 link.set(LinkState::Down(e));
+                link.forget_addr();
                 if was_up_or_new {
                     // Tasks this supernode would own go to the next in their order.
                     crate::announce::disconnected(&daemon, index);
