@@ -90,6 +90,7 @@ if [[ " ${FAILED[*]} " == *" build "* ]]; then
     skip "tests" "build failed"
     skip "doc tests" "build failed"
     skip "bench smoke" "build failed"
+    skip "fault suite (CI subset)" "build failed"
 else
     step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
     if [[ " ${FAILED[*]} " == *" cargo-nextest "* ]]; then
@@ -102,6 +103,10 @@ else
     # The benchmark harness end to end at toy size (N=2 network namespaces, small files), on the
     # debug binaries built above: checks the harness works, never the numbers.
     step "bench smoke" env BENCH_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" SKIP_BUILD=1 bash benches/scripts/smoke.sh
+    # Faults on real processes in namespaces, short subset (~40 s): fails on any corrupt byte
+    # delivered, any pull failed without a clear error, or any pull that hangs.
+    step "fault suite (CI subset)" env BENCH_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" SKIP_BUILD=1 \
+        bash benches/scripts/fault-suite.sh --cases ci
 fi
 
 # Count tests over both runners: nextest's "Summary ... N tests run: N passed, N failed" and

@@ -93,7 +93,7 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// [`transport_config`], owned, to adjust.
-fn transport_params() -> quinn::TransportConfig {
+pub fn transport_params() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // The values are well inside quinn's VarInt range, so the conversions cannot fail.
     t.max_idle_timeout(Some(

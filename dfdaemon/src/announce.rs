@@ -1,9 +1,11 @@
 //! What the daemon tells the supernode about its cache, outside downloads.
 //!
-//! * At startup, every task the store loaded is made known again: a finished one is
-//!   re-announced on a short control stream (`Register { announce_only, have: all pieces }`
-//!   then `TaskDone`), so the supernode schedules this node as a parent for it right away; a
-//!   partial one is resumed as a download whose `Register.have` lists the pieces already here
+//! * Whenever a connection to a supernode is new (daemon start, supernode restart, failover),
+//!   every finished task that supernode owns now ([`crate::supernodes`]) is re-announced on a
+//!   short control stream (`Register { announce_only, have: all pieces }` then `TaskDone`), so
+//!   the supernode schedules this node as a parent for it right away. When a supernode goes
+//!   down, the tasks it owned are announced to the next supernode in each one's order.
+//! * At startup a partial task is resumed as a download whose `Register.have` lists the pieces already here
 //!   (verified first), so only the missing pieces are fetched.
 //! * A finished task whose pieces fail verification later ([`StoreEvent::Repair`]) is resumed
 //!   the same way.
@@ -53,11 +55,44 @@ pub async fn run(daemon: Arc<Daemon>) {
 }
 
 async fn startup(daemon: &Arc<Daemon>) {
-    let started = std::time::Instant::now();
-    let (done, partial): (Vec<_>, Vec<_>) =
-        daemon.store.tasks().into_iter().partition(|t| t.view().status == TaskStatus::Done);
+    let partial: Vec<_> = daemon.store.tasks().into_iter().filter(|t| t.view().status != TaskStatus::Done).collect();
     for task in &partial {
         resume(daemon, task);
+    }
+    if !partial.is_empty() {
+        info!(resumed = partial.len(), "resuming partial downloads");
+    }
+}
+
+/// Link `index` has a new connection: re-announces every finished task its supernode owns now.
+pub fn connected(daemon: &Arc<Daemon>, index: usize) {
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let owned = |t: &TaskId| d.supernodes.owner(t) == Some(index);
+        reannounce(&d, &owned, &d.supernodes.links()[index].name).await;
+    });
+}
+
+/// Link `index` went down: announces the finished tasks it owned to their next owner.
+pub fn disconnected(daemon: &Arc<Daemon>, index: usize) {
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let moved = |t: &TaskId| {
+            let order = d.supernodes.order(t);
+            let rank = |i| order.iter().position(|&x| x == i);
+            d.supernodes.owner(t).is_some_and(|owner| rank(index) < rank(owner))
+        };
+        reannounce(&d, &moved, "the next supernodes").await;
+    });
+}
+
+/// Announces every finished task `which` selects to its owner.
+async fn reannounce(daemon: &Arc<Daemon>, which: &(dyn Fn(&TaskId) -> bool + Sync), to: &str) {
+    let started = std::time::Instant::now();
+    let done: Vec<_> =
+        daemon.store.tasks().into_iter().filter(|t| t.view().status == TaskStatus::Done && which(&t.id)).collect();
+    if done.is_empty() {
+        return;
     }
     let mut set = tokio::task::JoinSet::new();
     let mut failed = 0usize;
@@ -79,15 +114,13 @@ async fn startup(daemon: &Arc<Daemon>) {
             failed += 1;
         }
     }
-    if !done.is_empty() || !partial.is_empty() {
-        info!(
-            finished = done.len(),
-            resumed = partial.len(),
-            failed,
-            took_ms = started.elapsed().as_millis() as u64,
-            "cache re-announced to the supernode"
-        );
-    }
+    info!(
+        supernode = %to,
+        finished = done.len(),
+        failed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "cache re-announced"
+    );
 }
 
 /// Starts a download for an incomplete task loaded from disk (or repaired), unless one runs.
@@ -118,7 +151,9 @@ async fn announce(
     have: Vec<u32>,
 ) -> anyhow::Result<()> {
     let Some(url) = url else { anyhow::bail!("no URL recorded for task {id}") };
-    let conn = daemon.supernode_connection().await?;
+    let owner = daemon.supernodes.owner(id).ok_or_else(|| anyhow::anyhow!("no supernode is up"))?;
+    let link = &daemon.supernodes.links()[owner];
+    let conn = link.connection().ok_or_else(|| anyhow::anyhow!("supernode {} is not connected", link.name))?;
     let (mut send, _recv) = conn.open_bi().await?;
     let leaving = have.is_empty();
     let register = pb::Register {
@@ -126,7 +161,7 @@ async fn announce(
         url,
         digest: digest.unwrap_or_default(),
         headers: Vec::new(),
-        peer_id: daemon.identity.peer_id.to_string(),
+        peer_id: daemon.identity.peer_id().to_string(),
         peer_addr: daemon.advertise.to_string(),
         have,
         announce_only: true,

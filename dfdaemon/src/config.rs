@@ -12,8 +12,9 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// Supernodes (`HOST:PORT`), tried in order. Default none (then every download goes to the
-    /// origin directly, if `origin_fallback` allows).
+    /// Supernodes (`HOST:PORT`) of the region. Each task goes to one of them by rendezvous
+    /// hashing of its id over these names (give every host the same names), and to the next in
+    /// its order while that one is down ([`crate::supernodes`]). Required.
     pub supernodes: Vec<String>,
     /// HTTP listen address: dfget API and registry mirror. Default `127.0.0.1:65001`.
     pub proxy_listen: SocketAddr,

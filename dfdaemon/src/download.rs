@@ -75,8 +75,11 @@ struct Fetched {
 /// Why the swarm did not deliver a task.
 #[derive(Debug)]
 enum SwarmError {
-    /// The swarm cannot deliver now (supernode unreachable or lost, no progress): the origin may.
+    /// The swarm cannot deliver now (no supernode reachable, no progress): the origin may.
     Unavailable(String),
+    /// The task's supernode went away mid-download: the next one in the task's order may
+    /// take over, with the pieces already here.
+    Lost(String),
     /// The task itself failed (origin error, digest mismatch, local storage): final.
     Failed(TaskFailure),
 }
@@ -139,11 +142,13 @@ async fn fetch_verified(
         match drive(daemon, task, req).await {
             Ok(()) => Ok(()),
             Err(SwarmError::Failed(f)) => Err(f),
-            Err(SwarmError::Unavailable(reason)) if daemon.config.origin_fallback => {
+            Err(SwarmError::Unavailable(reason) | SwarmError::Lost(reason)) if daemon.config.origin_fallback => {
                 warn!(%reason, "swarm unavailable: falling back to the origin");
                 crate::fallback::from_origin(daemon, task, req).await
             }
-            Err(SwarmError::Unavailable(reason)) => Err(TaskFailure { origin_status: None, message: reason }),
+            Err(SwarmError::Unavailable(reason) | SwarmError::Lost(reason)) => {
+                Err(TaskFailure { origin_status: None, message: reason })
+            }
         }
     };
     match (fetched, follower) {
@@ -164,10 +169,52 @@ async fn fetch_verified(
     }
 }
 
+/// Runs the download through the task's supernode; when that one is lost midway, through the
+/// next in the task's order (the pieces already here are kept: `Register.have`).
+///
+/// A task whose supernode is lost waits up to [`LOST_SUPERNODE_WAIT`] for one to take it (the
+/// next in its order at once, or the same one restarted) rather than sending every host of the
+/// region to the origin at the same moment; only then does it fall back.
 async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadRequest) -> Result<(), SwarmError> {
-    let unavailable = |m: String| SwarmError::Unavailable(m);
-    let sn = daemon.supernode_connection().await.map_err(|e| unavailable(format!("supernode unreachable: {e:#}")))?;
-    let (mut send, recv) = sn.open_bi().await.map_err(|e| unavailable(format!("supernode connection broke: {e}")))?;
+    let links = daemon.supernodes.links();
+    let (mut link, mut sn) = daemon
+        .supernodes
+        .connection_for(&task.id, &[])
+        .await
+        .map_err(|e| SwarmError::Unavailable(format!("no supernode reachable: {e}")))?;
+    for _ in 0..=MAX_MOVES {
+        let why = match drive_with(daemon, task, req, sn.clone()).await {
+            Err(SwarmError::Lost(why)) => why,
+            other => return other,
+        };
+        links[link].broke(&sn, &why);
+        let stall = LOST_SUPERNODE_WAIT;
+        warn!(supernode = %links[link].name, %why, "lost the task's supernode: waiting up to {stall:?} for one to take the task");
+        (link, sn) =
+            daemon.supernodes.wait_for_owner(&task.id, stall).await.ok_or_else(|| {
+                SwarmError::Unavailable(format!("{why}; no supernode took the task within {stall:?}"))
+            })?;
+        debug!(supernode = %links[link].name, "the task goes on with the pieces already here");
+    }
+    Err(SwarmError::Unavailable(format!("the task's supernode was lost {MAX_MOVES} times")))
+}
+
+/// How long a download that lost its supernode waits for another one (or the same one back)
+/// before it falls back to the origin. A supernode restarted by its supervisor is back within it.
+pub const LOST_SUPERNODE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many times one download moves to another (or a restarted) supernode before it falls
+/// back to the origin.
+const MAX_MOVES: usize = 3;
+
+async fn drive_with(
+    daemon: &Arc<Daemon>,
+    task: &Arc<LocalTask>,
+    req: &DownloadRequest,
+    sn: Connection,
+) -> Result<(), SwarmError> {
+    let lost = |m: String| SwarmError::Lost(m);
+    let (mut send, recv) = sn.open_bi().await.map_err(|e| lost(format!("supernode connection broke: {e}")))?;
     let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
     let register = pb::Register {
         task_id: task.id.to_string(),
@@ -181,7 +228,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
             .into_iter()
             .map(|(name, value)| pb::Header { name, value })
             .collect(),
-        peer_id: daemon.identity.peer_id.to_string(),
+        peer_id: daemon.identity.peer_id().to_string(),
         peer_addr: daemon.advertise.to_string(),
         // Resume: pieces already here (verified first) are not fetched again.
         have: task.present_pieces().await,
@@ -190,9 +237,7 @@ async fn drive(daemon: &Arc<Daemon>, task: &Arc<LocalTask>, req: &DownloadReques
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
     };
-    write_frame(&mut send, &first)
-        .await
-        .map_err(|e| unavailable(format!("cannot register with the supernode: {e}")))?;
+    write_frame(&mut send, &first).await.map_err(|e| lost(format!("cannot register with the supernode: {e}")))?;
     let (down_tx, mut down_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_downs(recv, down_tx));
     let mut state = Conductor {
@@ -253,7 +298,7 @@ type DownRx = mpsc::UnboundedReceiver<Result<pb::ControlDown, TransportError>>;
 
 impl Conductor {
     async fn run(&mut self, down_rx: &mut DownRx) -> Result<(), SwarmError> {
-        let lost = |m: String| SwarmError::Unavailable(format!("lost the supernode: {m}"));
+        let lost = |m: String| SwarmError::Lost(format!("lost the supernode: {m}"));
         let stall = self.daemon.config.stall_timeout;
         let mut last_progress = tokio::time::Instant::now();
         loop {
@@ -265,7 +310,11 @@ impl Conductor {
             }
             tokio::select! {
                 down = down_rx.recv() => {
-                    last_progress = tokio::time::Instant::now();
+                    // Only news of content counts as progress: assignments and tickets keep
+                    // coming while nothing lands (e.g. every parent fails).
+                    if down.as_ref().is_some_and(|d| d.as_ref().is_ok_and(is_content_news)) {
+                        last_progress = tokio::time::Instant::now();
+                    }
                     match down {
                         Some(Ok(msg)) => self.on_down(msg).await?,
                         Some(Err(e)) => return Err(lost(e.to_string())),
@@ -297,9 +346,12 @@ impl Conductor {
     async fn on_down(&mut self, msg: pb::ControlDown) -> Result<(), SwarmError> {
         use pb::control_down::Kind;
         match msg.kind {
-            Some(Kind::TaskInfo(info)) => self.task.set_info(info.content_length, info.piece_size).map_err(|e| {
-                TaskFailure { origin_status: None, message: format!("cannot size the content file: {e}") }
-            })?,
+            Some(Kind::TaskInfo(info)) => {
+                self.task.set_info(info.content_length, info.piece_size).map_err(|e| TaskFailure {
+                    origin_status: None,
+                    message: format!("cannot size the content file {}: {e}", self.task.content_path().display()),
+                })?
+            }
             Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(|m| {
                 let sha: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
                 Some((m.number, PieceInfo { offset: m.offset, size: m.size, sha256: sha }))
@@ -323,8 +375,13 @@ impl Conductor {
                 }
                 self.complete = true;
             }
+            Some(Kind::Failed(f)) if f.status >= 500 => {
+                // The origin failed for the supernode (a flapping origin): it may answer this
+                // host's own request.
+                return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
+            }
             Some(Kind::Failed(f)) if f.status != 0 => {
-                // The origin answered with an error: final, the daemon would get the same.
+                // The origin refused with a 4xx: final, the daemon would get the same.
                 return Err(SwarmError::Failed(TaskFailure {
                     origin_status: Some(f.status as u16),
                     message: f.message,
@@ -408,7 +465,7 @@ impl Conductor {
         };
         write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) })
             .await
-            .map_err(|e| SwarmError::Unavailable(format!("lost the supernode: {e}")))
+            .map_err(|e| SwarmError::Lost(format!("lost the supernode: {e}")))
     }
 
     /// Lets every fetch still running end before the task changes hands (fallback, failure): a
@@ -420,6 +477,13 @@ impl Conductor {
         self.writes.close();
         self.writes.wait().await;
     }
+}
+
+/// Whether a message from the supernode says that the content moved on: its size, new pieces
+/// at the supernode, the end.
+fn is_content_news(msg: &pb::ControlDown) -> bool {
+    use pb::control_down::Kind;
+    matches!(msg.kind, Some(Kind::TaskInfo(_) | Kind::Pieces(_) | Kind::Complete(_) | Kind::Failed(_)))
 }
 
 fn failed(piece: u32, source: &Source, reason: pb::FailReason, detail: String) -> pb::control_up::Kind {
@@ -444,13 +508,18 @@ async fn fetch_from(
         FetchError::Local(format!("cannot {what} {}: {e}", task.content_path().display()))
     };
     task.reserve(info.offset + u64::from(info.size)).map_err(|e| local("make room for", e))?;
+    task.ensure_room(u64::from(info.size)).map_err(|e| local("write the piece to", e))?;
     let file = task.content_file().map_err(|e| local("open", e))?;
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
-    fetch_piece(&conn, what, &file, writes).await
+    fetch_piece(&conn, what, &file, writes).await.map_err(|e| match e {
+        // A local failure names the file: the operator must find which disk is full.
+        FetchError::Local(m) => FetchError::Local(format!("{m} ({})", task.content_path().display())),
+        other => other,
+    })
 }
 
 /// One piece to fetch: which, what the supernode says it is, and the ticket that lets this peer

@@ -15,16 +15,28 @@ use crate::download::DownloadRequest;
 use crate::storage::{LocalTask, PieceInfo, TaskFailure};
 use crate::Daemon;
 
+/// Wait before the one retry of an origin request that failed with a 5xx or no answer.
+pub const ORIGIN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Downloads `req` from its origin into `task`.
 #[instrument(skip_all, fields(task = %task.id))]
 pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadRequest) -> Result<(), TaskFailure> {
     let fail = |message: String| TaskFailure { origin_status: None, message };
     info!(url = %damselfly_common::id::normalise_url(&req.url), "fetching from the origin directly");
-    let mut builder = daemon.http.get(req.url.clone());
-    for (name, value) in daemon.config.forward_headers.filter(&req.headers) {
-        builder = builder.header(name.as_str(), value.as_slice());
+    let send = || {
+        let mut builder = daemon.http.get(req.url.clone());
+        for (name, value) in daemon.config.forward_headers.filter(&req.headers) {
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+        builder.send()
+    };
+    let mut resp = send().await;
+    if resp.as_ref().map_or(true, |r| r.status().is_server_error()) {
+        // One more try for a failure that may pass (a flapping origin, a reset connection).
+        tokio::time::sleep(ORIGIN_RETRY_AFTER).await;
+        resp = send().await;
     }
-    let resp = builder.send().await.map_err(|e| fail(format!("origin unreachable: {}", e.without_url())))?;
+    let resp = resp.map_err(|e| fail(format!("origin unreachable: {}", e.without_url())))?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         return Err(TaskFailure { origin_status: Some(status), message: format!("origin answered HTTP {status}") });
@@ -35,7 +47,8 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     if current.piece_size != 0 && current.piece_size != psize {
         return Err(fail("origin length differs from the swarm's record".into()));
     }
-    task.set_info(len, psize).map_err(|e| fail(format!("cannot size the content file: {e}")))?;
+    task.set_info(len, psize)
+        .map_err(|e| fail(format!("cannot size the content file {}: {e}", task.content_path().display())))?;
     let mut cutter = PieceCutter::new(psize);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -77,9 +90,10 @@ async fn store(daemon: &Daemon, task: &LocalTask, piece: CutPiece) -> Result<(),
     }
     task.add_pieces([(n, PieceInfo { offset: piece.offset, size: piece.size, sha256: piece.sha256 })]);
     let len = piece.data.len() as u64;
-    task.store_piece(n, piece.offset, piece.data)
-        .await
-        .map_err(|e| TaskFailure { origin_status: None, message: format!("cannot store piece: {e}") })?;
+    task.store_piece(n, piece.offset, piece.data).await.map_err(|e| TaskFailure {
+        origin_status: None,
+        message: format!("cannot store piece {n} in {}: {e}", task.content_path().display()),
+    })?;
     daemon.metrics.downloaded("origin", len);
     Ok(())
 }

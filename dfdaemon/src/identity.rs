@@ -5,7 +5,12 @@
 //! (`--join-token-file FILE`, else `DAMSELFLY_JOIN_TOKEN`): the connection to the supernode is
 //! verified against the CA the token pins by hash before the token's secret is sent, so a daemon
 //! with a token needs no CA file and never trusts on first use. Without a stored certificate
-//! and without a token the daemon does not start.
+//! and without a token the daemon does not start. A daemon that has a token but reaches no
+//! supernode at start starts anyway, unenrolled ([`PeerIdentity::enrolled`] false: a throwaway
+//! certificate no one trusts, so it neither serves nor fetches pieces) and serves through the
+//! origin fallback; the first link that reaches a supernode enrolls it ([`enroll_late`]).
+//! A refused enrollment (wrong token, another cluster's CA) still stops the start: that is a
+//! misconfiguration, not an outage.
 //!
 //! While the daemon runs, [`maintain`] keeps the certificate valid:
 //! - **renewal** at two thirds of its remaining life: a new CSR over a connection authenticated
@@ -34,6 +39,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
 use crate::config::DaemonConfig;
+use crate::supernodes::{Supernodes, SUPERNODE_CONNECT_TIMEOUT};
 use crate::Daemon;
 
 /// The environment variable that carries the join token when no token file is configured.
@@ -44,6 +50,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// Wait before trying again to enroll after a failed re-enrollment.
 const REENROLL_RETRY: Duration = Duration::from_secs(5);
+/// Longest the enrollment exchange (request and answer, after the handshake) may take.
+pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The peer id an unenrolled daemon goes by until it enrolls (never sent to a supernode).
+const UNENROLLED: &str = "unenrolled";
 /// How to hand a daemon the token, for error messages.
 const HOW_TO_GIVE_THE_TOKEN: &str = "pass --join-token-file FILE (or join_token_file in the config file) or set \
      the environment variable DAMSELFLY_JOIN_TOKEN to the cluster's join token; the supernode writes it to its \
@@ -79,8 +89,13 @@ impl TokenSource {
 
 /// This daemon's identity in the cluster.
 pub struct PeerIdentity {
-    /// Peer id given by the supernode at the first enrollment; kept for the daemon's life.
-    pub peer_id: PeerId,
+    /// Peer id given by the supernode at the first enrollment; kept for the daemon's life
+    /// (set once by a late enrollment).
+    peer_id: std::sync::RwLock<PeerId>,
+    /// False while the daemon runs on a placeholder certificate, before its first enrollment.
+    enrolled: std::sync::atomic::AtomicBool,
+    /// Serialises late enrollments (several links may reach a supernode at once).
+    enrolling: tokio::sync::Mutex<()>,
     /// Certificate, key and CA in force; the QUIC configurations read it at every handshake.
     pub tls: Arc<LiveIdentity>,
     /// Where the join token comes from, for re-enrollment.
@@ -92,6 +107,16 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
+    /// The peer id (the CN of this daemon's certificate).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether the daemon holds a certificate of the cluster (false until a late enrollment).
+    pub fn enrolled(&self) -> bool {
+        self.enrolled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Tells [`maintain`] that a handshake with the supernode was refused for a certificate
     /// reason: it checks at once whether the daemon must enroll again.
     pub fn handshake_refused(&self) {
@@ -99,12 +124,13 @@ impl PeerIdentity {
     }
 }
 
-/// Loads the stored identity, or enrolls with the supernode at `supernode` (see the module
-/// documentation for when).
+/// Loads the stored identity, or enrolls with the first of `supernodes` that answers (see the
+/// module documentation for when). With `lazy`, a daemon that reaches none starts unenrolled.
 pub async fn load_or_enroll(
     config: &DaemonConfig,
     endpoint: &Endpoint,
-    supernode: SocketAddr,
+    supernodes: &Supernodes,
+    lazy: bool,
 ) -> anyhow::Result<PeerIdentity> {
     let dir = config.data_dir.join("tls");
     let source = TokenSource::from_config(config);
@@ -122,7 +148,9 @@ pub async fn load_or_enroll(
         }
     }
     let identity = |peer_id, live| PeerIdentity {
-        peer_id,
+        peer_id: std::sync::RwLock::new(peer_id),
+        enrolled: std::sync::atomic::AtomicBool::new(true),
+        enrolling: tokio::sync::Mutex::new(()),
         tls: live,
         token: source.clone(),
         dir: dir.clone(),
@@ -148,10 +176,70 @@ pub async fn load_or_enroll(
             dir.join("peer.crt").display()
         );
     };
-    let (peer_id, enrolled) = enroll(endpoint, supernode, &token, previous.as_ref()).await?;
-    let live = LiveIdentity::new(&enrolled)?;
-    save(&dir, &peer_id, &enrolled)?;
-    Ok(identity(peer_id, live))
+    let mut unreachable = Vec::new();
+    for link in supernodes.links() {
+        let addr = match link.addr().await {
+            Ok(addr) => addr,
+            Err(e) => {
+                unreachable.push(e);
+                continue;
+            }
+        };
+        match enroll(endpoint, addr, &token, previous.as_ref()).await {
+            Ok((peer_id, enrolled)) => {
+                let live = LiveIdentity::new(&enrolled)?;
+                save(&dir, &peer_id, &enrolled)?;
+                return Ok(identity(peer_id, live));
+            }
+            Err(EnrollError::Unreachable(e)) => unreachable.push(format!("{e:#}")),
+            Err(EnrollError::Refused(e)) => return Err(e),
+        }
+    }
+    if !lazy {
+        bail!("{}", unreachable.join("; "));
+    }
+    warn!(
+        why = %unreachable.join("; "),
+        "no supernode reachable to enroll: serving through the origin fallback, enrolling as soon as one answers"
+    );
+    // A throwaway CA's certificate: nobody trusts it and the key of its CA is gone, so this
+    // daemon can neither serve nor fetch pieces until it enrolls.
+    let placeholder = tls::ClusterCa::generate()?.issue_peer_identity(UNENROLLED)?;
+    let unenrolled = identity(previous.unwrap_or_else(|| PeerId::new(UNENROLLED)), LiveIdentity::new(&placeholder)?);
+    unenrolled.enrolled.store(false, std::sync::atomic::Ordering::Release);
+    Ok(unenrolled)
+}
+
+/// Enrolls a daemon that started unenrolled, with the supernode at `addr` (once: later calls
+/// return at once).
+pub async fn enroll_late(daemon: &Daemon, addr: SocketAddr) -> anyhow::Result<()> {
+    let identity = &daemon.identity;
+    let _guard = identity.enrolling.lock().await;
+    if identity.enrolled() {
+        return Ok(());
+    }
+    let Some(source) = &identity.token else { bail!("no join token to enroll with: {HOW_TO_GIVE_THE_TOKEN}") };
+    let token = source.read()?;
+    let previous = identity.peer_id();
+    let previous = (previous.as_str() != UNENROLLED).then_some(previous);
+    let (peer_id, enrolled) = match enroll(daemon.pool.endpoint(), addr, &token, previous.as_ref()).await {
+        Ok(v) => v,
+        Err(EnrollError::Unreachable(e) | EnrollError::Refused(e)) => return Err(e),
+    };
+    identity.tls.replace(&enrolled)?;
+    save(&identity.dir, &peer_id, &enrolled)?;
+    *identity.peer_id.write().unwrap_or_else(std::sync::PoisonError::into_inner) = peer_id;
+    identity.enrolled.store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// Why an enrollment did not happen.
+#[derive(Debug)]
+enum EnrollError {
+    /// The supernode could not be reached or did not answer in time: try again later.
+    Unreachable(anyhow::Error),
+    /// The supernode or the token refused it: a misconfiguration.
+    Refused(anyhow::Error),
 }
 
 /// Why a stored identity cannot be used, if it cannot.
@@ -200,23 +288,38 @@ async fn enroll(
     supernode: SocketAddr,
     token: &JoinToken,
     previous: Option<&PeerId>,
-) -> anyhow::Result<(PeerId, Identity)> {
-    let (client, report) = tls::pinned_client_config(token.ca_sha256())?;
-    let connecting = endpoint.connect_with(with_transport(client), supernode, tls::SUPERNODE_SERVER_NAME)?;
-    let conn = match connecting.await {
-        Ok(conn) => conn,
-        Err(e) => match report.presented_ca() {
-            Some(presented) => bail!(
-                "supernode {supernode} presents the cluster CA sha256:{}, but the join token pins {}: the token \
+) -> Result<(PeerId, Identity), EnrollError> {
+    let refused = EnrollError::Refused;
+    let (client, report) = tls::pinned_client_config(token.ca_sha256()).map_err(|e| refused(e.into()))?;
+    let connecting = endpoint
+        .connect_with(with_transport(client), supernode, tls::SUPERNODE_SERVER_NAME)
+        .map_err(|e| refused(e.into()))?;
+    let timed_out = |after: Duration| anyhow!("no answer within {after:?}");
+    let conn = match tokio::time::timeout(SUPERNODE_CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Err(_) => {
+            return Err(EnrollError::Unreachable(
+                timed_out(SUPERNODE_CONNECT_TIMEOUT).context(format!("cannot reach supernode {supernode} to enroll")),
+            ))
+        }
+        Ok(Err(e)) => match report.presented_ca() {
+            Some(presented) => {
+                return Err(refused(anyhow!(
+                    "supernode {supernode} presents the cluster CA sha256:{}, but the join token pins {}: the token \
                  belongs to another cluster, or the supernode's CA was regenerated (give this daemon the supernode's \
                  current join token); the token's secret was not sent",
-                hex::encode(presented),
-                token.ca_fingerprint()
-            ),
-            None => return Err(anyhow!(e).context(format!("cannot reach supernode {supernode} to enroll"))),
+                    hex::encode(presented),
+                    token.ca_fingerprint()
+                )))
+            }
+            None => {
+                return Err(EnrollError::Unreachable(
+                    anyhow!(e).context(format!("cannot reach supernode {supernode} to enroll")),
+                ))
+            }
         },
     };
-    let request = PeerKeyRequest::new()?;
+    let request = PeerKeyRequest::new().map_err(|e| refused(e.into()))?;
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
     let enroll = pb::EnrollRequest {
         csr_der: request.csr_der().to_vec(),
@@ -224,15 +327,25 @@ async fn enroll(
         join_secret: token.secret().to_owned(),
         peer_id: previous.map(ToString::to_string).unwrap_or_default(),
     };
-    let resp = exchange(&conn, pb::request::Kind::Enroll(enroll)).await;
+    let resp = tokio::time::timeout(ENROLL_TIMEOUT, exchange(&conn, pb::request::Kind::Enroll(enroll))).await;
     conn.close(0u32.into(), b"enrolled");
-    let resp = resp.map_err(|e| anyhow!("enrollment with supernode {supernode} failed: {e}"))?;
+    let resp = match resp {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            return Err(EnrollError::Unreachable(anyhow!("enrollment with supernode {supernode} failed: {e}")))
+        }
+        Err(_) => {
+            return Err(EnrollError::Unreachable(
+                timed_out(ENROLL_TIMEOUT).context(format!("enrollment with supernode {supernode}")),
+            ))
+        }
+    };
     if !resp.error.is_empty() {
-        bail!("supernode {supernode} refused to enroll this daemon: {}", resp.error);
+        return Err(refused(anyhow!("supernode {supernode} refused to enroll this daemon: {}", resp.error)));
     }
     let ca = CertificateDer::from(resp.ca_der);
     if !token.pins(&ca) {
-        bail!("supernode {supernode} answered with a CA the join token does not pin");
+        return Err(refused(anyhow!("supernode {supernode} answered with a CA the join token does not pin")));
     }
     if previous.is_some_and(|p| p.as_str() != resp.peer_id) {
         warn!(peer = %resp.peer_id, "the supernode gave a new peer id");
@@ -286,6 +399,11 @@ pub async fn maintain(daemon: Arc<Daemon>) {
             _ = tokio::time::sleep_until(next) => {}
             _ = identity.refused.notified() => {}
         }
+        if !identity.enrolled() {
+            // The placeholder needs no renewal: the links enroll the daemon.
+            next = tokio::time::Instant::now() + REENROLL_RETRY;
+            continue;
+        }
         let remaining = remaining(identity.tls.not_after());
         let outcome = if remaining.is_zero() {
             let end = humantime::format_rfc3339_seconds(identity.tls.not_after());
@@ -320,10 +438,19 @@ async fn renew(daemon: &Daemon) -> Result<(), RenewError> {
             RenewError::Unavailable(e.to_string())
         }
     };
-    let conn = daemon.dial_supernode().await.map_err(classify)?;
+    // The link's connection when one is up (as before: no handshake on the way), else a fresh
+    // one, which also tells whether the supernode still accepts this certificate.
+    let (conn, fresh) = match daemon.supernodes.any_up() {
+        Some((_, conn)) => (conn, false),
+        None => (dial_any(daemon).await.map_err(classify)?, true),
+    };
     let request = PeerKeyRequest::new().map_err(|e| RenewError::Unavailable(e.to_string()))?;
     let renew = pb::RenewRequest { csr_der: request.csr_der().to_vec() };
-    let resp = exchange(&conn, pb::request::Kind::Renew(renew)).await.map_err(classify)?;
+    let resp = exchange(&conn, pb::request::Kind::Renew(renew)).await;
+    if fresh {
+        conn.close(0u32.into(), b"renewed");
+    }
+    let resp = resp.map_err(classify)?;
     if !resp.error.is_empty() {
         return Err(RenewError::Refused(format!("the supernode refused the renewal: {}", resp.error)));
     }
@@ -346,17 +473,48 @@ async fn re_enroll(daemon: &Daemon, why: String) -> anyhow::Result<()> {
     warn!(reason = %why, "enrolling again with the join token");
     let token = source.read()?;
     let endpoint = daemon.pool.endpoint();
-    let (_, enrolled) = enroll(endpoint, daemon.supernode_addr(), &token, Some(&identity.peer_id)).await?;
-    install(daemon, &enrolled)?;
-    daemon.supernode_reachable();
-    Ok(())
+    let mut why = Vec::new();
+    for link in daemon.supernodes.links() {
+        let addr = match link.addr().await {
+            Ok(addr) => addr,
+            Err(e) => {
+                why.push(e);
+                continue;
+            }
+        };
+        match enroll(endpoint, addr, &token, Some(&identity.peer_id())).await {
+            Ok((_, enrolled)) => {
+                identity.tls.replace(&enrolled)?;
+                // The links were refused with the old certificate: they try again at once.
+                daemon.supernodes.links().iter().for_each(|l| l.retry_now());
+                return save(&identity.dir, &identity.peer_id(), &enrolled);
+            }
+            Err(EnrollError::Unreachable(e) | EnrollError::Refused(e)) => why.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", why.join("; "))
+}
+
+/// A fresh connection to the first supernode that answers (no link is up: a refused handshake
+/// must be seen to enroll again).
+async fn dial_any(daemon: &Daemon) -> Result<Connection, TransportError> {
+    let mut last = None;
+    for link in daemon.supernodes.links() {
+        let Ok(addr) = link.addr().await else { continue };
+        match crate::supernodes::dial(daemon, addr).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if is_tls_refusal(&e) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(TransportError::Timeout(crate::supernodes::SUPERNODE_CONNECT_TIMEOUT)))
 }
 
 /// Puts a new certificate in force and stores it.
 fn install(daemon: &Daemon, next: &Identity) -> anyhow::Result<()> {
     let identity = &daemon.identity;
     identity.tls.replace(next)?;
-    save(&identity.dir, &identity.peer_id, next)
+    save(&identity.dir, &identity.peer_id(), next)
 }
 
 /// Time left until `end`, zero when it is (nearly) over.

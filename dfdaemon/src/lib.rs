@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mirror;
 pub mod storage;
+pub mod supernodes;
 pub mod verify;
 mod warm;
 
@@ -25,10 +26,10 @@ use anyhow::{bail, Context};
 use damselfly_common::id::TaskId;
 use damselfly_common::ticket::TicketVerifier;
 use damselfly_common::tls;
-use damselfly_common::transport::{bind_endpoint, read_first_frame, ConnectionPool, TransportError};
+use damselfly_common::transport::{bind_endpoint, read_first_frame, ConnectionPool};
 use damselfly_common::upload::{serve_piece, Requester, Served};
 use damselfly_proto as pb;
-use quinn::{Connection, Endpoint};
+use quinn::Endpoint;
 use tracing::{debug, info, warn};
 
 pub use config::DaemonConfig;
@@ -57,73 +58,16 @@ pub struct Daemon {
     pub http: reqwest::Client,
     /// Registry mirror state: coalesced manifest requests and the manifest cache.
     pub mirror: mirror::MirrorState,
-    supernode: SocketAddr,
-    /// When the last connection attempt to the supernode failed.
-    supernode_down: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The region's supernodes and the links to them.
+    pub supernodes: supernodes::Supernodes,
+    /// Client configuration for supernode connections ([`supernodes::supernode_client`]).
+    supernode_client: quinn::ClientConfig,
     /// When any task last received a piece from the swarm. A task waiting for upload slots
     /// that other tasks of this host occupy is not stalled: the swarm is working for it.
     swarm_progress: std::sync::Mutex<tokio::time::Instant>,
 }
 
-/// How long a handshake with the supernode may take before it counts as down.
-pub const SUPERNODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-/// How long the supernode counts as down after a failed attempt.
-pub const SUPERNODE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl Daemon {
-    /// The connection to the supernode (reconnects when broken).
-    ///
-    /// After a failed attempt the supernode counts as down for [`SUPERNODE_RETRY_AFTER`]: every
-    /// download in that window goes straight to its fallback instead of waiting on a dead peer.
-    pub async fn supernode_connection(&self) -> anyhow::Result<Connection> {
-        let down_since = *self.supernode_down.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(since) = down_since {
-            if since.elapsed() < SUPERNODE_RETRY_AFTER {
-                bail!("supernode {} is down (last attempt {:.1?} ago)", self.supernode, since.elapsed());
-            }
-        }
-        Ok(self.dial_supernode().await?)
-    }
-
-    /// The pooled connection to the supernode, connecting now whatever the down window says.
-    /// Records the outcome for [`Daemon::supernode_connection`]; a handshake refused for a
-    /// certificate reason also wakes the certificate upkeep ([`identity::maintain`]), which
-    /// enrolls again when the supernode no longer accepts this daemon's certificate.
-    pub async fn dial_supernode(&self) -> Result<Connection, TransportError> {
-        let attempt =
-            tokio::time::timeout(SUPERNODE_CONNECT_TIMEOUT, self.pool.get(self.supernode, tls::SUPERNODE_SERVER_NAME))
-                .await;
-        let mut down = self.supernode_down.lock().unwrap_or_else(|e| e.into_inner());
-        match attempt {
-            Ok(Ok(conn)) => {
-                *down = None;
-                Ok(conn)
-            }
-            Ok(Err(e)) => {
-                *down = Some(std::time::Instant::now());
-                if identity::is_tls_refusal(&e) {
-                    self.identity.handshake_refused();
-                }
-                Err(e)
-            }
-            Err(_) => {
-                *down = Some(std::time::Instant::now());
-                let source = quinn::ConnectionError::TimedOut;
-                Err(TransportError::Connection { addr: self.supernode, source })
-            }
-        }
-    }
-
-    /// The supernode this daemon enrolls with and renews at.
-    pub fn supernode_addr(&self) -> SocketAddr {
-        self.supernode
-    }
-
-    /// Forgets an earlier failed attempt: the next download tries the supernode at once.
-    pub fn supernode_reachable(&self) {
-        *self.supernode_down.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
     /// Records that a piece arrived from the swarm.
     pub fn swarm_progressed(&self) {
         *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
@@ -167,14 +111,23 @@ pub async fn start(
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let supernode = resolve_supernode(&config).await?;
+    if config.supernodes.is_empty() {
+        bail!("no supernode configured: pass --supernode HOST:PORT");
+    }
+    let supernodes = supernodes::Supernodes::new(&config.supernodes);
     let endpoint = bind_endpoint(config.peer_listen, None)?;
-    let identity = identity::load_or_enroll(&config, &endpoint, supernode).await?;
+    // Without a supernode at start a daemon with an origin fallback starts anyway and enrolls
+    // later; dfget's embedded peer (no fallback) has nothing to offer without one.
+    let identity = identity::load_or_enroll(&config, &endpoint, &supernodes, config.origin_fallback).await?;
+    if !identity.enrolled() {
+        supernodes.all_down("unreachable at start");
+    }
     endpoint.set_server_config(Some(server_config(&identity)?));
     let local = endpoint.local_addr()?;
-    let advertise = SocketAddr::new(advertise_ip(&config, local, supernode)?, local.port());
+    let advertise = SocketAddr::new(advertise_ip(&config, local, &supernodes).await?, local.port());
     // Both configurations read the identity at every handshake: renewals need no rebuild.
     let client = identity.tls.client_config()?;
+    let supernode_client = supernodes::supernode_client(client.clone());
     let metrics = metrics::Metrics::new();
     let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
     let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
@@ -186,8 +139,8 @@ pub async fn start(
         mirror: mirror::MirrorState::default(),
         identity,
         advertise,
-        supernode,
-        supernode_down: std::sync::Mutex::new(None),
+        supernodes,
+        supernode_client,
         swarm_progress: std::sync::Mutex::new(tokio::time::Instant::now()),
         config,
     });
@@ -195,7 +148,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", daemon.config.proxy_listen))?;
     let bound = Bound { proxy: listener.local_addr()?, peer: advertise };
-    info!(proxy = %bound.proxy, peer = %bound.peer, id = %daemon.identity.peer_id, "dfdaemon listening");
+    info!(proxy = %bound.proxy, peer = %bound.peer, id = %daemon.identity.peer_id(), "dfdaemon listening");
     let d = daemon.clone();
     let handle = tokio::spawn(async move {
         let uploads = tokio::spawn(serve_uploads(d.clone(), endpoint.clone()));
@@ -205,10 +158,14 @@ pub async fn start(
         let gc = tokio::spawn(gc::run(d.clone()));
         // Certificate renewal and re-enrollment.
         let upkeep = tokio::spawn(identity::maintain(d.clone()));
+        // One supervised link per supernode: enrollment, connection, re-announcement.
+        let links: Vec<_> =
+            (0..d.supernodes.links().len()).map(|i| tokio::spawn(supernodes::supervise(d.clone(), i))).collect();
         http::serve(d.clone(), listener, shutdown).await;
         lifecycle.abort();
         gc.abort();
         upkeep.abort();
+        links.iter().for_each(tokio::task::JoinHandle::abort);
         d.store.persist_access_times();
         d.store.flush();
         uploads.abort();
@@ -224,9 +181,16 @@ pub async fn run(config: DaemonConfig, shutdown: ShutdownSignal) -> anyhow::Resu
     Ok(())
 }
 
+/// Time allowed to connect to a registry or origin (mirror pass-through, origin fallback).
+pub const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest silence of a registry or origin (response headers, then between two reads of the
+/// body) before the request fails.
+pub const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn upstream_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
+        .read_timeout(UPSTREAM_READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::limited(10))
         .user_agent(concat!("damselfly-dfdaemon/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -238,27 +202,32 @@ fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
     Ok(server)
 }
 
-async fn resolve_supernode(config: &DaemonConfig) -> anyhow::Result<SocketAddr> {
-    let Some(first) = config.supernodes.first() else {
-        bail!("no supernode configured: pass --supernode HOST:PORT");
-    };
-    let mut addrs =
-        tokio::net::lookup_host(first.as_str()).await.with_context(|| format!("cannot resolve supernode {first}"))?;
-    addrs.next().with_context(|| format!("supernode {first} resolves to no address"))
-}
-
 /// The IP other peers should dial: the listen IP, `--advertise-ip`, or the local side of the
-/// route to the supernode (found by connecting a UDP socket, which sends nothing).
-fn advertise_ip(config: &DaemonConfig, local: SocketAddr, supernode: SocketAddr) -> anyhow::Result<IpAddr> {
+/// route to the first supernode that resolves (found by connecting a UDP socket, which sends
+/// nothing).
+async fn advertise_ip(
+    config: &DaemonConfig,
+    local: SocketAddr,
+    supernodes: &supernodes::Supernodes,
+) -> anyhow::Result<IpAddr> {
     if let Some(ip) = config.advertise_ip {
         return Ok(ip);
     }
     if !local.ip().is_unspecified() {
         return Ok(local.ip());
     }
-    let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
-    probe.connect(supernode)?;
-    Ok(probe.local_addr()?.ip())
+    let mut why = Vec::new();
+    for link in supernodes.links() {
+        match link.addr().await {
+            Ok(addr) => {
+                let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
+                probe.connect(addr)?;
+                return Ok(probe.local_addr()?.ip());
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    bail!("cannot tell which address other peers reach this host at ({}): pass --advertise-ip", why.join("; "))
 }
 
 /// Serves piece requests from other peers (mutual TLS: only cluster members get here), each

@@ -23,7 +23,8 @@ struct Args {
     /// TOML config file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Supernode HOST:PORT; repeatable (tried in order).
+    /// Supernode HOST:PORT; repeatable: each task goes to one of them by rendezvous hashing of
+    /// its id (give every host the same names), to the next while that one is down.
     #[arg(long = "supernode")]
     supernodes: Vec<String>,
     /// HTTP listen address (dfget API, registry mirror) [default: 127.0.0.1:65001].

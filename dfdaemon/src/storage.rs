@@ -403,11 +403,32 @@ impl LocalTask {
     /// reaches the disk after the bytes do.
     pub async fn store_piece(&self, n: u32, offset: u64, data: Bytes) -> std::io::Result<()> {
         self.reserve(offset + data.len() as u64)?;
+        self.ensure_room(data.len() as u64)?;
         let file = self.content_file()?;
         tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
             .await
             .map_err(std::io::Error::other)??;
         self.mark_present(n);
+        Ok(())
+    }
+
+    /// Fails with `StorageFull` unless the file system of the content file has room for
+    /// `bytes` more and still [`METADATA_HEADROOM`] after them: content must never take the last
+    /// bytes of the disk, which the metadata database needs to record what is held (RocksDB
+    /// aborts the process when a write of its own fails).
+    pub fn ensure_room(&self, bytes: u64) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < bytes.saturating_add(METADATA_HEADROOM) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "No space left on device: {free} bytes free, {bytes} needed plus {METADATA_HEADROOM} kept for the \
+                     metadata"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -781,6 +802,10 @@ impl Inner {
         }
     }
 }
+
+/// Free bytes kept on the data dir's file system for the metadata database: content writes fail
+/// (locally, naming the file) before the disk is full.
+pub const METADATA_HEADROOM: u64 = 4 << 20;
 
 /// Every task this daemon holds or is downloading.
 pub struct Store {

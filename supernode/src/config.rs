@@ -54,6 +54,10 @@ pub struct SupernodeConfig {
     /// Longest pause between two chunks of an origin body before the fetch fails. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub origin_read_timeout: Duration,
+    /// Longest wait for an origin's response headers (each redirect hop) before the fetch fails:
+    /// a hung origin must not hold a task, and every peer that joins it, forever. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub origin_header_timeout: Duration,
     /// How long the origin's verdict on a host's credentials for a repository (or URL) is
     /// trusted before the next registration asks again (`HEAD` of the blob). Default 5 min.
     #[serde(with = "humantime_serde")]
@@ -91,6 +95,7 @@ impl Default for SupernodeConfig {
             peer_cert_ttl: Duration::from_secs(24 * 3600),
             origin_connect_timeout: Duration::from_secs(10),
             origin_read_timeout: Duration::from_secs(60),
+            origin_header_timeout: Duration::from_secs(30),
             auth_ttl: Duration::from_secs(300),
             ticket_ttl: Duration::from_secs(600),
             check_access: true,
@@ -139,7 +144,10 @@ impl SupernodeConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600)).contains(&self.peer_cert_ttl) {
             return Err(ConfigError::Invalid("peer_cert_ttl must be between 1s and 366 days".into()));
         }
-        if self.origin_connect_timeout.is_zero() || self.origin_read_timeout.is_zero() {
+        if self.origin_connect_timeout.is_zero()
+            || self.origin_read_timeout.is_zero()
+            || self.origin_header_timeout.is_zero()
+        {
             return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));
         }
         self.scheduler.validate().map_err(ConfigError::Invalid)?;

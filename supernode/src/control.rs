@@ -116,13 +116,13 @@ pub(crate) async fn control(
         let _ = tx.try_send(ToPeer::Ticket(issue_ticket(&shared, &task, &peer)));
         shared.attach(&peer, &task, tx.clone());
         let writer = tokio::spawn(write_downs(rx, send));
-        let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx));
+        let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx.clone()));
         // Joined first, so that a fetch failing at once still reaches this peer.
         shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
         // Held while the peer downloads: the cache never evicts an entry in use.
         let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
         let result = read_ups(&shared, &task, &peer, &mut recv).await;
-        shared.detach(&peer, &task);
+        shared.detach(&peer, &task, &tx);
         renewer.abort();
         writer.abort();
         result

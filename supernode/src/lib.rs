@@ -150,10 +150,15 @@ impl Shared {
         core.routes.insert((peer.clone(), task.clone()), tx);
     }
 
-    /// Removes the route for (`peer`, `task`).
-    pub fn detach(&self, peer: &PeerId, task: &TaskId) {
+    /// Removes the route for (`peer`, `task`) if it is still `tx`'s: a control stream of a
+    /// connection that died late (a daemon restarted, its old connection timing out after it
+    /// registered again) must not take away the route of the new one.
+    pub fn detach(&self, peer: &PeerId, task: &TaskId, tx: &mpsc::Sender<ToPeer>) {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        core.routes.remove(&(peer.clone(), task.clone()));
+        let key = (peer.clone(), task.clone());
+        if core.routes.get(&key).is_some_and(|current| current.same_channel(tx)) {
+            core.routes.remove(&key);
+        }
     }
 
     /// Runs `f` on the scheduler (read-only views for the API).

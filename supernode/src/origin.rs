@@ -17,7 +17,7 @@ use std::sync::Arc;
 use damselfly_common::id::{Sha256Digest, TaskId};
 use damselfly_common::piece::{piece_size, CutPiece, PieceCutter};
 use futures_util::StreamExt;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::cache::{CacheState, CachedTask};
 use crate::scheduler::{Event, PieceMeta};
@@ -93,6 +93,11 @@ impl OriginError {
     }
 }
 
+/// Attempts of an origin fetch that gets a 5xx before any byte.
+const ORIGIN_ATTEMPTS: usize = 3;
+/// Wait between two such attempts.
+const ORIGIN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Starts the origin fetch of `req.task` unless one is running or complete: the coalescing point
 /// shared by peer registrations and preheat jobs, so that whoever asks first fetches and everyone
 /// else joins. Returns the task's cache entry and whether this call started the fetch.
@@ -115,7 +120,20 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
     shared.metrics.origin_fetches.inc();
     let url = damselfly_common::id::normalise_url(&req.url);
     info!(url = %url, "origin fetch started");
-    match fetch(&shared, &entry, &req).await {
+    let mut outcome = fetch(&shared, &entry, &req).await;
+    for _ in 1..ORIGIN_ATTEMPTS {
+        // A 5xx comes before any byte landed: asking again is safe, and cheaper than sending
+        // every peer of the task to the origin itself.
+        match &outcome {
+            Err(e) if e.status().is_some_and(|s| s >= 500) => {
+                debug!(error = %e, "origin failed: asking again");
+                tokio::time::sleep(ORIGIN_RETRY_AFTER).await;
+                outcome = fetch(&shared, &entry, &req).await;
+            }
+            _ => break,
+        }
+    }
+    match outcome {
         Ok((len, pieces)) => {
             // Recorded durably (content synced first) for restarts, then complete.
             shared.cache.complete(&entry, len).await;
@@ -136,10 +154,18 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
     let url_text = damselfly_common::id::normalise_url(&req.url);
     let request_err =
         |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: client::describe(&e.without_url()) };
-    let resp = shared.origins.send(reqwest::Method::GET, &req.url, &req.headers, None).await.map_err(|e| match e {
-        client::SendError::Refused(r) => OriginError::Refused(r),
-        other => OriginError::Request { url: url_text.clone(), message: other.to_string() },
-    })?;
+    let headers_due = shared.config.origin_header_timeout;
+    let send = shared.origins.send(reqwest::Method::GET, &req.url, &req.headers, None);
+    let resp = tokio::time::timeout(headers_due, send)
+        .await
+        .map_err(|_| OriginError::Request {
+            url: url_text.clone(),
+            message: format!("no response within {headers_due:?}"),
+        })?
+        .map_err(|e| match e {
+            client::SendError::Refused(r) => OriginError::Refused(r),
+            other => OriginError::Request { url: url_text.clone(), message: other.to_string() },
+        })?;
     if !resp.status().is_success() {
         return Err(OriginError::Status { status: resp.status().as_u16(), url: url_text });
     }

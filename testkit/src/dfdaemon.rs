@@ -30,6 +30,9 @@ pub struct DfdaemonOpts {
     pub env: Vec<(String, String)>,
     /// Time to answer `/healthz` with 200; default 30 s.
     pub ready_timeout: Option<Duration>,
+    /// `--data-dir`; default a fresh directory in the daemon's scratch dir (e.g. a small tmpfs
+    /// for disk-full tests).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl DfdaemonOpts {
@@ -96,7 +99,7 @@ impl Dfdaemon {
         let ip = opts.ip.unwrap_or_else(loopback_ip);
         let number = DAEMON_NUMBER.fetch_add(1, Ordering::Relaxed);
         let dir = ScratchDir::new(&format!("damselfly-dfdaemon{number}-"))?;
-        let data_dir = dir.path().join(format!("d{number}"));
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join(format!("d{number}")));
         let make_spec = |proxy_port: u16, peer_port: u16| {
             let mut args: Vec<OsString> = Vec::new();
             for supernode in &opts.supernodes {

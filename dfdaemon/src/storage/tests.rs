@@ -117,6 +117,8 @@ async fn quota_evicts_least_recently_used_idle_tasks_only() {
     let mut events = store.take_events().unwrap();
     let a = fill(&store, &id(1), &blob(PIECE, 1)).await;
     drop(fill(&store, &id(2), &blob(PIECE, 2)).await);
+    // Access times have millisecond resolution: task 3 must be younger than task 2.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     drop(fill(&store, &id(3), &blob(PIECE, 3)).await);
     assert_eq!(store.used_bytes(), 3 * PIECE as u64);
     // Task 1 is the oldest but held by a reader: task 2 goes.

@@ -18,17 +18,26 @@ const TICK_REFILL: usize = 256;
 impl Scheduler {
     pub(super) fn task_started(
         &mut self,
+        now: Duration,
         id: &TaskId,
         content_length: Option<u64>,
         piece_size: u32,
         out: &mut Vec<Action>,
     ) {
+        if self.tasks.get(id).is_some_and(TaskState::failed) {
+            // A new origin fetch after a failed one (a flapping origin): a new attempt. The
+            // members of the failed one were told and are leaving; they go now, with the failed
+            // state. Ignoring this attempt instead would lose the pieces it lands, and once
+            // those members left, the task the cache then holds complete would be unknown here.
+            let members: Vec<PeerId> = self.tasks[id].members().map(|(_, m)| m.id.clone()).collect();
+            for peer in members {
+                self.peer_left(now, id, &peer, out);
+            }
+            self.tasks.remove(id);
+        }
         // A fetch that no peer has joined yet (a preheat) creates the task, so that the pieces
         // it lands are known to peers that join later.
         let task = self.tasks.entry(id.clone()).or_insert_with(|| TaskState::new(id.clone()));
-        if task.failed() {
-            return;
-        }
         task.info = Some(TaskInfo { content_length, piece_size });
         broadcast(task, out, || Down::TaskInfo { content_length, piece_size });
     }

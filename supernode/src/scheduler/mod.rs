@@ -465,7 +465,7 @@ impl Scheduler {
         let mut out = Vec::new();
         match event {
             Event::TaskStarted { task, content_length, piece_size } => {
-                self.task_started(&task, content_length, piece_size, &mut out)
+                self.task_started(now, &task, content_length, piece_size, &mut out)
             }
             Event::PieceLanded { task, piece } => self.piece_landed(now, &task, piece, &mut out),
             Event::OriginComplete { task, total_pieces, content_length } => {

@@ -1092,3 +1092,54 @@ fn a_parent_killed_without_a_goodbye_is_routed_around_once_children_report_it() 
         }
     }
 }
+
+/// The flapping origin (issue 12): a fetch fails while a peer is still a member, the next
+/// registration starts a new fetch that lands every piece and completes, then the old members
+/// leave. A later peer must get the task the cache now holds, not stall on a task the
+/// scheduler forgot.
+#[test]
+fn a_new_fetch_after_a_failed_one_is_a_new_attempt_and_later_peers_get_its_pieces() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let now = Duration::ZERO;
+    let t = tid();
+    let join = |s: &mut Scheduler, i: usize| {
+        s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(i), addr: addr(i), have: vec![] })
+    };
+    let told = |out: &[Action], i: usize| -> Vec<Down> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send { peer, msg, .. } if *peer == pid(i) => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let len = 2 * u64::from(PIECE);
+    s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: Some(len), piece_size: PIECE });
+    join(&mut s, 1);
+    let failed = s.on_event(
+        now,
+        Event::OriginFailed { task: t.clone(), status: Some(503), refused: false, message: "503".into() },
+    );
+    assert!(told(&failed, 1).iter().any(|m| matches!(m, Down::Failed { .. })), "p1 is told");
+    // p2 registers while the task stands failed (it is told so and falls back to the origin);
+    // its registration starts a new fetch, which succeeds.
+    let out = join(&mut s, 2);
+    assert!(told(&out, 2).iter().any(|m| matches!(m, Down::Failed { .. })));
+    s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: Some(len), piece_size: PIECE });
+    for n in 0..2 {
+        s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
+    }
+    s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 2, content_length: len });
+    // The members of the failed attempt leave late.
+    s.on_event(now, Event::PeerLeft { task: t.clone(), peer: pid(1) });
+    s.on_event(now, Event::PeerLeft { task: t.clone(), peer: pid(2) });
+    let summary = s.task_summary(&t).expect("the task the cache holds stays known");
+    assert_eq!(summary.phase, TaskPhase::Complete);
+    // A later peer gets the piece table, the end, and assignments at once.
+    let out = join(&mut s, 3);
+    let msgs = told(&out, 3);
+    assert!(msgs.iter().any(|m| matches!(m, Down::Pieces(p) if p.len() == 2)), "{msgs:?}");
+    assert!(msgs.iter().any(|m| matches!(m, Down::Complete { total_pieces: 2, .. })), "{msgs:?}");
+    assert!(msgs.iter().any(|m| matches!(m, Down::Assign(a) if !a.is_empty())), "{msgs:?}");
+    assert!(!msgs.iter().any(|m| matches!(m, Down::Failed { .. })), "{msgs:?}");
+}
