@@ -12,6 +12,7 @@ pub mod fallback;
 pub mod gc;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod storage;
@@ -57,6 +58,8 @@ pub struct Daemon {
     pub http: reqwest::Client,
     /// Registry mirror state: coalesced manifest requests and the manifest cache.
     pub mirror: mirror::MirrorState,
+    /// Bandwidth limits (download, upload, origin fallback).
+    pub limits: limits::Limits,
     supernode: SocketAddr,
     /// When the last connection attempt to the supernode failed.
     supernode_down: std::sync::Mutex<Option<std::time::Instant>>,
@@ -129,9 +132,11 @@ impl Daemon {
         *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
     }
 
-    /// When a piece last arrived from the swarm, for any task.
+    /// When a piece last arrived from the swarm, for any task, or (under a download limit)
+    /// bytes last passed the limit: throttled pieces take long, but bytes keep coming.
     pub fn last_swarm_progress(&self) -> tokio::time::Instant {
-        *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner())
+        let piece = *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner());
+        self.limits.download.last_grant().map_or(piece, |bytes| bytes.max(piece))
     }
 
     /// Starts (or joins) the download of `task`; returns its local entry at once.
@@ -178,7 +183,9 @@ pub async fn start(
     let metrics = metrics::Metrics::new();
     let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
     let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
+    let limits = limits::Limits::new(&config, &metrics.rate);
     let daemon = Arc::new(Daemon {
+        limits,
         store,
         metrics,
         pool: ConnectionPool::new(endpoint.clone(), client),
@@ -319,7 +326,7 @@ async fn serve_upload(
         // Pieces loaded from disk are hashed before their first upload.
         daemon.store.prepare_upload(&TaskId::new(p.task_id.clone()), p.piece).await;
     }
-    match serve_piece(&daemon.store, &p, Requester { peer_id, tickets }, &mut send).await {
+    match serve_piece(&daemon.store, &p, Requester { peer_id, tickets }, &mut send, &daemon.limits.upload).await {
         Ok(Served::Bytes(n)) => {
             daemon.metrics.upload_bytes.inc_by(n);
         }
