@@ -14,7 +14,7 @@
 //! **Exact over time.** The bucket may go into debt: a request is granted as soon as the bucket
 //! is not negative, and the next one waits until the debt is paid back. The long-run rate is
 //! therefore the limit exactly, whatever the request sizes; the bucket holds at most
-//! [`RateLimiter::burst`] (50 ms of the limit, at least one chunk) of unused allowance, which
+//! [`RateLimiter::burst`] (200 ms of the limit, at least one chunk) of unused allowance, which
 //! absorbs timer lateness without letting a transfer burst after an idle spell.
 //!
 //! **Why not `governor`.** governor's GCRA limits *cells*: byte shaping needs `until_n_ready`
@@ -168,7 +168,7 @@ impl RateLimiter {
 
     fn build(rate: Option<ByteRate>, counters: Option<DirectionMetrics>) -> Self {
         let Some(ByteRate(rate)) = rate.filter(|r| r.0 > 0) else { return Self::default() };
-        let burst = (rate / 20).max(RATE_CHUNK as u64);
+        let burst = (rate / 5).max(RATE_CHUNK as u64);
         let state = State {
             tokens: burst as f64,
             refilled: Instant::now(),
@@ -235,6 +235,9 @@ impl Inner {
         if s.turns.is_empty() && s.tokens >= 0.0 {
             s.tokens -= bytes as f64;
             s.last_grant = Some(now);
+            if let Some(c) = &self.counters {
+                c.bytes.inc_by(bytes);
+            }
             return None;
         }
         let (grant, rx) = oneshot::channel();
@@ -284,6 +287,7 @@ impl Inner {
                 self.throttled_ns.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
                 if let Some(c) = &self.counters {
                     c.throttled_seconds.inc_by(waited.as_secs_f64());
+                    c.bytes.inc_by(w.bytes);
                 }
             }
         }
@@ -388,6 +392,7 @@ pub struct DirectionLabel {
 struct DirectionMetrics {
     waiting: Gauge,
     throttled_seconds: Counter<f64, AtomicU64>,
+    bytes: Counter,
 }
 
 /// The rate-limit metrics both node kinds export (`damselfly_<component>_rate_*`).
@@ -399,6 +404,9 @@ pub struct RateMetrics {
     pub throttled_seconds: Family<DirectionLabel, Counter<f64, AtomicU64>>,
     /// Requests waiting for the limit now.
     pub waiting: Family<DirectionLabel, Gauge>,
+    /// Bytes that went through the limit (counted as granted, in steps of at most
+    /// [`RATE_CHUNK`]: finer than the per-piece byte counters).
+    pub bytes: Family<DirectionLabel, Counter>,
 }
 
 impl RateMetrics {
@@ -416,6 +424,11 @@ impl RateMetrics {
             self.throttled_seconds.clone(),
         );
         registry.register(name("waiting"), "Transfer steps waiting for the bandwidth limit now", self.waiting.clone());
+        registry.register(
+            name("bytes"),
+            "Bytes that went through the bandwidth limit (only while a limit is set)",
+            self.bytes.clone(),
+        );
     }
 
     /// A limiter for `direction` whose limit and waiting time these metrics show.
@@ -425,6 +438,7 @@ impl RateMetrics {
         let counters = DirectionMetrics {
             waiting: self.waiting.get_or_create(&label).clone(),
             throttled_seconds: self.throttled_seconds.get_or_create(&label).clone(),
+            bytes: self.bytes.get_or_create(&label).clone(),
         };
         RateLimiter::build(rate, Some(counters))
     }
@@ -544,5 +558,6 @@ mod tests {
         assert!(text.contains("damselfly_test_rate_limit_bytes_per_second{direction=\"download\"} 0"), "{text}");
         let throttled = metrics.throttled_seconds.get_or_create(&DirectionLabel { direction: "upload" }).get();
         assert!(throttled > 1.5, "{throttled}");
+        assert!(text.contains("damselfly_test_rate_bytes_total{direction=\"upload\"} 3145728"), "{text}");
     }
 }
