@@ -15,6 +15,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use damselfly_common::id::TaskId;
 use damselfly_common::piece::PieceCutter;
+use damselfly_common::rate::{Flow, RateLimiter};
 use damselfly_common::ticket::{TicketSigner, TicketVerifier};
 use damselfly_common::tls::{self, ClusterCa};
 use damselfly_common::transport::{bind_endpoint, read_frame, transport_config, with_transport};
@@ -166,7 +167,7 @@ fn quic_piece(c: &mut Criterion) {
         );
         let what = PieceRef { task: &task, piece: 0, info: &info, ticket: Some(&ticket) };
         g.bench_function(BenchmarkId::new("fetch_piece", size / MIB), |b| {
-            b.iter(|| rt.block_on(fetch_piece(&conn, what, &out, &writes)).expect("fetch"))
+            b.iter(|| rt.block_on(fetch_piece(&conn, what, &out, &writes, &Flow::unlimited())).expect("fetch"))
         });
         conn.close(0u32.into(), b"done");
         server.close(0u32.into(), b"done");
@@ -187,7 +188,7 @@ async fn serve(endpoint: quinn::Endpoint, source: Arc<FileSource>, tickets: Arc<
                         read_frame::<pb::Request>(&mut recv).await
                     {
                         let requester = Requester { peer_id: &peer_id, tickets: &tickets };
-                        let _ = serve_piece(source.as_ref(), &p, requester, &mut send).await;
+                        let _ = serve_piece(source.as_ref(), &p, requester, &mut send, &RateLimiter::unlimited()).await;
                     }
                 });
             }

@@ -6,6 +6,7 @@
 //!   completion time is divided by.
 //! - [`harness`]: starting the workspace binaries, peak RSS, metrics, a loopback file server.
 //! - [`netns`]: hosts as network namespaces with `tbf` bandwidth caps.
+//! - [`limited`]: rate-limited hosts in the swarm benchmark, sampled and compared with their limits.
 //! - [`stats`], [`units`], [`report`]: percentiles, rate and size parsing, markdown tables and
 //!   SVG charts for `benches/results/`.
 //!
@@ -13,6 +14,7 @@
 
 pub mod bound;
 pub mod harness;
+pub mod limited;
 pub mod netns;
 pub mod report;
 pub mod sim;

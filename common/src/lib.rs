@@ -7,6 +7,7 @@ pub mod headers;
 pub mod id;
 pub mod meta;
 pub mod piece;
+pub mod rate;
 pub mod size;
 pub mod telemetry;
 pub mod ticket;

@@ -7,7 +7,9 @@
 //! A `PieceRequest` names a task and a piece; the server answers with a `PieceResponse` frame
 //! and, when it holds the piece, the piece's bytes raw on the stream. Bytes are read from the
 //! task's content file in chunks of at most [`UPLOAD_CHUNK`], so an upload holds one chunk of
-//! memory whatever the piece size.
+//! memory whatever the piece size. Under an upload limit ([`crate::rate`]) each chunk goes out
+//! in steps of [`crate::rate::RATE_CHUNK`], each taken from the limit in turn with the other
+//! tasks' uploads before it is written, so what leaves the node is shaped, not just counted.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use damselfly_proto::{PieceError, PieceRequest, PieceResponse};
 use quinn::SendStream;
 
 use crate::id::TaskId;
+use crate::rate::RateLimiter;
 use crate::ticket::TicketVerifier;
 use crate::transport::{write_frame, TransportError};
 
@@ -61,12 +64,14 @@ pub enum Served {
     Refused,
 }
 
-/// Serves `req` on `send`, only against a valid ticket ([`crate::ticket`]) for the requester.
+/// Serves `req` on `send`, only against a valid ticket ([`crate::ticket`]) for the requester,
+/// within `limit` (shared by every upload of this node, fair between tasks).
 pub async fn serve_piece(
     source: &dyn PieceSource,
     req: &PieceRequest,
     requester: Requester<'_>,
     send: &mut SendStream,
+    limit: &RateLimiter,
 ) -> Result<Served, TransportError> {
     if let Err(e) = requester.tickets.verify(req.ticket.as_ref(), &req.task_id, requester.peer_id, SystemTime::now()) {
         tracing::debug!(peer = requester.peer_id, task = %req.task_id, error = %e, "piece request refused");
@@ -89,12 +94,19 @@ pub async fn serve_piece(
         return Ok(Served::NotHeld);
     };
     write_frame(send, &PieceResponse { error: PieceError::None as i32, message: String::new(), size: loc.len }).await?;
+    let flow = limit.flow(task.as_str());
     let mut sent = 0u64;
     while sent < u64::from(loc.len) {
         let n = (u64::from(loc.len) - sent).min(UPLOAD_CHUNK as u64) as usize;
         let chunk = read_chunk(loc.file.clone(), loc.offset + sent, n).await;
         match chunk {
-            Ok(bytes) => send.write_chunk(bytes).await?,
+            Ok(mut bytes) => {
+                while !bytes.is_empty() {
+                    let step = bytes.split_to(flow.chunk(bytes.len()));
+                    flow.take(step.len() as u64).await;
+                    send.write_chunk(step).await?;
+                }
+            }
             Err(e) => {
                 // The content file is shorter than recorded or unreadable: break the stream so
                 // the receiver reports a transfer failure instead of waiting.

@@ -165,6 +165,7 @@ async fn announce(
         peer_addr: daemon.advertise.to_string(),
         have,
         announce_only: true,
+        limits: Some(daemon.limits.to_proto()),
     };
     let up = |kind| pb::ControlUp { kind: Some(kind) };
     let first = pb::Request { kind: Some(pb::request::Kind::Control(up(pb::control_up::Kind::Register(register)))) };

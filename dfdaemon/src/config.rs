@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use damselfly_common::headers::ForwardHeaders;
+use damselfly_common::rate::{validate_rate, ByteRate};
 use damselfly_common::size::ByteSize;
 use serde::Deserialize;
 
@@ -58,6 +59,18 @@ pub struct DaemonConfig {
     /// Fetch from the origin directly when no supernode is reachable. Default true (dfget's
     /// embedded peer turns it off: without a swarm it has nothing to add).
     pub origin_fallback: bool,
+    /// Bandwidth limit on everything this daemon receives for tasks (pieces from parents and
+    /// the supernode, and the origin fallback), in bytes per second (`50MiB`, `100MB/s`),
+    /// shared fairly between tasks. Default none. At least 64 KiB/s.
+    pub download_rate: Option<ByteRate>,
+    /// Bandwidth limit on piece bytes uploaded to other peers, bytes per second, shared
+    /// fairly between tasks. Default none. Keep it above about 2 MiB/s: a child gives up on a
+    /// piece after its `piece_timeout` (30 s) and the supernode gives a peer up to 4 uploads
+    /// of pieces up to 16 MiB.
+    pub upload_rate: Option<ByteRate>,
+    /// Bandwidth limit on the origin fallback, bytes per second (fallback bytes also count
+    /// against `download_rate`). Default none.
+    pub origin_rate: Option<ByteRate>,
 }
 
 impl Default for DaemonConfig {
@@ -78,6 +91,9 @@ impl Default for DaemonConfig {
             piece_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(6),
             origin_fallback: true,
+            download_rate: None,
+            upload_rate: None,
+            origin_rate: None,
         }
     }
 }
@@ -124,6 +140,9 @@ impl DaemonConfig {
         if self.piece_timeout.is_zero() || self.stall_timeout.is_zero() {
             return Err(ConfigError::Invalid("piece_timeout and stall_timeout must be greater than zero".into()));
         }
+        validate_rate("download_rate", self.download_rate).map_err(ConfigError::Invalid)?;
+        validate_rate("upload_rate", self.upload_rate).map_err(ConfigError::Invalid)?;
+        validate_rate("origin_rate", self.origin_rate).map_err(ConfigError::Invalid)?;
         url::Url::parse(&self.registry)
             .map_err(|e| ConfigError::Invalid(format!("registry {:?} is not a URL: {e}", self.registry)))?;
         Ok(())
@@ -148,5 +167,13 @@ mod tests {
         let bad = DaemonConfig { supernodes: vec!["nohost".into()], ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<DaemonConfig>("unknown = 1").is_err());
+        let c: DaemonConfig =
+            toml::from_str("download_rate = \"50MiB\"\nupload_rate = \"10MiB/s\"\norigin_rate = 1048576").unwrap();
+        assert_eq!(c.download_rate, Some(ByteRate(50 << 20)));
+        assert_eq!(c.upload_rate, Some(ByteRate(10 << 20)));
+        assert_eq!(c.origin_rate, Some(ByteRate(1 << 20)));
+        c.validate().unwrap();
+        let slow = DaemonConfig { upload_rate: Some(ByteRate(1000)), ..Default::default() };
+        assert!(slow.validate().unwrap_err().to_string().contains("upload_rate must be at least"));
     }
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use damselfly_common::id::{Sha256Digest, TaskId};
+use damselfly_common::rate::{self, Flow};
 use damselfly_common::tls;
 use damselfly_common::transport::{read_frame, write_frame, TransportError};
 use damselfly_proto as pb;
@@ -233,6 +234,7 @@ async fn drive_with(
         // Resume: pieces already here (verified first) are not fetched again.
         have: task.present_pieces().await,
         announce_only: false,
+        limits: Some(daemon.limits.to_proto()),
     };
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),
@@ -398,6 +400,8 @@ impl Conductor {
                 return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
             }
             Some(Kind::Ticket(t)) => self.ticket = Some(Arc::new(t)),
+            // The supernode's origin fetch waits for its limits: the swarm is slow, not stalled.
+            Some(Kind::Waiting(w)) => debug!(queued = w.queued, "the supernode's origin fetch is waiting"),
             None => {}
         }
         Ok(())
@@ -423,8 +427,10 @@ impl Conductor {
                 Some(info) => {
                     let timeout = daemon.config.piece_timeout;
                     let what = PieceRef { task: &task.id, piece, info: &info, ticket: ticket.as_deref() };
-                    let fetch = fetch_from(&daemon, &sn, &source, &task, what, &writes);
-                    match tokio::time::timeout(timeout, fetch).await {
+                    let flow = daemon.limits.download.flow(task.id.as_str());
+                    let fetch = fetch_from(&daemon, &sn, &source, &task, what, &writes, &flow);
+                    // Time spent waiting for this host's own download limit is not the parent's.
+                    match rate::timeout_unthrottled(timeout, &flow, fetch).await {
                         Ok(r) => r.map(|()| info.size),
                         Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
                     }
@@ -502,6 +508,7 @@ async fn fetch_from(
     task: &LocalTask,
     what: PieceRef<'_>,
     writes: &TaskTracker,
+    flow: &Flow,
 ) -> Result<(), FetchError> {
     let info = what.info;
     let local = |what: &str, e: std::io::Error| {
@@ -515,7 +522,7 @@ async fn fetch_from(
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
         (Some(p), None) => return Err(FetchError::Transfer(format!("parent {p} has no valid address"))),
     };
-    fetch_piece(&conn, what, &file, writes).await.map_err(|e| match e {
+    fetch_piece(&conn, what, &file, writes, flow).await.map_err(|e| match e {
         // A local failure names the file: the operator must find which disk is full.
         FetchError::Local(m) => FetchError::Local(format!("{m} ({})", task.content_path().display())),
         other => other,
@@ -556,12 +563,15 @@ const WRITE_BLOCK: usize = 512 << 10;
 /// present until the caller marks it so.
 ///
 /// Hashing and writing happen on a blocking thread, one block behind the network: while a block
-/// is hashed and written, the next one is received.
+/// is hashed and written, the next one is received. Under a download limit the bytes are read
+/// in steps of at most [`rate::RATE_CHUNK`], each paid to `flow` as it arrives: a stream not
+/// read stops its sender by flow control, so the parent is slowed, not just the disk.
 pub async fn fetch_piece(
     conn: &Connection,
     what: PieceRef<'_>,
     file: &Arc<std::fs::File>,
     writes: &TaskTracker,
+    flow: &Flow,
 ) -> Result<(), FetchError> {
     let info = what.info;
     // Every step is bounded: a parent that died without closing its connection must cost
@@ -584,10 +594,12 @@ pub async fn fetch_piece(
     let mut writer = BlockWriter::new(file.clone(), info.offset, size, writes.clone());
     let mut received = 0usize;
     while received < size {
-        let chunk = quiet_limit(recv.read_chunk(size - received, true)).await?.map_err(TransportError::from)?;
+        let step = flow.chunk(size - received);
+        let chunk = quiet_limit(recv.read_chunk(step, true)).await?.map_err(TransportError::from)?;
         let Some(chunk) = chunk else {
             return Err(FetchError::Transfer(format!("stream ended after {received} of {size} bytes")));
         };
+        flow.take(chunk.bytes.len() as u64).await;
         received += chunk.bytes.len();
         writer.push(&chunk.bytes, received == size).await?;
     }

@@ -51,8 +51,10 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
         .map_err(|e| fail(format!("cannot size the content file {}: {e}", task.content_path().display())))?;
     let mut cutter = PieceCutter::new(psize);
     let mut body = resp.bytes_stream();
+    let limit = daemon.limits.origin_flows(task.id.as_str());
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| fail(format!("origin body broke off: {}", e.without_url())))?;
+        limit.take(chunk.len() as u64).await;
         for piece in cutter.push(chunk) {
             store(daemon, task, piece).await?;
         }

@@ -12,6 +12,7 @@ pub mod fallback;
 pub mod gc;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod storage;
@@ -62,6 +63,8 @@ pub struct Daemon {
     pub supernodes: supernodes::Supernodes,
     /// Client configuration for supernode connections ([`supernodes::supernode_client`]).
     supernode_client: quinn::ClientConfig,
+    /// Bandwidth limits (download, upload, origin fallback).
+    pub limits: limits::Limits,
     /// When any task last received a piece from the swarm. A task waiting for upload slots
     /// that other tasks of this host occupy is not stalled: the swarm is working for it.
     swarm_progress: std::sync::Mutex<tokio::time::Instant>,
@@ -73,9 +76,11 @@ impl Daemon {
         *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
     }
 
-    /// When a piece last arrived from the swarm, for any task.
+    /// When a piece last arrived from the swarm, for any task, or (under a download limit)
+    /// bytes last passed the limit: throttled pieces take long, but bytes keep coming.
     pub fn last_swarm_progress(&self) -> tokio::time::Instant {
-        *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner())
+        let piece = *self.swarm_progress.lock().unwrap_or_else(|e| e.into_inner());
+        self.limits.download.last_grant().map_or(piece, |bytes| bytes.max(piece))
     }
 
     /// Starts (or joins) the download of `task`; returns its local entry at once.
@@ -131,7 +136,9 @@ pub async fn start(
     let metrics = metrics::Metrics::new();
     let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
     let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
+    let limits = limits::Limits::new(&config, &metrics.rate);
     let daemon = Arc::new(Daemon {
+        limits,
         store,
         metrics,
         pool: ConnectionPool::new(endpoint.clone(), client),
@@ -288,7 +295,7 @@ async fn serve_upload(
         // Pieces loaded from disk are hashed before their first upload.
         daemon.store.prepare_upload(&TaskId::new(p.task_id.clone()), p.piece).await;
     }
-    match serve_piece(&daemon.store, &p, Requester { peer_id, tickets }, &mut send).await {
+    match serve_piece(&daemon.store, &p, Requester { peer_id, tickets }, &mut send, &daemon.limits.upload).await {
         Ok(Served::Bytes(n)) => {
             daemon.metrics.upload_bytes.inc_by(n);
         }

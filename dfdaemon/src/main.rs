@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
+use damselfly_common::rate::{parse_rate, ByteRate};
 use damselfly_common::size::{parse_size, ByteSize};
 use dfdaemon::DaemonConfig;
 
@@ -61,6 +62,17 @@ struct Args {
     /// Join token file (the supernode's DATA_DIR/join-token) [default: $DAMSELFLY_JOIN_TOKEN].
     #[arg(long)]
     join_token_file: Option<PathBuf>,
+    /// Limit on what this daemon receives for tasks (swarm and origin), bytes per second, e.g.
+    /// 50MiB; shared fairly between tasks [default: none].
+    #[arg(long, value_parser = parse_rate)]
+    download_rate: Option<ByteRate>,
+    /// Limit on piece bytes uploaded to other peers, bytes per second, e.g. 20MiB [default: none].
+    #[arg(long, value_parser = parse_rate)]
+    upload_rate: Option<ByteRate>,
+    /// Limit on the origin fallback, bytes per second, e.g. 10MiB; also counts against
+    /// --download-rate [default: none].
+    #[arg(long, value_parser = parse_rate)]
+    origin_rate: Option<ByteRate>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
@@ -101,6 +113,15 @@ fn config_from(args: Args) -> anyhow::Result<DaemonConfig> {
     }
     if args.join_token_file.is_some() {
         c.join_token_file = args.join_token_file;
+    }
+    for (flag, field) in [
+        (args.download_rate, &mut c.download_rate),
+        (args.upload_rate, &mut c.upload_rate),
+        (args.origin_rate, &mut c.origin_rate),
+    ] {
+        if flag.is_some() {
+            *field = flag;
+        }
     }
     c.validate()?;
     Ok(c)

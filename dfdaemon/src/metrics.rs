@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use damselfly_common::cache_metrics::CacheMetrics;
+pub use damselfly_common::rate::RateMetrics;
 
 /// Where downloaded bytes came from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +39,8 @@ pub struct Metrics {
     pub tasks_running: Gauge,
     /// Cache usage, quota and evictions.
     pub cache: CacheMetrics,
+    /// Bandwidth limits and the time spent waiting for them (`damselfly_dfdaemon_rate_*`).
+    pub rate: RateMetrics,
 }
 
 impl Metrics {
@@ -58,6 +61,7 @@ impl Metrics {
         r.register("damselfly_dfdaemon_tasks_failed", "Tasks failed", m.tasks_failed.clone());
         r.register("damselfly_dfdaemon_tasks_running", "Tasks being downloaded", m.tasks_running.clone());
         m.cache.register(r, "dfdaemon");
+        m.rate.register(r, "dfdaemon");
         m
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use damselfly_common::headers::ForwardHeaders;
+use damselfly_common::rate::{validate_rate, ByteRate};
 use damselfly_common::size::ByteSize;
 use serde::Deserialize;
 
@@ -75,6 +76,13 @@ pub struct SupernodeConfig {
     /// The piece scheduler's settings (`[scheduler]` in the TOML file): download window, upload
     /// slots, stall detection. See [`SchedulerConfig`] for each field and its default.
     pub scheduler: SchedulerConfig,
+    /// Bandwidth limit on everything this supernode fetches from origins, in bytes per second
+    /// (`200MiB`, `1GB/s`), shared fairly between the tasks being fetched. Default none; at
+    /// least 64 KiB/s.
+    pub origin_rate: Option<ByteRate>,
+    /// At most this many origin fetches at once; further fetches wait for a slot in arrival
+    /// order (they do not fail, and their peers keep waiting for them). Default none.
+    pub max_origin_fetches: Option<usize>,
 }
 
 impl Default for SupernodeConfig {
@@ -100,6 +108,8 @@ impl Default for SupernodeConfig {
             ticket_ttl: Duration::from_secs(600),
             check_access: true,
             scheduler: SchedulerConfig::default(),
+            origin_rate: None,
+            max_origin_fetches: None,
         }
     }
 }
@@ -151,6 +161,10 @@ impl SupernodeConfig {
             return Err(ConfigError::Invalid("origin timeouts must be greater than zero".into()));
         }
         self.scheduler.validate().map_err(ConfigError::Invalid)?;
+        validate_rate("origin_rate", self.origin_rate).map_err(ConfigError::Invalid)?;
+        if self.max_origin_fetches == Some(0) {
+            return Err(ConfigError::Invalid("max_origin_fetches must be at least 1 (omit it for no cap)".into()));
+        }
         if self.ticket_ttl < Duration::from_secs(2) {
             return Err(ConfigError::Invalid("ticket_ttl must be at least 2 s".into()));
         }
@@ -185,6 +199,11 @@ mod tests {
         let bad = SupernodeConfig { allow_origins: vec!["registry:port".into()], ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<SupernodeConfig>("bogus = 1").is_err());
+        let c: SupernodeConfig = toml::from_str("origin_rate = \"200MiB/s\"\nmax_origin_fetches = 4").unwrap();
+        assert_eq!((c.origin_rate, c.max_origin_fetches), (Some(ByteRate(200 << 20)), Some(4)));
+        c.validate().unwrap();
+        assert!(SupernodeConfig { max_origin_fetches: Some(0), ..Default::default() }.validate().is_err());
+        assert!(SupernodeConfig { origin_rate: Some(ByteRate(10)), ..Default::default() }.validate().is_err());
         let bad = SupernodeConfig { ca_cert: Some("x".into()), ..Default::default() };
         assert!(bad.validate().is_err());
     }

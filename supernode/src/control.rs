@@ -119,6 +119,7 @@ pub(crate) async fn control(
         let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx.clone()));
         // Joined first, so that a fetch failing at once still reaches this peer.
         shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
+        shared.record_host_limits(&peer, reg.limits.as_ref());
         // Held while the peer downloads: the cache never evicts an entry in use.
         let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
         let result = read_ups(&shared, &task, &peer, &mut recv).await;
@@ -223,6 +224,7 @@ async fn write_downs(mut rx: mpsc::Receiver<ToPeer>, mut send: SendStream) {
                 (to_proto(down), failed)
             }
             ToPeer::Ticket(t) => (pb::ControlDown { kind: Some(pb::control_down::Kind::Ticket(t)) }, false),
+            ToPeer::Waiting(w) => (pb::ControlDown { kind: Some(pb::control_down::Kind::Waiting(w)) }, false),
         };
         if write_frame(&mut send, &down).await.is_err() {
             return;

@@ -59,6 +59,8 @@ pub struct Shared {
     pub tickets: damselfly_common::ticket::TicketSigner,
     /// Checks the tickets of pieces requested from the supernode itself.
     pub ticket_verifier: damselfly_common::ticket::TicketVerifier,
+    /// The origin bandwidth limit and the cap on concurrent origin fetches.
+    pub origin_limits: origin::limits::OriginLimits,
     started: Instant,
     core: Mutex<Core>,
     /// The connection (its peer set's address) each peer registered on last: when an older
@@ -85,6 +87,8 @@ pub enum ToPeer {
     Down(Down),
     /// A (renewed) ticket.
     Ticket(damselfly_proto::Ticket),
+    /// The task's origin fetch waits for the origin limits (see `origin::limits`).
+    Waiting(damselfly_proto::Waiting),
 }
 
 /// Messages queued per control stream before the peer counts as too slow to keep: its stream
@@ -194,7 +198,9 @@ pub async fn start(
     let origins = origin_client(&config)?;
     let metrics = metrics::Metrics::new();
     let quota = config.cache_quota.map(|q| q.as_u64());
+    let origin_limits = origin::limits::OriginLimits::new(&config, &metrics.rate, metrics.origin_fetch_gauges.clone());
     let shared = Arc::new(Shared {
+        origin_limits,
         tokens,
         cache: cache::Cache::open(&config.data_dir, quota, metrics.cache.clone())?,
         metrics,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use damselfly_common::rate::{parse_rate, ByteRate};
 use damselfly_common::size::{parse_size, ByteSize};
 use supernode::SupernodeConfig;
 
@@ -56,6 +57,13 @@ struct Args {
     /// Lifetime of issued peer certificates, e.g. 24h; daemons renew at two thirds [default: 24h].
     #[arg(long, value_parser = humantime::parse_duration)]
     peer_cert_ttl: Option<std::time::Duration>,
+    /// Limit on what this supernode fetches from origins, bytes per second, e.g. 200MiB; shared
+    /// fairly between tasks [default: none].
+    #[arg(long, value_parser = parse_rate)]
+    origin_rate: Option<ByteRate>,
+    /// At most N origin fetches at once; more wait for a slot (they do not fail) [default: none].
+    #[arg(long, value_name = "N")]
+    max_origin_fetches: Option<usize>,
 }
 
 fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
@@ -95,6 +103,12 @@ fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
     }
     if let Some(v) = args.peer_cert_ttl {
         c.peer_cert_ttl = v;
+    }
+    if args.origin_rate.is_some() {
+        c.origin_rate = args.origin_rate;
+    }
+    if args.max_origin_fetches.is_some() {
+        c.max_origin_fetches = args.max_origin_fetches;
     }
     c.validate()?;
     Ok(c)

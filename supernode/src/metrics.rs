@@ -8,6 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use damselfly_common::cache_metrics::CacheMetrics;
+pub use damselfly_common::rate::RateMetrics;
+
+use crate::origin::limits::FetchGauges;
 
 /// Who served delivered bytes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +57,10 @@ pub struct Metrics {
     pub refused_piece_requests: Counter,
     /// Cache usage, quota and evictions.
     pub cache: CacheMetrics,
+    /// The origin bandwidth limit and the time fetches waited for it (`damselfly_supernode_rate_*`).
+    pub rate: RateMetrics,
+    /// Origin fetches running, queued for a slot, and the cap.
+    pub origin_fetch_gauges: FetchGauges,
 }
 
 impl Metrics {
@@ -97,6 +104,19 @@ impl Metrics {
             m.refused_piece_requests.clone(),
         );
         m.cache.register(r, "supernode");
+        m.rate.register(r, "supernode");
+        let g = &m.origin_fetch_gauges;
+        r.register("damselfly_supernode_origin_fetches_running", "Origin fetches running now", g.running.clone());
+        r.register(
+            "damselfly_supernode_origin_fetches_queued",
+            "Origin fetches waiting for a slot (max_origin_fetches)",
+            g.queued.clone(),
+        );
+        r.register(
+            "damselfly_supernode_origin_fetches_limit",
+            "Cap on concurrent origin fetches (0: none)",
+            g.cap.clone(),
+        );
         m
     }
 

@@ -9,6 +9,7 @@
 //! and the header allow-list.
 
 pub mod client;
+pub mod limits;
 pub mod policy;
 
 use std::os::unix::fs::FileExt;
@@ -117,6 +118,14 @@ pub fn start_fetch(shared: &Arc<Shared>, req: OriginRequest) -> std::io::Result<
 /// Runs the fetch to its end, reporting every step to the scheduler.
 #[instrument(skip_all, fields(task = %req.task))]
 pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest) {
+    // Under limits the peers hear every few seconds that the fetch waits (see `limits`).
+    let queued = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let waiting = shared
+        .origin_limits
+        .any()
+        .then(|| tokio::spawn(limits::keep_peers_waiting(shared.clone(), req.task.clone(), queued.clone())));
+    let slot = shared.origin_limits.admit().await;
+    queued.store(false, std::sync::atomic::Ordering::Relaxed);
     shared.metrics.origin_fetches.inc();
     let url = damselfly_common::id::normalise_url(&req.url);
     info!(url = %url, "origin fetch started");
@@ -132,6 +141,10 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
             }
             _ => break,
         }
+    }
+    drop(slot);
+    if let Some(w) = waiting {
+        w.abort();
     }
     match outcome {
         Ok((len, pieces)) => {
@@ -179,6 +192,7 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
 
     let mut cutter = PieceCutter::new(psize);
     let mut body = resp.bytes_stream();
+    let limit = shared.origin_limits.rate.flow(req.task.as_str());
     loop {
         let next = tokio::time::timeout(shared.config.origin_read_timeout, body.next()).await;
         let chunk = match next {
@@ -187,6 +201,7 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
             Ok(Some(c)) => c.map_err(request_err)?,
         };
         shared.metrics.origin_bytes.inc_by(chunk.len() as u64);
+        limit.take(chunk.len() as u64).await;
         for piece in cutter.push(chunk) {
             land(shared, entry, &req.task, piece).await?;
         }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use damselfly_common::id::PeerId;
+use damselfly_common::rate::RateLimiter;
 use damselfly_common::tls;
 use damselfly_common::transport::{
     bind_endpoint_with, pre_auth_server_transport, raise_for_authenticated, read_first_frame, TransportError,
@@ -156,7 +157,7 @@ async fn handle_stream(
         Some(pb::request::Kind::Enroll(e)) => crate::enroll::enroll(&shared, remote, e, &mut send).await,
         Some(pb::request::Kind::Piece(p)) => {
             let requester = Requester { peer_id: &peer_id, tickets: &shared.ticket_verifier };
-            match serve_piece(&shared.cache, &p, requester, &mut send).await? {
+            match serve_piece(&shared.cache, &p, requester, &mut send, &RateLimiter::unlimited()).await? {
                 Served::Bytes(sent) => {
                     shared.metrics.upload_bytes.inc_by(sent);
                     shared.metrics.upload_pieces.inc();

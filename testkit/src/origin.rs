@@ -98,6 +98,36 @@ struct OriginState {
     etags: Mutex<HashMap<String, String>>,
     total_bytes: AtomicU64,
     log: Mutex<Vec<RequestRecord>>,
+    /// Bodies being sent now (from the response until its last byte was handed over) and the
+    /// most at once ([`Origin::max_concurrent_bodies`]).
+    active_bodies: AtomicU64,
+    max_active_bodies: AtomicU64,
+}
+
+/// Counts one body as active until its last byte was handed to the server (or it was dropped).
+struct ActiveBody {
+    state: Arc<OriginState>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl ActiveBody {
+    fn new(state: Arc<OriginState>) -> Self {
+        let now = state.active_bodies.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_active_bodies.fetch_max(now, Ordering::SeqCst);
+        Self { state, done: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            self.state.active_bodies.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for ActiveBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// Locks a mutex, ignoring poisoning: the data are plain maps that a panicking test cannot break.
@@ -215,6 +245,12 @@ impl Origin {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The most response bodies that were being sent at the same time (a body counts from its
+    /// response until its last byte was handed to the server).
+    pub fn max_concurrent_bodies(&self) -> u64 {
+        self.state.max_active_bodies.load(Ordering::SeqCst)
     }
 
     /// Body bytes handed to the connections, over all paths.
@@ -360,12 +396,17 @@ fn counted_body(data: Bytes, rate: Option<u64>, counters: Arc<PathCounters>, sta
         None => CHUNK,
     };
     let started = Instant::now();
+    // Counted before the first byte and until the last one is produced: a client can only
+    // finish reading a body after it stopped counting here.
+    let active = Arc::new(ActiveBody::new(state.clone()));
     let stream = futures_util::stream::unfold(0usize, move |offset| {
         let data = data.clone();
         let counters = counters.clone();
         let state = state.clone();
+        let active = active.clone();
         async move {
             if offset >= data.len() {
+                active.finish();
                 return None;
             }
             if let Some(rate) = rate {
@@ -377,6 +418,9 @@ fn counted_body(data: Bytes, rate: Option<u64>, counters: Arc<PathCounters>, sta
             let n = piece.len() as u64;
             counters.bytes.fetch_add(n, Ordering::SeqCst);
             state.total_bytes.fetch_add(n, Ordering::SeqCst);
+            if end == data.len() {
+                active.finish();
+            }
             Some((Ok::<_, Infallible>(piece), end))
         }
     });

@@ -33,6 +33,7 @@ use damselfly_benches::harness::{
     bin, children_cpu_seconds, comm, cpu_seconds, machine_busy_seconds, machine_irq_seconds, metric, peak_rss,
     CpuGroup, Proc,
 };
+use damselfly_benches::limited::{self, parse_limited, LimitedHost, Sample};
 use damselfly_benches::netns::{self, cleanup_prefix, Host, Topology};
 use damselfly_benches::report::{Chart, Series, Table};
 use damselfly_benches::stats::{summarize, Summary};
@@ -118,6 +119,12 @@ struct Args {
     /// settings; flags still win.
     #[arg(long)]
     supernode_config: Option<PathBuf>,
+    /// A dfdaemon TOML config for one host, as `IDX=FILE` (repeatable), e.g. `0=limits.toml`
+    /// with `download_rate = "4MiB"`: host IDX's daemon gets it instead of `--daemon-config`,
+    /// its `/metrics` are sampled every 200 ms during the run, and the report compares its
+    /// measured rates with its limits ("Rate-limited hosts").
+    #[arg(long = "limited", value_parser = parse_limited)]
+    limited: Vec<(usize, PathBuf)>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,6 +283,9 @@ struct RunResult {
     /// Distinct WARN/ERROR messages of the Damselfly processes, with counts.
     warnings: Vec<(String, usize)>,
     errors: Vec<String>,
+    /// Hosts run with their own daemon config (`--limited`), measured against their limits.
+    #[serde(default)]
+    limited: Vec<LimitedHost>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -644,6 +654,39 @@ impl Bench<'_> {
         &self.topo.hosts()[self.sources() - 1]
     }
 
+    /// Samples each `--limited` host's counters every 200 ms while `on` holds.
+    fn start_samplers(
+        &self,
+        n: usize,
+        start_at: f64,
+        on: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Vec<(usize, tokio::task::JoinHandle<Vec<Sample>>)> {
+        let mut out = Vec::new();
+        for &(i, _) in self.args.limited.iter().filter(|(i, _)| *i < n) {
+            let h = self.host(i).clone();
+            let on = on.clone();
+            out.push((
+                i,
+                tokio::spawn(async move {
+                    let url = format!("http://{}:{DAEMON_HTTP}/metrics", h.ip);
+                    let mut samples = Vec::new();
+                    let mut every = tokio::time::interval(Duration::from_millis(200));
+                    while on.load(std::sync::atomic::Ordering::Relaxed) {
+                        every.tick().await;
+                        // Stamped at the middle of the request: the page was written then.
+                        let asked = epoch_ms();
+                        if let Ok(page) = ns_get(&h.ns, &url, &[]).await {
+                            let t = ((asked + epoch_ms()) / 2.0 - start_at) / 1000.0;
+                            samples.push(Sample::from_page(t, &page));
+                        }
+                    }
+                    samples
+                }),
+            ));
+        }
+        out
+    }
+
     fn host(&self, i: usize) -> &Host {
         &self.topo.hosts()[self.sources() + i]
     }
@@ -794,6 +837,7 @@ impl Bench<'_> {
             background_cores: 0.0,
             warnings: Vec::new(),
             errors: Vec::new(),
+            limited: Vec::new(),
         };
         let (sn_ns, sn_ip, origin_ip) = (self.sn().ns.clone(), self.sn().ip, self.origin().ip);
         let origin_addr = format!("{origin_ip}:{ORIGIN_PORT}");
@@ -861,6 +905,8 @@ impl Bench<'_> {
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
             agents.push(cmd.spawn()?);
         }
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let samplers = if system == "damselfly" { self.start_samplers(n, start_at, &sampling) } else { Vec::new() };
         let limit = Duration::from_secs_f64(bound.seconds * self.args.timeout_factor + 60.0);
         let wait_all = async {
             // The CPU window opens at the common start (the agents only sleep until then).
@@ -877,6 +923,7 @@ impl Bench<'_> {
             (outs, busy_start, own_start)
         };
         let waited = tokio::time::timeout(limit + Duration::from_secs(2), wait_all).await;
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Ok((_, busy_start, own_start)) = &waited {
             if let (Some(a), Some(b)) = (busy_start, machine_busy_seconds()) {
                 result.machine_cpu = b - a;
@@ -934,6 +981,13 @@ impl Bench<'_> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         (result.origin_blob_bytes, result.origin_blob_requests) = access_log_blob_bytes(&self.origin_log, log_offset);
         self.collect(system, n, &sn_ns, sn_ip, &run, &procs, &mut result).await;
+        for (i, sampler) in samplers {
+            let samples = sampler.await.unwrap_or_default();
+            let h = self.host(i);
+            let page = ns_get(&h.ns, &format!("http://{}:{DAEMON_HTTP}/metrics", h.ip), &[]).await.unwrap_or_default();
+            let completion = result.completion.get(i).copied().flatten();
+            result.limited.push(LimitedHost::measure(i, &page, samples, result.image_bytes as f64, completion));
+        }
         if system == "bittorrent" {
             // The leechers outlived their agents (they seeded to the others until now).
             self.stop_leechers(n, &mut result);
@@ -1036,7 +1090,8 @@ impl Bench<'_> {
                         format!("{origin_ip}:{ORIGIN_PORT}"),
                     ];
                     let mut args = args;
-                    if let Some(config) = &self.args.daemon_config {
+                    let own = self.args.limited.iter().find(|(idx, _)| *idx == i).map(|(_, f)| f);
+                    if let Some(config) = own.or(self.args.daemon_config.as_ref()) {
                         args.extend(["--config".to_string(), config.display().to_string()]);
                     }
                     let log = run.join(format!("d{i}.log"));
@@ -1459,6 +1514,19 @@ fn write_results(
             ]);
         }
         md.push_str(&head.to_markdown());
+        let limited: Vec<_> =
+            mine.iter().flat_map(|r| r.limited.iter().map(move |h| (r.hosts, r.system.as_str(), h))).collect();
+        if !limited.is_empty() {
+            md.push_str(
+                "\nRate-limited hosts (`--limited`): completion rate = image bytes ÷ the host's completion time; \
+                 sustained = 80 % of its bytes ÷ the time between 10 % and 90 % of them; peak = the most bytes \
+                 in any 4 s ÷ 4 s (samples of `/metrics` every 200 ms, interpolated; a limited direction counts \
+                 the bytes through its limit, 64 KiB steps, an unlimited one whole verified pieces); waited = \
+                 time its transfers spent waiting for the limit, summed over transfers. Rates in Mbit/s: \
+                 1 MiB/s = 8.39 Mbit/s.\n\n",
+            );
+            md.push_str(&limited::table(limited).to_markdown());
+        }
         md.push_str(
             "\nServer: supernode, cache or BitTorrent seeder; peer: the largest dfdaemon or aria2c leecher. \
              Details:\n\n",

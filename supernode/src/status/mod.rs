@@ -109,6 +109,15 @@ impl Shared {
         f(now, &core.scheduler, &core.stats)
     }
 
+    /// Records the bandwidth limits `peer` registered with (shown in its host row).
+    pub fn record_host_limits(&self, peer: &damselfly_common::id::PeerId, limits: Option<&damselfly_proto::Limits>) {
+        let Some(l) = limits else { return };
+        let limits = stats::HostLimits { download: l.download_rate, upload: l.upload_rate, origin: l.origin_rate };
+        let now = self.started.elapsed();
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.stats.host_limits(now, peer, limits);
+    }
+
     /// Counts `bytes` that `task`'s origin fetch landed (the status page's origin bytes per
     /// task; a task restored from the cache after a restart cost none).
     pub fn count_origin_bytes(&self, task: &TaskId, bytes: u64) {

@@ -51,6 +51,23 @@ pub struct Overview {
     pub hosts: Vec<HostRow>,
     /// Hosts with counters, listed or not.
     pub hosts_total: usize,
+    /// The supernode's origin limits and how busy they are.
+    pub origin_limits: OriginLimitsView,
+}
+
+/// The supernode's origin limits (`origin_rate`, `max_origin_fetches`) and their state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OriginLimitsView {
+    /// Bandwidth limit on origin fetches, bytes/s (0: none).
+    pub rate: u64,
+    /// Cap on concurrent origin fetches (0: none).
+    pub max_fetches: u64,
+    /// Origin fetches running.
+    pub running: u64,
+    /// Origin fetches waiting for a slot.
+    pub queued: u64,
+    /// Time origin fetches spent waiting for the bandwidth limit, seconds (summed).
+    pub throttled_secs: f64,
 }
 
 /// One task in the overview.
@@ -206,6 +223,19 @@ pub fn overview(shared: &Shared) -> Overview {
         supernode: taken.supernode,
         hosts,
         hosts_total,
+        origin_limits: origin_limits(shared),
+    }
+}
+
+fn origin_limits(shared: &Shared) -> OriginLimitsView {
+    let l = &shared.origin_limits;
+    let gauge = |g: &prometheus_client::metrics::gauge::Gauge| u64::try_from(g.get()).unwrap_or(0);
+    OriginLimitsView {
+        rate: l.rate.limit().unwrap_or(0),
+        max_fetches: gauge(&l.gauges.cap),
+        running: gauge(&l.gauges.running),
+        queued: gauge(&l.gauges.queued),
+        throttled_secs: l.rate.throttled().as_secs_f64(),
     }
 }
 

@@ -59,8 +59,39 @@ fn tiles(out: &mut String, o: &Overview) -> fmt::Result {
     tile(out, "peers", "Peers", &o.peers.to_string(), &sub, o.peers as u64)?;
     let sub = if o.cache_quota == 0 { "no quota".to_owned() } else { format!("of {}", bytes(o.cache_quota)) };
     tile(out, "cache-bytes", "Cache", &bytes(o.cache_bytes), &sub, o.cache_bytes)?;
+    origin_limits_tile(out, o)?;
     out.push_str("</div>\n");
     Ok(())
+}
+
+/// The supernode's origin limits: the bandwidth limit, fetches running and queued.
+fn origin_limits_tile(out: &mut String, o: &Overview) -> fmt::Result {
+    let l = &o.origin_limits;
+    let value = if l.rate == 0 { "no limit".to_owned() } else { rate(l.rate) };
+    let cap = if l.max_fetches == 0 { String::new() } else { format!(" of {}", l.max_fetches) };
+    let mut sub = format!("{} fetching{cap}", l.running);
+    if l.queued > 0 {
+        write!(sub, ", {} queued", l.queued)?;
+    }
+    if l.throttled_secs > 0.0 {
+        write!(sub, ", waited {:.0} s", l.throttled_secs)?;
+    }
+    tile(out, "origin-limit", "Origin limit", &value, &sub, l.rate)
+}
+
+/// A host's bandwidth limits, as it registered them: "down 50 MiB/s, up 20 MiB/s".
+fn limits_text(c: &HostCounters) -> String {
+    let Some(l) = c.limits else { return "—".into() };
+    let parts: Vec<String> = [("down", l.download), ("up", l.upload), ("origin", l.origin)]
+        .into_iter()
+        .filter(|(_, r)| *r > 0)
+        .map(|(what, r)| format!("{what} {}", rate(r)))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn tasks(out: &mut String, o: &Overview) -> fmt::Result {
@@ -133,7 +164,7 @@ fn hosts(out: &mut String, o: &Overview) -> fmt::Result {
     };
     write!(
         out,
-        r#"<section><h2>Hosts <span class="muted">{}; shares of the {} delivered</span></h2><div class="scroll"><table><thead><tr><th>Host</th><th class="wide">Address</th><th>Uploaded</th><th>Downloaded</th><th class="n">Up</th><th class="n">Down</th><th class="n">Failures</th><th>Status</th></tr></thead><tbody>"#,
+        r#"<section><h2>Hosts <span class="muted">{}; shares of the {} delivered</span></h2><div class="scroll"><table><thead><tr><th>Host</th><th class="wide">Address</th><th>Uploaded</th><th>Downloaded</th><th class="n">Up</th><th class="n">Down</th><th class="wide">Limits</th><th class="n">Failures</th><th>Status</th></tr></thead><tbody>"#,
         Esc(&shown),
         bytes(delivered)
     )?;
@@ -150,7 +181,10 @@ fn host_row(out: &mut String, id: &str, row: Option<&HostRow>, c: &HostCounters,
     let name = if row.is_some() { short_id(id) } else { "supernode".to_owned() };
     write!(
         out,
-        r#"<tr data-host="{id}" data-addr="{addr}" data-uploaded="{up}" data-downloaded="{down}" data-failures="{fail}" data-reported="{reported}"><td class="mono" title="{id}">{name}</td><td class="mono wide">{addr_text}</td><td>"#,
+        r#"<tr data-host="{id}" data-addr="{addr}" data-uploaded="{up}" data-downloaded="{down}" data-failures="{fail}" data-reported="{reported}" data-download-limit="{dl}" data-upload-limit="{ul}" data-origin-limit="{ol}"><td class="mono" title="{id}">{name}</td><td class="mono wide">{addr_text}</td><td>"#,
+        dl = c.limits.map_or(0, |l| l.download),
+        ul = c.limits.map_or(0, |l| l.upload),
+        ol = c.limits.map_or(0, |l| l.origin),
         id = Esc(id),
         addr = Esc(&addr),
         up = c.uploaded,
@@ -172,9 +206,10 @@ fn host_row(out: &mut String, id: &str, row: Option<&HostRow>, c: &HostCounters,
     }
     write!(
         out,
-        r#"</td><td class="n">{}</td><td class="n">{}</td><td class="n">"#,
+        r#"</td><td class="n">{}</td><td class="n">{}</td><td class="wide">{}</td><td class="n">"#,
         rate(c.upload_rate),
-        rate(c.download_rate)
+        rate(c.download_rate),
+        if row.is_some() { Esc(&limits_text(c)).to_string() } else { "—".to_owned() }
     )?;
     if c.upload_failures == 0 && c.download_failures == 0 {
         out.push('0');

@@ -154,6 +154,19 @@ pub struct HostCounters {
     pub upload_rate: u64,
     /// Download rate over the last few seconds, bytes/s.
     pub download_rate: u64,
+    /// The bandwidth limits the host registered with (`None`: it did not say).
+    pub limits: Option<HostLimits>,
+}
+
+/// A daemon's bandwidth limits, bytes per second; 0: none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostLimits {
+    /// Everything it receives for tasks.
+    pub download: u64,
+    /// Piece bytes it uploads.
+    pub upload: u64,
+    /// Its origin fallback.
+    pub origin: u64,
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +337,11 @@ impl Stats {
             Action::PeerReported { peer, .. } => self.host(now, peer).counters.reported = true,
             Action::Send { .. } | Action::TaskIdle { .. } => {}
         }
+    }
+
+    /// Records the bandwidth limits `peer` registered with.
+    pub fn host_limits(&mut self, now: Duration, peer: &PeerId, limits: HostLimits) {
+        self.host(now, peer).counters.limits = Some(limits);
     }
 
     /// Counts `bytes` the supernode's origin fetch of `task` landed.

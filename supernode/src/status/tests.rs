@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use damselfly_common::id::{PeerId, TaskId};
 
-use super::model::{HostRow, Overview, TaskDetail, TaskPeer, TaskRow};
-use super::stats::{Delivery, HostCounters, Stats, TaskCounters, Totals, MAX_HOSTS, MAX_TASKS, SERIES_SECS};
+use super::model::{HostRow, OriginLimitsView, Overview, TaskDetail, TaskPeer, TaskRow};
+use super::stats::{
+    Delivery, HostCounters, HostLimits, Stats, TaskCounters, Totals, MAX_HOSTS, MAX_TASKS, SERIES_SECS,
+};
 use crate::scheduler::{Action, Assignment, Down, Event, FailReason, Parent, PieceMeta, Scheduler, SchedulerConfig};
 
 const PIECE: u32 = 256 << 10;
@@ -244,6 +246,7 @@ fn evil_overview() -> Overview {
         supernode: HostCounters { uploaded: 50, ..HostCounters::default() },
         hosts: vec![HostRow { id: EVIL.into(), strikes: Some(2), counters }],
         hosts_total: 1,
+        origin_limits: OriginLimitsView::default(),
     }
 }
 
@@ -293,6 +296,20 @@ fn pages_escape_ids_they_did_not_make() {
     assert!(page.contains(r#"data-pieces="1""#) && page.contains("seeding"));
     let unknown = super::task::render_unknown(EVIL);
     assert!(!unknown.contains("<script>alert"));
+}
+
+#[test]
+fn limits_show_in_a_tile_and_in_host_rows() {
+    let mut o = evil_overview();
+    o.origin_limits = OriginLimitsView { rate: 1 << 20, max_fetches: 2, running: 2, queued: 3, throttled_secs: 4.0 };
+    o.hosts[0].counters.limits = Some(HostLimits { download: 2 << 20, upload: 0, origin: 1 << 20 });
+    let page = super::overview::render(&o);
+    assert!(page.contains(r#"data-metric="origin-limit" data-value="1048576""#), "{page}");
+    assert!(page.contains("2 fetching of 2, 3 queued, waited 4 s"), "{page}");
+    assert!(page.contains(r#"data-download-limit="2097152" data-upload-limit="0" data-origin-limit="1048576""#));
+    assert!(page.contains("down 2.00 MiB/s, origin 1.00 MiB/s"), "{page}");
+    let unlimited = super::overview::render(&evil_overview());
+    assert!(unlimited.contains("no limit"), "{unlimited}");
 }
 
 #[test]
