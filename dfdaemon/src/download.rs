@@ -489,7 +489,12 @@ impl Conductor {
 /// at the supernode, the end.
 fn is_content_news(msg: &pb::ControlDown) -> bool {
     use pb::control_down::Kind;
-    matches!(msg.kind, Some(Kind::TaskInfo(_) | Kind::Pieces(_) | Kind::Complete(_) | Kind::Failed(_)))
+    // `Waiting`: the supernode's origin fetch is held back by its limits; the swarm is slow by
+    // configuration, not stalled.
+    matches!(
+        msg.kind,
+        Some(Kind::TaskInfo(_) | Kind::Pieces(_) | Kind::Complete(_) | Kind::Failed(_) | Kind::Waiting(_))
+    )
 }
 
 fn failed(piece: u32, source: &Source, reason: pb::FailReason, detail: String) -> pb::control_up::Kind {
