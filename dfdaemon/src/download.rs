@@ -25,6 +25,8 @@ use tracing::{debug, instrument, warn};
 use crate::storage::{LocalTask, PieceInfo, TaskFailure, TaskStatus};
 use crate::Daemon;
 
+mod wire;
+
 /// What a download needs besides the task id.
 #[derive(Clone, Debug)]
 pub struct DownloadRequest {
@@ -354,10 +356,7 @@ impl Conductor {
                     message: format!("cannot size the content file {}: {e}", self.task.content_path().display()),
                 })?
             }
-            Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(|m| {
-                let sha: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
-                Some((m.number, PieceInfo { offset: m.offset, size: m.size, sha256: sha }))
-            })),
+            Some(Kind::Pieces(p)) => self.task.add_pieces(p.pieces.into_iter().filter_map(wire::piece_from_proto)),
             Some(Kind::Assign(a)) => {
                 for assignment in a.assignments {
                     self.start_fetch(assignment);
@@ -413,12 +412,7 @@ impl Conductor {
         if held || !self.fetching.insert(piece) {
             return;
         }
-        let parent = a.parent.unwrap_or_default();
-        let source = if parent.peer_id.is_empty() {
-            Source { peer: None, addr: None }
-        } else {
-            Source { peer: Some(parent.peer_id), addr: parent.addr.parse().ok() }
-        };
+        let source = wire::source_from_proto(a.parent);
         let (daemon, sn, task, writes) = (self.daemon.clone(), self.sn.clone(), self.task.clone(), self.writes.clone());
         let ticket = self.ticket.clone();
         self.fetches.spawn(async move {

@@ -268,7 +268,9 @@ async fn read_ups(shared: &Shared, task: &TaskId, peer: &PeerId, recv: &mut Recv
     }
 }
 
-fn to_proto(down: Down) -> pb::ControlDown {
+/// A scheduler message as it goes down the control stream; the dfdaemon reads it back in
+/// `Conductor::on_down` and `download::wire` (`dfdaemon/src/download/wire.rs` tests the round trip).
+pub fn to_proto(down: Down) -> pb::ControlDown {
     use pb::control_down::Kind;
     let kind = match down {
         Down::TaskInfo { content_length, piece_size } => Kind::TaskInfo(pb::TaskInfo { content_length, piece_size }),
