@@ -73,3 +73,13 @@ bt_packages() {
     fi
     command -v aria2c >/dev/null && command -v opentracker >/dev/null && command -v mktorrent >/dev/null
 }
+
+# has FLAG ARGS...: whether FLAG (or FLAG=...) is among ARGS.
+has() {
+    local flag="$1" a
+    shift
+    for a in "$@"; do
+        [[ "$a" == "$flag" || "$a" == "$flag="* ]] && return 0
+    done
+    return 1
+}

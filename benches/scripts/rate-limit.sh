@@ -28,14 +28,6 @@ UP="${UP:-2MiB}"
 echo "download_rate = \"$DOWN\"" >"$WORK/down.toml"
 echo "upload_rate = \"$UP\"" >"$WORK/up.toml"
 
-has() {
-    local flag="$1" a
-    shift
-    for a in "$@"; do
-        [[ "$a" == "$flag" || "$a" == "$flag="* ]] && return 0
-    done
-    return 1
-}
 DEFAULTS=()
 has --topology "$@" || DEFAULTS+=(--topology symmetric)
 has --host-up "$@" || DEFAULTS+=(--host-up 100mbit)

@@ -29,15 +29,6 @@ MACHINE="$(machine_line)"
 RESULTS="${RESULTS_DIR:-$RESULTS}"
 NAME="${NAME:-swarm-symmetric}"
 
-# has FLAG ARGS...: whether FLAG (or FLAG=...) is among ARGS.
-has() {
-    local flag="$1" a
-    shift
-    for a in "$@"; do
-        [[ "$a" == "$flag" || "$a" == "$flag="* ]] && return 0
-    done
-    return 1
-}
 DEFAULTS=()
 has --topology "$@" || has --colocate "$@" || DEFAULTS+=(--topology symmetric)
 has --host-up "$@" || DEFAULTS+=(--host-up 100mbit)
