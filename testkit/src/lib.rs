@@ -94,6 +94,7 @@ mod push;
 mod registry;
 mod supernode;
 mod templates;
+mod wait;
 
 pub use access_log::{AccessLog, AccessMark, AccessRecord};
 pub use bins::{bin_path, target_dir, BIN_DIR_ENV};
@@ -116,3 +117,4 @@ pub use prometheus::{
 pub use registry::{Registry, RegistryOpts};
 pub use supernode::{Supernode, SupernodeOpts};
 pub use templates::{fill_template, CONTAINERD_HOSTS_TOML, DOCKER_DAEMON_JSON, REGISTRIES_CONF};
+pub use wait::eventually;

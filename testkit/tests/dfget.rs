@@ -56,12 +56,11 @@ fn part_of(output: &Path) -> PathBuf {
 
 /// Waits until `check` holds, polling (up to 30 s).
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    damselfly_testkit::eventually(what, Duration::from_secs(30), || {
+        let holds = check();
+        async move { Ok(holds) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,27 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use damselfly_testkit::{
-    file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Dfdaemon, DfdaemonOpts, DfgetRun, Origin, Supernode,
-    SupernodeOpts,
+    eventually, file_sha256, random_bytes, run_all, sha256_digest, sha256_hex, Dfdaemon, DfdaemonOpts, DfgetRun,
+    Origin, Supernode, SupernodeOpts,
 };
 
 const MIB: usize = 1 << 20;
-
-/// Polls `f` every 50 ms until it holds, for at most `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if f().await.unwrap_or(false) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The peers the supernode lists for task `id` (`GET /api/v1/tasks`).
 async fn peers_of(sn: &Supernode, id: &str) -> anyhow::Result<usize> {

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use damselfly_testkit::{
-    dfget, file_sha256, http_client, random_bytes, sha256_digest, sha256_hex, Cluster, ClusterOpts, Dfdaemon,
-    DfdaemonOpts, Origin, Supernode, SupernodeOpts,
+    dfget, eventually, file_sha256, http_client, random_bytes, sha256_digest, sha256_hex, Cluster, ClusterOpts,
+    Dfdaemon, DfdaemonOpts, Origin, Supernode, SupernodeOpts,
 };
 
 const MIB: usize = 1 << 20;
@@ -26,22 +26,6 @@ fn with_other_secret(token: &str) -> String {
     let (head, secret) = token.trim().rsplit_once('.').expect("token has a secret");
     let flipped: String = secret.chars().map(|c| if c == '0' { '1' } else { '0' }).collect();
     format!("{head}.{flipped}")
-}
-
-/// Polls `f` every 100 ms until it returns true; fails after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await? {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{what} did not happen within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
