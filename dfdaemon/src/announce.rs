@@ -19,9 +19,9 @@
 
 use std::sync::Arc;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::transport::write_frame;
+use damselfly_net::transport::write_frame;
 use damselfly_proto as pb;
+use damselfly_types::id::TaskId;
 use tracing::{debug, info, warn};
 
 use crate::download::{self, DownloadRequest};

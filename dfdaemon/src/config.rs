@@ -4,9 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use damselfly_common::headers::ForwardHeaders;
-use damselfly_common::rate::{validate_rate, ByteRate};
-use damselfly_common::size::ByteSize;
+use damselfly_net::headers::ForwardHeaders;
+use damselfly_net::rate::{validate_rate, ByteRate};
+use damselfly_types::size::ByteSize;
 use serde::Deserialize;
 
 /// Everything a dfdaemon (or dfget's embedded peer) needs. Every field has a default.

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use damselfly_common::id::{Sha256Digest, TaskId};
-use damselfly_common::rate::{self, Flow};
-use damselfly_common::tls;
-use damselfly_common::transport::{read_frame, write_frame, TransportError};
+use damselfly_net::rate::{self, Flow};
+use damselfly_net::tls;
+use damselfly_net::transport::{read_frame, write_frame, TransportError};
 use damselfly_proto as pb;
+use damselfly_types::id::{Sha256Digest, TaskId};
 use quinn::{Connection, SendStream};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -218,7 +218,7 @@ async fn drive_with(
 ) -> Result<(), SwarmError> {
     let lost = |m: String| SwarmError::Lost(m);
     let (mut send, recv) = sn.open_bi().await.map_err(|e| lost(format!("supernode connection broke: {e}")))?;
-    let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
+    let _ = send.set_priority(damselfly_net::transport::CONTROL_PRIORITY);
     let register = pb::Register {
         task_id: task.id.to_string(),
         url: req.url.to_string(),

@@ -6,8 +6,8 @@
 //! the same [`LocalTask`] path, so readers streaming the task see no difference. Pieces already
 //! present (fetched from the swarm before the stall) are kept; their bytes are identical.
 
-use damselfly_common::id::Sha256Digest;
-use damselfly_common::piece::{piece_size, CutPiece, PieceCutter};
+use damselfly_types::id::Sha256Digest;
+use damselfly_types::piece::{piece_size, CutPiece, PieceCutter};
 use futures_util::StreamExt;
 use tracing::{info, instrument};
 
@@ -22,7 +22,7 @@ pub const ORIGIN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_se
 #[instrument(skip_all, fields(task = %task.id))]
 pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadRequest) -> Result<(), TaskFailure> {
     let fail = |message: String| TaskFailure { origin_status: None, message };
-    info!(url = %damselfly_common::id::normalise_url(&req.url), "fetching from the origin directly");
+    info!(url = %damselfly_types::id::normalise_url(&req.url), "fetching from the origin directly");
     let send = || {
         let mut builder = daemon.http.get(req.url.clone());
         for (name, value) in daemon.config.forward_headers.filter(&req.headers) {

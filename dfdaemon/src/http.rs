@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use damselfly_common::id::{Sha256Digest, TaskId};
+use damselfly_types::id::{Sha256Digest, TaskId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

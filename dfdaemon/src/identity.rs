@@ -29,11 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
-use damselfly_common::id::PeerId;
-use damselfly_common::tls::{self, Identity, LiveIdentity, PeerKeyRequest};
-use damselfly_common::token::{ca_fingerprint, JoinToken, TokenError};
-use damselfly_common::transport::{read_frame, with_transport, write_frame, TransportError};
+use damselfly_net::tls::{self, Identity, LiveIdentity, PeerKeyRequest};
+use damselfly_net::token::{ca_fingerprint, JoinToken, TokenError};
+use damselfly_net::transport::{read_frame, with_transport, write_frame, TransportError};
 use damselfly_proto as pb;
+use damselfly_types::id::PeerId;
 use quinn::{Connection, Endpoint};
 use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};

@@ -24,12 +24,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use damselfly_common::id::TaskId;
-use damselfly_common::ticket::TicketVerifier;
-use damselfly_common::tls;
-use damselfly_common::transport::{bind_endpoint, read_first_frame, ConnectionPool};
-use damselfly_common::upload::{serve_piece, Requester, Served};
+use damselfly_net::ticket::TicketVerifier;
+use damselfly_net::tls;
+use damselfly_net::transport::{bind_endpoint, read_first_frame, ConnectionPool};
+use damselfly_net::upload::{serve_piece, Requester, Served};
 use damselfly_proto as pb;
+use damselfly_types::id::TaskId;
 use quinn::Endpoint;
 use tracing::{debug, info, warn};
 
@@ -205,7 +205,7 @@ fn upstream_client() -> anyhow::Result<reqwest::Client> {
 
 fn server_config(id: &PeerIdentity) -> anyhow::Result<quinn::ServerConfig> {
     let mut server = id.tls.peer_server_config()?;
-    server.transport_config(damselfly_common::transport::transport_config());
+    server.transport_config(damselfly_net::transport::transport_config());
     Ok(server)
 }
 
@@ -247,7 +247,7 @@ async fn serve_uploads(daemon: Arc<Daemon>, endpoint: Endpoint) {
                 Ok(c) => c,
                 Err(e) => return debug!(error = %e, "peer handshake failed"),
             };
-            let Some(peer_id) = damselfly_common::tls::client_peer_id(&conn).map(Arc::<str>::from) else {
+            let Some(peer_id) = damselfly_net::tls::client_peer_id(&conn).map(Arc::<str>::from) else {
                 return debug!("peer connection without a peer certificate: closed");
             };
             let supernode = tls::client_is_supernode(&conn);

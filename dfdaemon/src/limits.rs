@@ -1,5 +1,5 @@
 //! The daemon's bandwidth limits (`--download-rate`, `--upload-rate`, `--origin-rate`), each a
-//! [`RateLimiter`] shared by every task and fair between them (see [`damselfly_common::rate`]).
+//! [`RateLimiter`] shared by every task and fair between them (see [`damselfly_net::rate`]).
 //!
 //! - **download**: every byte this daemon takes in for a task, from parents, the supernode and
 //!   the origin fallback alike, so the limit is what the host's workloads can count on;
@@ -7,7 +7,7 @@
 //! - **origin**: the origin fallback's share of the download, so a host that falls back spares
 //!   the registry too. A fallback byte waits for both the origin and the download limit.
 
-use damselfly_common::rate::{Flow, RateLimiter, RateMetrics};
+use damselfly_net::rate::{Flow, RateLimiter, RateMetrics};
 
 use crate::config::DaemonConfig;
 

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
-use damselfly_common::rate::{parse_rate, ByteRate};
-use damselfly_common::size::{parse_size, ByteSize};
+use damselfly_net::rate::{parse_rate, ByteRate};
+use damselfly_types::size::{parse_size, ByteSize};
 use dfdaemon::DaemonConfig;
 
 mod configure;
@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn serve(args: Args) -> anyhow::Result<()> {
-    damselfly_common::telemetry::init_tracing("info");
+    damselfly_net::telemetry::init_tracing("info");
     let config = config_from(args)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

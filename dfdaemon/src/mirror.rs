@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use damselfly_common::id::{Sha256Digest, TaskId};
+use damselfly_types::id::{Sha256Digest, TaskId};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use sha2::{Digest as _, Sha256};
 

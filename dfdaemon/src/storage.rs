@@ -1,6 +1,6 @@
 //! The daemon's local task store: one content file per task under `DATA_DIR/tasks/`, pieces
 //! written at their offsets, metadata in RocksDB under `DATA_DIR/meta`
-//! ([`damselfly_common::meta`]), and each task's progress in a `watch` channel so that readers
+//! ([`damselfly_store::meta`]), and each task's progress in a `watch` channel so that readers
 //! (dfget streams, the registry mirror, uploads to other peers) follow it as pieces land.
 //!
 //! # Durability
@@ -41,9 +41,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
-use damselfly_common::id::TaskId;
-use damselfly_common::meta::{now_ms, MetaDb, MetaError, PieceRecord, TaskRecord, TaskState};
-use damselfly_common::upload::{PieceLocation, PieceSource};
+use damselfly_net::upload::{PieceLocation, PieceSource};
+use damselfly_store::meta::{now_ms, MetaDb, MetaError, PieceRecord, TaskRecord, TaskState};
+use damselfly_types::id::TaskId;
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -311,7 +311,7 @@ impl LocalTask {
     pub fn set_origin(&self, url: &url::Url, digest: Option<&str>) {
         {
             let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
-            r.url = Some(damselfly_common::id::normalise_url(url));
+            r.url = Some(damselfly_types::id::normalise_url(url));
             r.digest = digest.map(str::to_owned);
         }
         if let Some(inner) = self.store.upgrade() {
@@ -480,7 +480,7 @@ impl LocalTask {
         self.touch();
         self.verify_range(offset, len).await?;
         let file = self.file()?;
-        // Allocated on the worker, not the blocking thread (see `damselfly_common::upload`).
+        // Allocated on the worker, not the blocking thread (see `damselfly_net::upload`).
         let mut buf = vec![0u8; len];
         tokio::task::spawn_blocking(move || {
             file.read_exact_at(&mut buf, offset)?;
@@ -743,7 +743,7 @@ struct Inner {
 
 impl Inner {
     /// Writes a batch built by `f` for `task` unless the task is dead.
-    fn write_meta(&self, task: &LocalTask, f: impl FnOnce(&mut damselfly_common::meta::MetaBatch<'_>, &TaskRecord)) {
+    fn write_meta(&self, task: &LocalTask, f: impl FnOnce(&mut damselfly_store::meta::MetaBatch<'_>, &TaskRecord)) {
         let _g = self.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
         if task.dead.load(Ordering::Acquire) {
             return;

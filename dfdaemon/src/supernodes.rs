@@ -26,9 +26,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::tls;
-use damselfly_common::transport::TransportError;
+use damselfly_net::tls;
+use damselfly_net::transport::TransportError;
+use damselfly_types::id::TaskId;
 use quinn::Connection;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -268,7 +268,7 @@ pub fn rendezvous_order<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> 
 /// The client transport for supernode connections: a shorter idle timeout and keep-alive than
 /// between peers (see the module documentation).
 pub fn supernode_client(mut client: quinn::ClientConfig) -> quinn::ClientConfig {
-    let mut t = damselfly_common::transport::transport_params();
+    let mut t = damselfly_net::transport::transport_params();
     t.keep_alive_interval(Some(SUPERNODE_KEEP_ALIVE));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(SUPERNODE_IDLE_TIMEOUT).ok());
     client.transport_config(Arc::new(t));

@@ -11,7 +11,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use damselfly_common::id::Sha256Digest;
+use damselfly_types::id::Sha256Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::storage::{LocalTask, TaskFailure};

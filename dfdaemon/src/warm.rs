@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use damselfly_common::id::{Sha256Digest, TaskId};
-use damselfly_common::transport::write_frame;
+use damselfly_net::transport::write_frame;
 use damselfly_proto as pb;
+use damselfly_types::id::{Sha256Digest, TaskId};
 use quinn::SendStream;
 use tracing::{debug, info};
 

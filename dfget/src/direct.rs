@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use damselfly_common::id::TaskId;
+use damselfly_types::id::TaskId;
 use indicatif::HumanBytes;
 use reqwest::header::{CONTENT_RANGE, IF_RANGE, RANGE};
 use reqwest::StatusCode;

@@ -20,7 +20,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use damselfly_common::size::ByteSize;
+use damselfly_types::size::ByteSize;
 use rustix::fs::{flock, FlockOperation};
 
 use crate::exit::{self, Exit, Failure, OrExit};

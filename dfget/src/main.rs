@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use damselfly_common::id::Sha256Digest;
-use damselfly_common::size::{parse_size, ByteSize};
+use damselfly_types::id::Sha256Digest;
+use damselfly_types::size::{parse_size, ByteSize};
 use dfdaemon::http::DownloadBody;
 
 use exit::{Exit, Failure, OrExit};
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "preheat") {
         let args = preheat::PreheatArgs::parse_from(&argv[1..]);
-        damselfly_common::telemetry::init_tracing("warn");
+        damselfly_net::telemetry::init_tracing("warn");
         return match runtime().map(|rt| rt.block_on(preheat::run(args))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) | Err(e) => {
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(Exit::Usage.code()) } else { ExitCode::SUCCESS };
         }
     };
-    damselfly_common::telemetry::init_tracing(if args.quiet { "error" } else { "warn" });
+    damselfly_net::telemetry::init_tracing(if args.quiet { "error" } else { "warn" });
     let outcome = match runtime() {
         Ok(rt) => rt.block_on(run(args)),
         Err(e) => Err(Failure { exit: Exit::Local, error: e }),

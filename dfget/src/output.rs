@@ -10,7 +10,7 @@ use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 
 use bytes::Bytes;
-use damselfly_common::id::Sha256Digest;
+use damselfly_types::id::Sha256Digest;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};

@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use damselfly_common::id::TaskId;
+use damselfly_types::id::TaskId;
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

@@ -1,11 +1,11 @@
 //! Who may use the supernode (ARCHITECTURE.md, "Trust and access").
 //!
-//! - The **join token** ([`damselfly_common::token::JoinToken`]) admits a dfdaemon to
+//! - The **join token** ([`damselfly_net::token::JoinToken`]) admits a dfdaemon to
 //!   enrollment. `--join-token-file FILE` names one (all supernodes of a region share it, and
 //!   the CA it pins must be this supernode's); otherwise the supernode keeps its own in
 //!   `DATA_DIR/join-token`, written on first start (and written anew, with a warning, when the CA
 //!   it pins was replaced).
-//! - The **API token** ([`damselfly_common::token::ApiToken`]) guards every HTTP endpoint except
+//! - The **API token** ([`damselfly_net::token::ApiToken`]) guards every HTTP endpoint except
 //!   the probes and metrics ([`OPEN_PATHS`]). `--api-token-file FILE`, else
 //!   `DATA_DIR/api-token`, written on first start. Clients send `Authorization: Bearer TOKEN`
 //!   (dfget preheat, Harbor's "OAuth" provider mode). A browser opens `GET /status?token=TOKEN`
@@ -23,8 +23,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use damselfly_common::tls::ClusterCa;
-use damselfly_common::token::{ca_fingerprint, secrets_equal, ApiToken, JoinToken, TokenError};
+use damselfly_net::tls::ClusterCa;
+use damselfly_net::token::{ca_fingerprint, secrets_equal, ApiToken, JoinToken, TokenError};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 

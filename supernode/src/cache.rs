@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use damselfly_common::meta::{now_ms, MetaDb};
+use damselfly_store::meta::{now_ms, MetaDb};
 
-use damselfly_common::id::TaskId;
-use damselfly_common::upload::{PieceLocation, PieceSource};
+use damselfly_net::upload::{PieceLocation, PieceSource};
+use damselfly_types::id::TaskId;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::scheduler::PieceMeta;
+use damselfly_scheduler::PieceMeta;
 
 /// Where a cached task stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use damselfly_common::headers::ForwardHeaders;
-use damselfly_common::rate::{validate_rate, ByteRate};
-use damselfly_common::size::ByteSize;
+use damselfly_net::headers::ForwardHeaders;
+use damselfly_net::rate::{validate_rate, ByteRate};
+use damselfly_types::size::ByteSize;
 use serde::Deserialize;
 
-use crate::scheduler::SchedulerConfig;
+use damselfly_scheduler::SchedulerConfig;
 
 /// Everything the supernode needs to run. Every field has a default; see each field for it.
 #[derive(Clone, Debug, Deserialize)]

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use damselfly_common::id::{PeerId, Sha256Digest, TaskId};
-use damselfly_common::transport::{read_frame, write_frame, TransportError};
+use damselfly_net::transport::{read_frame, write_frame, TransportError};
 use damselfly_proto as pb;
+use damselfly_types::id::{PeerId, Sha256Digest, TaskId};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
@@ -16,8 +16,8 @@ use tracing::{debug, warn, Instrument};
 use crate::admission::Refusal;
 use crate::origin::OriginRequest;
 use crate::quic::{Client, ConnPeers};
-use crate::scheduler::{Down, Event, FailReason, Parent};
 use crate::{Shared, ToPeer, CONTROL_QUEUE};
+use damselfly_scheduler::{Down, Event, FailReason, Parent};
 
 /// Checks a registration before anything is fetched for it: a well-formed request, a URL the
 /// origin policy allows (refused: final, the peer must not fetch it itself either), the peer id
@@ -86,7 +86,7 @@ pub(crate) async fn control(
     };
     let task = TaskId::new(reg.task_id.clone());
     let peer = PeerId::new(reg.peer_id.clone());
-    let _ = send.set_priority(damselfly_common::transport::CONTROL_PRIORITY);
+    let _ = send.set_priority(damselfly_net::transport::CONTROL_PRIORITY);
     if reg.announce_only {
         return announce(shared, peers, task, peer, addr, reg.have, recv).await;
     }

@@ -9,11 +9,11 @@
 //!   of the certificate the connection presented.
 //!
 //! Both sign the peer's CSR with the cluster CA for `peer_cert_ttl`
-//! ([`damselfly_common::tls::ClusterCa::sign_peer_csr`]).
+//! ([`damselfly_net::tls::ClusterCa::sign_peer_csr`]).
 
 use std::net::SocketAddr;
 
-use damselfly_common::transport::{write_frame, TransportError};
+use damselfly_net::transport::{write_frame, TransportError};
 use damselfly_proto as pb;
 use quinn::SendStream;
 use tracing::{debug, info, warn};

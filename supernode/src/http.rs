@@ -53,7 +53,7 @@ struct TaskView {
     id: String,
     state: Option<CacheState>,
     #[serde(flatten)]
-    summary: crate::scheduler::TaskSummary,
+    summary: damselfly_scheduler::TaskSummary,
 }
 
 async fn tasks(State(shared): State<Arc<Shared>>) -> Json<Vec<TaskView>> {

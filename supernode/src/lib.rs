@@ -2,7 +2,7 @@
 //!
 //! It accepts QUIC connections from peers (enrollment, one control stream per task, piece
 //! requests), fetches each task's origin URL exactly once into its cache, and runs the
-//! [`scheduler`] — a pure state machine — to tell every peer which piece to fetch from whom.
+//! [`damselfly_scheduler`] — a pure state machine — to tell every peer which piece to fetch from whom.
 //! This crate's async shell only moves events into the scheduler and its actions out to the
 //! peers' control streams.
 
@@ -17,20 +17,19 @@ pub mod metrics;
 pub mod origin;
 pub mod preheat;
 pub mod quic;
-pub mod scheduler;
 pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use damselfly_common::id::{PeerId, TaskId};
-use damselfly_common::tls::ClusterCa;
+use damselfly_net::tls::ClusterCa;
+use damselfly_types::id::{PeerId, TaskId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use config::SupernodeConfig;
-use scheduler::{Action, Down, Event, Scheduler};
+use damselfly_scheduler::{Action, Down, Event, Scheduler};
 
 /// A shutdown signal that many tasks wait on: stop when it turns `true`.
 pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
@@ -56,9 +55,9 @@ pub struct Shared {
     /// Verdicts of the origin on hosts' credentials, per repository (per-task authorization).
     pub admissions: admission::Admissions,
     /// Signs the tickets that let admitted peers get a task's pieces from any parent.
-    pub tickets: damselfly_common::ticket::TicketSigner,
+    pub tickets: damselfly_net::ticket::TicketSigner,
     /// Checks the tickets of pieces requested from the supernode itself.
-    pub ticket_verifier: damselfly_common::ticket::TicketVerifier,
+    pub ticket_verifier: damselfly_net::ticket::TicketVerifier,
     /// The origin bandwidth limit and the cap on concurrent origin fetches.
     pub origin_limits: origin::limits::OriginLimits,
     started: Instant,
@@ -122,8 +121,8 @@ impl Shared {
             if let (Action::Send { peer, msg: Down::Assign(list), .. }, true) = (&action, sched_trace) {
                 for a in list {
                     let parent = match &a.parent {
-                        scheduler::Parent::Supernode => "SN".to_string(),
-                        scheduler::Parent::Peer { id, .. } => id.to_string(),
+                        damselfly_scheduler::Parent::Supernode => "SN".to_string(),
+                        damselfly_scheduler::Parent::Peer { id, .. } => id.to_string(),
                     };
                     tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece = a.piece, parent, "assign");
                 }
@@ -193,8 +192,8 @@ pub async fn start(
         _ => ClusterCa::load_or_generate(&config.data_dir.join("tls"))?,
     };
     let tokens = auth::Tokens::load(&config, &ca)?;
-    let tickets = damselfly_common::ticket::TicketSigner::from_ca(&ca)?;
-    let ticket_verifier = damselfly_common::ticket::TicketVerifier::from_ca_cert(&ca.cert_der())?;
+    let tickets = damselfly_net::ticket::TicketSigner::from_ca(&ca)?;
+    let ticket_verifier = damselfly_net::ticket::TicketVerifier::from_ca_cert(&ca.cert_der())?;
     let origins = origin_client(&config)?;
     let metrics = metrics::Metrics::new();
     let quota = config.cache_quota.map(|q| q.as_u64());

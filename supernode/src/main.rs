@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use damselfly_common::rate::{parse_rate, ByteRate};
-use damselfly_common::size::{parse_size, ByteSize};
+use damselfly_net::rate::{parse_rate, ByteRate};
+use damselfly_types::size::{parse_size, ByteSize};
 use supernode::SupernodeConfig;
 
 /// Damselfly supernode: regional seed and piece scheduler.
@@ -116,7 +116,7 @@ fn config_from(args: Args) -> anyhow::Result<SupernodeConfig> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    damselfly_common::telemetry::init_tracing("info");
+    damselfly_net::telemetry::init_tracing("info");
     let config = config_from(Args::parse())?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -7,8 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub use damselfly_common::cache_metrics::CacheMetrics;
-pub use damselfly_common::rate::RateMetrics;
+pub use damselfly_net::rate::RateMetrics;
+pub use damselfly_store::cache_metrics::CacheMetrics;
 
 use crate::origin::limits::FetchGauges;
 

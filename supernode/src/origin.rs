@@ -15,14 +15,14 @@ pub mod policy;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use damselfly_common::id::{Sha256Digest, TaskId};
-use damselfly_common::piece::{piece_size, CutPiece, PieceCutter};
+use damselfly_types::id::{Sha256Digest, TaskId};
+use damselfly_types::piece::{piece_size, CutPiece, PieceCutter};
 use futures_util::StreamExt;
 use tracing::{debug, info, instrument, warn};
 
 use crate::cache::{CacheState, CachedTask};
-use crate::scheduler::{Event, PieceMeta};
 use crate::Shared;
+use damselfly_scheduler::{Event, PieceMeta};
 
 /// What to fetch.
 pub struct OriginRequest {
@@ -127,7 +127,7 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
     let slot = shared.origin_limits.admit().await;
     queued.store(false, std::sync::atomic::Ordering::Relaxed);
     shared.metrics.origin_fetches.inc();
-    let url = damselfly_common::id::normalise_url(&req.url);
+    let url = damselfly_types::id::normalise_url(&req.url);
     info!(url = %url, "origin fetch started");
     let mut outcome = fetch(&shared, &entry, &req).await;
     for _ in 1..ORIGIN_ATTEMPTS {
@@ -164,7 +164,7 @@ pub async fn run(shared: Arc<Shared>, entry: Arc<CachedTask>, req: OriginRequest
 }
 
 async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Result<(u64, u32), OriginError> {
-    let url_text = damselfly_common::id::normalise_url(&req.url);
+    let url_text = damselfly_types::id::normalise_url(&req.url);
     let request_err =
         |e: reqwest::Error| OriginError::Request { url: url_text.clone(), message: client::describe(&e.without_url()) };
     let headers_due = shared.config.origin_header_timeout;

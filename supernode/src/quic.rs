@@ -6,20 +6,20 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use damselfly_common::id::PeerId;
-use damselfly_common::rate::RateLimiter;
-use damselfly_common::tls;
-use damselfly_common::transport::{
+use damselfly_net::rate::RateLimiter;
+use damselfly_net::tls;
+use damselfly_net::transport::{
     bind_endpoint_with, pre_auth_server_transport, raise_for_authenticated, read_first_frame, TransportError,
     PRE_AUTH_MAX_FRAME,
 };
-use damselfly_common::upload::{serve_piece, Requester, Served};
+use damselfly_net::upload::{serve_piece, Requester, Served};
 use damselfly_proto as pb;
+use damselfly_types::id::PeerId;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tracing::{debug, info};
 
-use crate::scheduler::Event;
 use crate::{Shared, ShutdownSignal};
+use damselfly_scheduler::Event;
 
 /// Connections one IP address may hold at once (a host runs one daemon, plus dfget's embedded
 /// peers); more are refused before their handshake.

@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use damselfly_common::ticket::TicketSigner;
-use damselfly_common::tls::{self, ClusterCa};
-use damselfly_common::transport::{bind_endpoint, read_frame, with_transport, write_frame};
+use damselfly_net::ticket::TicketSigner;
+use damselfly_net::tls::{self, ClusterCa};
+use damselfly_net::transport::{bind_endpoint, read_frame, with_transport, write_frame};
 use damselfly_proto as pb;
 use damselfly_testkit::{
     http_client, random_bytes, sha256_digest, Blob, Cluster, ClusterOpts, DfdaemonOpts, Origin, Registry, RegistryOpts,
@@ -251,7 +251,7 @@ async fn a_peer_with_a_certificate_but_no_valid_ticket_gets_no_piece() -> anyhow
 /// 16 KiB per stream, read within 10 s; and one address gets at most 64 connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_without_a_certificate_gets_only_small_bounded_requests() -> anyhow::Result<()> {
-    use damselfly_common::transport::{FIRST_FRAME_TIMEOUT, PRE_AUTH_STREAMS};
+    use damselfly_net::transport::{FIRST_FRAME_TIMEOUT, PRE_AUTH_STREAMS};
     use futures_util::FutureExt;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sn = damselfly_testkit::Supernode::start(damselfly_testkit::SupernodeOpts::default()).await?;

@@ -16,7 +16,7 @@ use damselfly_testkit::{
 use futures_util::StreamExt;
 
 /// The piece size of every file under 64 MiB (the tests' small files).
-const PIECE: usize = damselfly_common::piece::MIN_PIECE_SIZE as usize;
+const PIECE: usize = damselfly_types::piece::MIN_PIECE_SIZE as usize;
 const MB: usize = 1 << 20;
 const MIB: f64 = (1 << 20) as f64;
 
@@ -72,7 +72,7 @@ fn resumed_have(log: &str) -> Option<u64> {
 async fn slow_kill_9_halfway_resumes_and_fetches_only_the_missing_pieces() -> anyhow::Result<()> {
     let origin = Origin::start()?;
     let len = 96 * MB;
-    let piece = damselfly_common::piece::piece_size(Some(len as u64)) as usize;
+    let piece = damselfly_types::piece::piece_size(Some(len as u64)) as usize;
     let blob = random_bytes(len, 11);
     let digest = sha256_digest(&blob);
     origin.add_throttled("/big", blob.clone(), 24 << 20);

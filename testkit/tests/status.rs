@@ -247,7 +247,7 @@ fn check_browser(seen: &Value, sn: &Metrics, daemons: &[Metrics], cluster: &Clus
     assert_eq!(task["task"], tasks[0]["id"]);
     let peers = task["peers"].as_array().context("task peers")?;
     assert_eq!(peers.len(), DAEMONS);
-    let pieces = BLOB as u64 / u64::from(damselfly_common::piece::piece_size(Some(BLOB as u64)));
+    let pieces = BLOB as u64 / u64::from(damselfly_types::piece::piece_size(Some(BLOB as u64)));
     for p in peers {
         assert_eq!(n(&p["pieces"]), pieces, "every host holds every piece: {p}");
         assert_eq!(n(&p["downloaded"]), BLOB as u64, "{p}");

@@ -10,7 +10,7 @@ use damselfly_testkit::{
 };
 
 /// The piece size of every file under 64 MiB.
-const PIECE: usize = damselfly_common::piece::MIN_PIECE_SIZE as usize;
+const PIECE: usize = damselfly_types::piece::MIN_PIECE_SIZE as usize;
 
 /// Bytes the daemons received, by source, summed over all daemons.
 #[derive(Debug, Default, Clone, Copy)]

@@ -27,8 +27,8 @@ use damselfly_benches::harness::{
 };
 use damselfly_benches::report::Table;
 use damselfly_benches::units::{fmt_bytes, parse_size};
-use damselfly_common::tls::{self, ClusterCa, Identity};
-use damselfly_common::transport::{bind_endpoint, transport_config, with_transport};
+use damselfly_net::tls::{self, ClusterCa, Identity};
+use damselfly_net::transport::{bind_endpoint, transport_config, with_transport};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 

@@ -29,13 +29,13 @@ pub(super) fn source_from_proto(parent: Option<pb::Parent>) -> Source {
 mod tests {
     use std::net::{IpAddr, SocketAddr};
 
-    use damselfly_common::id::PeerId;
     use damselfly_proto::strategy;
+    use damselfly_scheduler::{Assignment, Down, Parent, PieceMeta};
+    use damselfly_types::id::PeerId;
     use proptest::collection::vec;
     use proptest::option;
     use proptest::prelude::*;
     use supernode::control::to_proto;
-    use supernode::scheduler::{Assignment, Down, Parent, PieceMeta};
 
     use super::*;
 

@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::meta::TaskState;
+use damselfly_store::meta::TaskState;
+use damselfly_types::id::TaskId;
 use tracing::{debug, warn};
 
 use super::{Inner, LocalTask};

@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use damselfly_common::size::ByteSize;
+use damselfly_types::size::ByteSize;
 use tracing::info;
 
 use super::{Inner, LocalTask, StoreEvent};

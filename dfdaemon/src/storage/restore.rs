@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use damselfly_common::meta::StoredTask;
+use damselfly_store::meta::StoredTask;
 use tracing::{info, warn};
 
 use super::{Inner, LocalTask, PieceInfo, StoreError, TaskStatus, TaskView};

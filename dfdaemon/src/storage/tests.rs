@@ -1,7 +1,7 @@
 //! Store tests against a real RocksDB and real files in a temp dir.
 
 use bytes::Bytes;
-use damselfly_common::id::TaskId;
+use damselfly_types::id::TaskId;
 use sha2::{Digest as _, Sha256};
 
 use super::*;

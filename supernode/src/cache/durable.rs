@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::meta::{MetaError, PieceRecord, StoredTask, TaskRecord, TaskState};
-use damselfly_common::piece::piece_size;
+use damselfly_store::meta::{MetaError, PieceRecord, StoredTask, TaskRecord, TaskState};
+use damselfly_types::id::TaskId;
+use damselfly_types::piece::piece_size;
 use tracing::{info, warn};
 
 use super::{Cache, CacheState, CachedTask};
-use crate::scheduler::PieceMeta;
+use damselfly_scheduler::PieceMeta;
 
 /// A complete task as recorded on disk, waiting to be verified.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@
 //! the least recently used complete tasks that nobody uses are evicted first. "Nobody uses" means
 //! no control stream of a downloading peer holds the entry, no upload is reading its file, no
 //! preheat job holds it and the scheduler has no downloader for it. An evicted task is forgotten
-//! by the scheduler too ([`crate::scheduler::Scheduler::forget_task`]), so the next registration
+//! by the scheduler too ([`damselfly_scheduler::Scheduler::forget_task`]), so the next registration
 //! fetches it from the origin again. A fetch that cannot fit fails with a clear error.
 
 use std::collections::HashSet;
@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::meta::now_ms;
-use damselfly_common::size::ByteSize;
+use damselfly_store::meta::now_ms;
+use damselfly_types::id::TaskId;
+use damselfly_types::size::ByteSize;
 use tracing::info;
 
 use super::{CacheState, CachedTask};

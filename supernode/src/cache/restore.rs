@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use super::durable::Recorded;
 use super::{CacheState, CachedTask};
-use crate::scheduler::{Event, PieceMeta};
 use crate::Shared;
+use damselfly_scheduler::{Event, PieceMeta};
 
 /// Verifies and announces every restored task, one at a time; returns when none is left.
 pub async fn run(shared: Arc<Shared>) {

@@ -1,5 +1,5 @@
 //! The supernode's origin limits: a bandwidth limit shared by every origin fetch (fair between
-//! tasks, [`damselfly_common::rate`]) and a cap on the fetches running at once. A fetch over
+//! tasks, [`damselfly_net::rate`]) and a cap on the fetches running at once. A fetch over
 //! the cap waits for a slot, in arrival order; it does not fail.
 //!
 //! While a fetch waits (for a slot, or under the bandwidth limit) its peers would see no piece
@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use damselfly_common::id::TaskId;
-use damselfly_common::rate::{RateLimiter, RateMetrics};
+use damselfly_net::rate::{RateLimiter, RateMetrics};
+use damselfly_types::id::TaskId;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -503,13 +503,13 @@ mod tests {
         let p = Preheats::default();
         let job = p.create("img".into(), "linux/amd64".into());
         let spec = |n: u8| BlobSpec {
-            digest: damselfly_common::id::Sha256Digest([n; 32]),
+            digest: damselfly_types::id::Sha256Digest([n; 32]),
             size: 10,
             kind: BlobKind::Layer,
             platform: None,
         };
         let resolved = Resolved {
-            manifest_digest: damselfly_common::id::Sha256Digest([9; 32]),
+            manifest_digest: damselfly_types::id::Sha256Digest([9; 32]),
             media_type: "m".into(),
             platforms: vec![],
             blobs: vec![spec(1), spec(2)],

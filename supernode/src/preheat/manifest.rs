@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use damselfly_common::id::Sha256Digest;
+use damselfly_types::id::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
 use super::reference::{ImageRef, Platform, PlatformFilter, Reference};

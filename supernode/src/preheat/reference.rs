@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use damselfly_common::id::Sha256Digest;
+use damselfly_types::id::Sha256Digest;
 
 use super::PreheatError;
 

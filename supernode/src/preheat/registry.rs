@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use damselfly_common::id::Sha256Digest;
+use damselfly_types::id::Sha256Digest;
 use futures_util::StreamExt;
 use serde::Deserialize;
 

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use damselfly_common::id::TaskId;
 use damselfly_proto as pb;
+use damselfly_types::id::TaskId;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn, Instrument};
 

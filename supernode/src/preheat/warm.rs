@@ -1,16 +1,16 @@
 //! Warming the dfdaemons a job names in `peers`: the supernode connects to each daemon's QUIC
 //! port with its own client certificate (which only the supernode holds, see
-//! [`damselfly_common::tls::client_is_supernode`]), checks that the daemon's certificate chains
+//! [`damselfly_net::tls::client_is_supernode`]), checks that the daemon's certificate chains
 //! to the cluster CA (so it is an enrolled daemon) and, when the job named it by peer id, that it
 //! is that peer, and then asks it to fetch each blob through the swarm (`Warm`). The job's
 //! registry credentials travel only inside that mutually authenticated connection.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use damselfly_common::id::PeerId;
-use damselfly_common::tls;
-use damselfly_common::transport::{read_frame_limited, write_frame};
+use damselfly_net::tls;
+use damselfly_net::transport::{read_frame_limited, write_frame};
 use damselfly_proto as pb;
+use damselfly_types::id::PeerId;
 
 use super::PreheatError;
 use crate::Shared;

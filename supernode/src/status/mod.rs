@@ -35,10 +35,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use damselfly_common::id::TaskId;
+use damselfly_types::id::TaskId;
 
-use crate::scheduler::Scheduler;
 use crate::Shared;
+use damselfly_scheduler::Scheduler;
 
 pub use stats::Stats;
 
@@ -110,7 +110,7 @@ impl Shared {
     }
 
     /// Records the bandwidth limits `peer` registered with (shown in its host row).
-    pub fn record_host_limits(&self, peer: &damselfly_common::id::PeerId, limits: Option<&damselfly_proto::Limits>) {
+    pub fn record_host_limits(&self, peer: &damselfly_types::id::PeerId, limits: Option<&damselfly_proto::Limits>) {
         let Some(l) = limits else { return };
         let limits = stats::HostLimits { download: l.download_rate, upload: l.upload_rate, origin: l.origin_rate };
         let now = self.started.elapsed();

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 use serde::Serialize;
 
 use super::stats::{HostCounters, Point, Stats, TaskCounters, Totals};
 use crate::cache::CacheState;
-use crate::scheduler::{Scheduler, TaskPhase, TaskSummary};
 use crate::Shared;
+use damselfly_scheduler::{Scheduler, TaskPhase, TaskSummary};
 
 /// Most tasks the overview lists (the most recently active first).
 pub const MAX_TASK_ROWS: usize = 100;

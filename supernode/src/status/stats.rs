@@ -18,10 +18,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 use serde::Serialize;
 
-use crate::scheduler::{Action, Down, Event, FailReason, Parent};
+use damselfly_scheduler::{Action, Down, Event, FailReason, Parent};
 
 /// Tasks whose counters are kept (beyond it the least recently active idle task is forgotten).
 pub const MAX_TASKS: usize = 512;

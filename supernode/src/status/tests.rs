@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 
 use super::model::{HostRow, OriginLimitsView, Overview, TaskDetail, TaskPeer, TaskRow};
 use super::stats::{
     Delivery, HostCounters, HostLimits, Stats, TaskCounters, Totals, MAX_HOSTS, MAX_TASKS, SERIES_SECS,
 };
-use crate::scheduler::{Action, Assignment, Down, Event, FailReason, Parent, PieceMeta, Scheduler, SchedulerConfig};
+use damselfly_scheduler::{Action, Assignment, Down, Event, FailReason, Parent, PieceMeta, Scheduler, SchedulerConfig};
 
 const PIECE: u32 = 256 << 10;
 

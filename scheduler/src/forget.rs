@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 
 use super::Scheduler;
 

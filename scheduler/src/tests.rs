@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 
 use super::state::Source;
 use super::*;

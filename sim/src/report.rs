@@ -24,7 +24,7 @@ impl Table {
     /// The table as GitHub-flavoured markdown.
     ///
     /// ```
-    /// use damselfly_benches::report::Table;
+    /// use damselfly_sim::report::Table;
     /// let mut t = Table::new(["N", "p50"]);
     /// t.row(["2", "1.05"]);
     /// assert_eq!(t.to_markdown(), "| N | p50 |\n|---|---|\n| 2 | 1.05 |\n");

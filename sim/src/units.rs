@@ -4,7 +4,7 @@
 /// case-insensitive; `k`/`m`/`g` alone are binary, as `tc` reads them).
 ///
 /// ```
-/// use damselfly_benches::units::parse_size;
+/// use damselfly_sim::units::parse_size;
 /// assert_eq!(parse_size("64MiB"), Ok(64 << 20));
 /// assert_eq!(parse_size("1gib"), Ok(1 << 30));
 /// assert_eq!(parse_size("1000"), Ok(1000));
@@ -29,7 +29,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// second.
 ///
 /// ```
-/// use damselfly_benches::units::parse_rate;
+/// use damselfly_sim::units::parse_rate;
 /// assert_eq!(parse_rate("100mbit"), Ok(12_500_000.0));
 /// assert_eq!(parse_rate("1gbit"), Ok(125_000_000.0));
 /// assert!(parse_rate("fast").is_err());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 
 use super::assign::Fresh;
 use super::state::{BitSet, Member, Origin, Outbox, Source, TaskInfo, TaskState};

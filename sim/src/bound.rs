@@ -24,7 +24,7 @@ pub struct Bound {
 /// and download (bytes per second).
 ///
 /// ```
-/// use damselfly_benches::bound::lower_bound;
+/// use damselfly_sim::bound::lower_bound;
 /// // 100 MB to 4 hosts of 10 MB/s up and down, from a 20 MB/s source: 400 MB / 60 MB/s.
 /// let b = lower_bound(100e6, 20e6, &[10e6; 4], &[10e6; 4]);
 /// assert!((b.seconds - 10.0).abs() < 1e-9); // F/d_min = 10 s > 400/60 = 6.7 s

@@ -2,16 +2,16 @@
 //! over the distribution lower bound, and the supernode's upload in multiples of the image.
 //!
 //! ```text
-//! cargo run --release -p damselfly-benches --bin sim -- --hosts 1000,10000
+//! cargo run --release -p damselfly-sim --bin sim -- --hosts 1000,10000
 //! ```
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use damselfly_benches::report::Table;
-use damselfly_benches::sim::{self, SimConfig};
-use damselfly_benches::stats::summarize;
-use damselfly_benches::units::{fmt_bytes, fmt_rate, parse_rate, parse_size};
+use damselfly_sim::report::Table;
+use damselfly_sim::sim::{self, SimConfig};
+use damselfly_sim::stats::summarize;
+use damselfly_sim::units::{fmt_bytes, fmt_rate, parse_rate, parse_size};
 
 #[derive(Parser, Debug)]
 #[command(about = "Simulate a swarm driven by the supernode's real scheduler")]
@@ -84,9 +84,9 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn scheduler_config(args: &Args) -> supernode::scheduler::SchedulerConfig {
-    let d = supernode::scheduler::SchedulerConfig::default();
-    supernode::scheduler::SchedulerConfig {
+fn scheduler_config(args: &Args) -> damselfly_scheduler::SchedulerConfig {
+    let d = damselfly_scheduler::SchedulerConfig::default();
+    damselfly_scheduler::SchedulerConfig {
         seed: args.seed,
         window_per_peer: args.window.unwrap_or(d.window_per_peer),
         max_uploads_per_peer: args.max_uploads.unwrap_or(d.max_uploads_per_peer),

@@ -19,7 +19,7 @@
 //! but not synced one by one (the WAL is in the OS's page cache as soon as the write returns, so a
 //! killed process loses nothing; a power loss may lose the newest rows, which only means those
 //! pieces are fetched again). Request headers and credentials are never stored: callers pass URLs
-//! through [`crate::id::normalise_url`].
+//! through [`damselfly_types::id::normalise_url`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::id::TaskId;
+use damselfly_types::id::TaskId;
 
 /// Column family of task records.
 pub const CF_TASKS: &str = "tasks";
@@ -51,7 +51,7 @@ pub enum TaskState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TaskRecord {
-    /// Origin URL without user-info (see [`crate::id::normalise_url`]); never headers.
+    /// Origin URL without user-info (see [`damselfly_types::id::normalise_url`]); never headers.
     pub url: Option<String>,
     /// `sha256:<hex>` when the content digest is known.
     pub digest: Option<String>,
@@ -230,7 +230,7 @@ impl MetaDb {
         for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
             let (k, v) = item?;
             let id = String::from_utf8_lossy(&k).into_owned();
-            match (crate::id::TaskId::is_valid(&id), serde_json::from_slice::<TaskRecord>(&v)) {
+            match (damselfly_types::id::TaskId::is_valid(&id), serde_json::from_slice::<TaskRecord>(&v)) {
                 (true, Ok(record)) => {
                     let task = StoredTask {
                         id: TaskId::new(id.clone()),

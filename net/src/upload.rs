@@ -19,10 +19,10 @@ use bytes::Bytes;
 use damselfly_proto::{PieceError, PieceRequest, PieceResponse};
 use quinn::SendStream;
 
-use crate::id::TaskId;
 use crate::rate::RateLimiter;
 use crate::ticket::TicketVerifier;
 use crate::transport::{write_frame, TransportError};
+use damselfly_types::id::TaskId;
 
 /// Largest read per step of an upload.
 pub const UPLOAD_CHUNK: usize = 1 << 20;

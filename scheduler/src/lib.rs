@@ -69,7 +69,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use damselfly_common::id::{PeerId, TaskId};
+use damselfly_types::id::{PeerId, TaskId};
 use serde::{Deserialize, Serialize};
 
 use state::{Origin, PeerTable, SplitMix64, TaskState};

@@ -59,7 +59,7 @@ impl std::str::FromStr for ByteRate {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let t = t.strip_suffix("/s").or_else(|| t.strip_suffix("/S")).unwrap_or(t);
-        let size = crate::size::parse_size(t)
+        let size = damselfly_types::size::parse_size(t)
             .map_err(|_| format!("invalid rate {s:?}; use bytes per second with a unit such as 50MiB or 100MB/s"))?;
         Ok(Self(size.as_u64()))
     }

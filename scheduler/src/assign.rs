@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::state::{Member, Outbox, PeerRec, PieceState, Source, TaskState, Upload};
 use super::{Assignment, Parent, Shared};
-use damselfly_common::id::TaskId;
+use damselfly_types::id::TaskId;
 
 /// At most this many candidate pieces are tried per fill (keeps a fill cheap when most pieces
 /// have no parent right now).

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use damselfly_common::id::PeerId;
+use damselfly_types::id::PeerId;
 
 use super::{FailReason, SchedulerConfig};
 

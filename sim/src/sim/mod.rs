@@ -1,5 +1,5 @@
 //! A discrete-event simulator that drives the supernode's real scheduler
-//! ([`supernode::scheduler::Scheduler`], the same code the supernode runs) with thousands of
+//! ([`damselfly_scheduler::Scheduler`], the same code the supernode runs) with thousands of
 //! simulated hosts.
 //!
 //! # What is simulated
@@ -30,9 +30,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use damselfly_common::id::{PeerId, TaskId};
-use damselfly_common::piece::{piece_count, piece_range, piece_size};
-use supernode::scheduler::{Action, Down, Event, Parent, PieceMeta, Scheduler, SchedulerConfig};
+use damselfly_scheduler::{Action, Down, Event, Parent, PieceMeta, Scheduler, SchedulerConfig};
+use damselfly_types::id::{PeerId, TaskId};
+use damselfly_types::piece::{piece_count, piece_range, piece_size};
 
 use crate::bound::{lower_bound, Bound};
 use net::{Cargo, Due, Net, NodeId};

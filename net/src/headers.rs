@@ -62,7 +62,7 @@ pub enum HeaderNameError {
 /// each.
 ///
 /// ```
-/// use damselfly_common::headers::ForwardHeaders;
+/// use damselfly_net::headers::ForwardHeaders;
 ///
 /// let list = ForwardHeaders::new(["PRIVATE-TOKEN"]).unwrap();
 /// let headers = vec![

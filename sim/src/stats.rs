@@ -28,7 +28,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Summarises `values` (NaN for an empty sample).
 ///
 /// ```
-/// use damselfly_benches::stats::summarize;
+/// use damselfly_sim::stats::summarize;
 /// let s = summarize(&[3.0, 1.0, 2.0, 4.0]);
 /// assert_eq!((s.p50, s.max, s.min), (2.0, 4.0, 1.0));
 /// ```
