@@ -376,28 +376,7 @@ impl Conductor {
                 }
                 self.complete = true;
             }
-            Some(Kind::Failed(f)) if f.status >= 500 => {
-                // The origin failed for the supernode (a flapping origin): it may answer this
-                // host's own request.
-                return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
-            }
-            Some(Kind::Failed(f)) if f.status != 0 => {
-                // The origin refused with a 4xx: final, the daemon would get the same.
-                return Err(SwarmError::Failed(TaskFailure {
-                    origin_status: Some(f.status as u16),
-                    message: f.message,
-                }));
-            }
-            Some(Kind::Failed(f)) if f.refused => {
-                // The supernode's origin policy refused it: fetching it here would get around
-                // the policy, so this is final too.
-                return Err(SwarmError::Failed(TaskFailure { origin_status: None, message: f.message }));
-            }
-            Some(Kind::Failed(f)) => {
-                // The supernode could not deliver (origin unreachable from it, bad content,
-                // refused registration): the origin itself may still serve this host.
-                return Err(SwarmError::Unavailable(format!("supernode: {}", f.message)));
-            }
+            Some(Kind::Failed(f)) => return Err(wire::failure_from_proto(f)),
             Some(Kind::Ticket(t)) => self.ticket = Some(Arc::new(t)),
             // The supernode's origin fetch waits for its limits: the swarm is slow, not stalled.
             Some(Kind::Waiting(w)) => debug!(queued = w.queued, "the supernode's origin fetch is waiting"),
@@ -444,7 +423,7 @@ impl Conductor {
             Ok(size) => {
                 self.task.mark_present(f.piece);
                 self.daemon.metrics.downloaded(source_label, u64::from(size));
-                pb::control_up::Kind::PieceDone(pb::PieceDone { piece: f.piece })
+                wire::piece_done(f.piece)
             }
             Err(FetchError::Local(message)) => {
                 return Err(SwarmError::Failed(TaskFailure { origin_status: None, message }));
@@ -452,7 +431,7 @@ impl Conductor {
             Err(FetchError::Digest(detail)) => {
                 warn!(piece = f.piece, parent = ?f.source.peer, %detail, "bad piece from parent");
                 self.daemon.metrics.bad_pieces.inc();
-                failed(f.piece, &f.source, pb::FailReason::Digest, detail)
+                wire::piece_failed(f.piece, &f.source, pb::FailReason::Digest, detail)
             }
             Err(FetchError::Transfer(detail)) => {
                 debug!(piece = f.piece, parent = ?f.source.peer, %detail, "piece transfer failed");
@@ -460,7 +439,7 @@ impl Conductor {
                 if let Some(addr) = f.source.addr {
                     self.daemon.pool.forget(&addr);
                 }
-                failed(f.piece, &f.source, pb::FailReason::Transfer, detail)
+                wire::piece_failed(f.piece, &f.source, pb::FailReason::Transfer, detail)
             }
         };
         write_frame(&mut self.send, &pb::ControlUp { kind: Some(up) })
@@ -489,15 +468,6 @@ fn is_content_news(msg: &pb::ControlDown) -> bool {
         msg.kind,
         Some(Kind::TaskInfo(_) | Kind::Pieces(_) | Kind::Complete(_) | Kind::Failed(_) | Kind::Waiting(_))
     )
-}
-
-fn failed(piece: u32, source: &Source, reason: pb::FailReason, detail: String) -> pb::control_up::Kind {
-    pb::control_up::Kind::PieceFailed(pb::PieceFailed {
-        piece,
-        parent_id: source.peer.clone().unwrap_or_default(),
-        reason: reason as i32,
-        detail,
-    })
 }
 
 async fn fetch_from(

@@ -237,34 +237,55 @@ async fn write_downs(mut rx: mpsc::Receiver<ToPeer>, mut send: SendStream) {
 }
 
 async fn read_ups(shared: &Shared, task: &TaskId, peer: &PeerId, recv: &mut RecvStream) -> Result<(), TransportError> {
-    use pb::control_up::Kind;
     loop {
         let Some(up) = read_frame::<pb::ControlUp>(recv).await? else {
             shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
             return Ok(());
         };
-        let event = match up.kind {
-            Some(Kind::PieceDone(d)) => Event::PieceFinished { task: task.clone(), peer: peer.clone(), piece: d.piece },
-            Some(Kind::PieceFailed(f)) => {
-                shared.metrics.piece_failure_reports.inc();
-                let reason =
-                    if f.reason == pb::FailReason::Digest as i32 { FailReason::Digest } else { FailReason::Transfer };
-                let parent = (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id));
-                debug!(piece = f.piece, ?parent, detail = %f.detail, "piece failure reported");
-                Event::PieceFailed { task: task.clone(), peer: peer.clone(), piece: f.piece, parent, reason }
-            }
-            Some(Kind::Done(_)) => {
-                // The peer keeps seeding; its control stream may now close.
-                shared.handle(Event::PeerDone { task: task.clone(), peer: peer.clone() });
+        if let Some(pb::control_up::Kind::PieceFailed(f)) = &up.kind {
+            shared.metrics.piece_failure_reports.inc();
+            debug!(piece = f.piece, parent = %f.parent_id, detail = %f.detail, "piece failure reported");
+        }
+        match from_proto(task, peer, up) {
+            Up::Report(event) => shared.handle(event),
+            Up::Last(event) => {
+                // Done: the peer keeps seeding; either way its control stream may now close.
+                shared.handle(event);
                 return Ok(());
             }
-            Some(Kind::Leave(_)) => {
-                shared.handle(Event::PeerLeft { task: task.clone(), peer: peer.clone() });
-                return Ok(());
-            }
-            Some(Kind::Register(_)) | None => continue,
-        };
-        shared.handle(event);
+            Up::Ignored => {}
+        }
+    }
+}
+
+/// A peer's report as the scheduler takes it.
+#[derive(Debug, PartialEq)]
+pub enum Up {
+    /// A piece finished or failed; more reports follow.
+    Report(Event),
+    /// The peer is done with the task or leaves it: the last message on the stream.
+    Last(Event),
+    /// Nothing for the scheduler (a repeated registration, an empty or unknown message).
+    Ignored,
+}
+
+/// A report from `peer` on its control stream for `task`, in the scheduler's terms: the
+/// inverse of what the dfdaemon writes (`dfdaemon::download::wire`, whose tests check the round
+/// trip). An unknown failure reason counts as a transfer failure, the lighter strike.
+pub fn from_proto(task: &TaskId, peer: &PeerId, up: pb::ControlUp) -> Up {
+    use pb::control_up::Kind;
+    let (task, peer) = (task.clone(), peer.clone());
+    match up.kind {
+        Some(Kind::PieceDone(d)) => Up::Report(Event::PieceFinished { task, peer, piece: d.piece }),
+        Some(Kind::PieceFailed(f)) => {
+            let reason =
+                if f.reason == pb::FailReason::Digest as i32 { FailReason::Digest } else { FailReason::Transfer };
+            let parent = (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id));
+            Up::Report(Event::PieceFailed { task, peer, piece: f.piece, parent, reason })
+        }
+        Some(Kind::Done(_)) => Up::Last(Event::PeerDone { task, peer }),
+        Some(Kind::Leave(_)) => Up::Last(Event::PeerLeft { task, peer }),
+        Some(Kind::Register(_)) | None => Up::Ignored,
     }
 }
 
@@ -300,4 +321,41 @@ pub fn to_proto(down: Down) -> pb::ControlDown {
         }
     };
     pb::ControlDown { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use damselfly_proto::strategy;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every report a peer can send, whatever its fields, becomes the event that names the
+        /// same task, peer, piece and parent; only the detail text stays behind (it is logged).
+        #[test]
+        fn every_report_reaches_the_scheduler_with_its_fields(up in strategy::control_up()) {
+            use pb::control_up::Kind;
+            let (task, peer) = (TaskId::new("t1"), PeerId::new("p1"));
+            let got = from_proto(&task, &peer, up.clone());
+            let (t, p) = (task.clone(), peer.clone());
+            let want = match up.kind {
+                Some(Kind::PieceDone(d)) => Up::Report(Event::PieceFinished { task: t, peer: p, piece: d.piece }),
+                Some(Kind::PieceFailed(f)) => Up::Report(Event::PieceFailed {
+                    task: t,
+                    peer: p,
+                    piece: f.piece,
+                    parent: (!f.parent_id.is_empty()).then(|| PeerId::new(f.parent_id.clone())),
+                    reason: match pb::FailReason::try_from(f.reason) {
+                        Ok(pb::FailReason::Digest) => FailReason::Digest,
+                        _ => FailReason::Transfer,
+                    },
+                }),
+                Some(Kind::Done(_)) => Up::Last(Event::PeerDone { task: t, peer: p }),
+                Some(Kind::Leave(_)) => Up::Last(Event::PeerLeft { task: t, peer: p }),
+                Some(Kind::Register(_)) | None => Up::Ignored,
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
 }
