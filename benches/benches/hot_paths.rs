@@ -22,7 +22,7 @@ use damselfly_proto as pb;
 use damselfly_types::id::TaskId;
 use damselfly_types::piece::PieceCutter;
 use dfdaemon::download::{fetch_piece, PieceRef};
-use dfdaemon::storage::{PieceInfo, Store};
+use dfdaemon::storage::{Piece, Store};
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
@@ -87,7 +87,7 @@ fn store(c: &mut Criterion) {
         let bytes = data(size);
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         task.add_pieces(
-            (0..pieces).map(|n| (n, PieceInfo { offset: u64::from(n) * size as u64, size: size as u32, sha256: sha })),
+            (0..pieces).map(|n| (n, Piece { offset: u64::from(n) * size as u64, size: size as u32, sha256: sha })),
         );
         g.throughput(Throughput::Bytes(size as u64));
         let mut n = 0u32;
@@ -139,7 +139,7 @@ fn quic_piece(c: &mut Criterion) {
         file.write_all_at(&bytes, 0).expect("write piece");
         let task = TaskId::new(format!("{:064x}", size + 1));
         let source = Arc::new(FileSource { task: task.clone(), file: Arc::new(file), size: size as u32 });
-        let info = PieceInfo { offset: 0, size: size as u32, sha256: Sha256::digest(&bytes).into() };
+        let info = Piece { offset: 0, size: size as u32, sha256: Sha256::digest(&bytes).into() };
         let (conn, server) = rt.block_on(async {
             let mut server_cfg = tls::peer_server_config(&server_id, &ca.cert_der()).expect("server config");
             server_cfg.transport_config(transport_config());

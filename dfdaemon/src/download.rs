@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
-use crate::storage::{LocalTask, PieceInfo, TaskFailure, TaskStatus};
+use crate::storage::{LocalTask, Piece, TaskFailure, TaskStatus};
 use crate::Daemon;
 
 mod wire;
@@ -507,7 +507,7 @@ pub struct PieceRef<'a> {
     /// The piece number.
     pub piece: u32,
     /// Its offset, size and sha256 from the supernode.
-    pub info: &'a PieceInfo,
+    pub info: &'a Piece,
     /// The supernode's ticket for this peer and task.
     pub ticket: Option<&'a pb::Ticket>,
 }

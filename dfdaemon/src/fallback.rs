@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tracing::{info, instrument};
 
 use crate::download::DownloadRequest;
-use crate::storage::{LocalTask, PieceInfo, TaskFailure};
+use crate::storage::{LocalTask, TaskFailure};
 use crate::Daemon;
 
 /// Wait before the one retry of an origin request that failed with a 5xx or no answer.
@@ -90,9 +90,9 @@ async fn store(daemon: &Daemon, task: &LocalTask, piece: CutPiece) -> Result<(),
     if task.view().has(n) {
         return Ok(());
     }
-    task.add_pieces([(n, PieceInfo { offset: piece.offset, size: piece.size, sha256: piece.sha256 })]);
+    task.add_pieces([(n, piece.piece)]);
     let len = piece.data.len() as u64;
-    task.store_piece(n, piece.offset, piece.data).await.map_err(|e| TaskFailure {
+    task.store_piece(n, piece.piece.offset, piece.data).await.map_err(|e| TaskFailure {
         origin_status: None,
         message: format!("cannot store piece {n} in {}: {e}", task.content_path().display()),
     })?;

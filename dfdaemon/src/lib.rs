@@ -134,7 +134,7 @@ pub async fn start(
     let client = identity.tls.client_config()?;
     let supernode_client = supernodes::supernode_client(client.clone());
     let metrics = metrics::Metrics::new();
-    let store_config = storage::StoreConfig { quota: config.cache_quota.map(|q| q.as_u64()) };
+    let store_config = storage::config(config.cache_quota.map(|q| q.as_u64()));
     let store = Store::open_with(&config.data_dir, store_config, metrics.cache.clone())?;
     let limits = limits::Limits::new(&config, &metrics.rate);
     let daemon = Arc::new(Daemon {

@@ -27,22 +27,9 @@ use damselfly_types::id::TaskId;
 /// Largest read per step of an upload.
 pub const UPLOAD_CHUNK: usize = 1 << 20;
 
-/// Where the bytes of a piece this node holds live.
-#[derive(Clone, Debug)]
-pub struct PieceLocation {
-    /// The task's content file.
-    pub file: Arc<std::fs::File>,
-    /// Offset of the piece in the file.
-    pub offset: u64,
-    /// Length of the piece.
-    pub len: u32,
-}
-
-/// What a node can serve.
-pub trait PieceSource: Send + Sync + 'static {
-    /// The piece's location when this node holds the piece (verified and complete).
-    fn locate(&self, task: &TaskId, piece: u32) -> Option<PieceLocation>;
-}
+/// Where a held piece lives and what can serve pieces: defined beside the piece record so that
+/// the store implements them without depending on the network crate.
+pub use damselfly_types::piece::{PieceLocation, PieceSource};
 
 /// Who asks for a piece, and what checks their permission.
 #[derive(Debug, Clone, Copy)]

@@ -38,7 +38,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Event, PieceMeta, SchedulerConfig};
+    use super::super::{Event, Piece, PieceMeta, SchedulerConfig};
     use super::*;
 
     #[test]
@@ -48,7 +48,7 @@ mod tests {
         let now = Duration::ZERO;
         let (seed, child) = (PeerId::new("seed"), PeerId::new("child"));
         s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: Some(4), piece_size: 4 });
-        let piece = PieceMeta { number: 0, offset: 0, size: 4, sha256: [1; 32] };
+        let piece = PieceMeta { number: 0, piece: Piece { offset: 0, size: 4, sha256: [1; 32] } };
         s.on_event(now, Event::PieceLanded { task: t.clone(), piece });
         s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 1, content_length: 4 });
         let addr = "127.0.0.1:1".parse().unwrap();

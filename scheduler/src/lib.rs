@@ -70,6 +70,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
+pub use damselfly_types::piece::Piece;
 use serde::{Deserialize, Serialize};
 
 use state::{Origin, PeerTable, SplitMix64, TaskState};
@@ -161,12 +162,10 @@ impl Default for SchedulerConfig {
 pub struct PieceMeta {
     /// Piece number, from 0.
     pub number: u32,
-    /// Byte offset of the piece in the file.
-    pub offset: u64,
-    /// Length of the piece in bytes.
-    pub size: u32,
-    /// sha256 of the piece's bytes: peers check every piece against it.
-    pub sha256: [u8; 32],
+    /// Where the piece is and the sha256 peers check it against (serialised inline:
+    /// `offset`, `size`, `sha256` beside `number`).
+    #[serde(flatten)]
+    pub piece: Piece,
 }
 
 /// Where a peer fetches an assigned piece from.

@@ -26,7 +26,10 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn meta(n: u32) -> PieceMeta {
-    PieceMeta { number: n, offset: u64::from(n) * u64::from(PIECE), size: PIECE, sha256: [n as u8; 32] }
+    PieceMeta {
+        number: n,
+        piece: Piece { offset: u64::from(n) * u64::from(PIECE), size: PIECE, sha256: [n as u8; 32] },
+    }
 }
 
 /// What happens to one transfer at a step.

@@ -6,7 +6,7 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `tasks` | task id | [`TaskRecord`] (JSON: url without credentials, digest, sizes, state, last access, bytes charged to the quota) |
-//! | `pieces` | task id, `/`, piece number (u32 big-endian) | [`PieceRecord`] (offset u64 BE, size u32 BE, sha256: 44 bytes) |
+//! | `pieces` | task id, `/`, piece number (u32 big-endian) | a [`Piece`] (offset u64 BE, size u32 BE, sha256: 44 bytes) |
 //! | `present` | task id, `/`, piece number | empty: the piece's bytes are on disk and were verified |
 //!
 //! Keys of one task sort together (ids never contain `/`), so a task's rows are deleted with one
@@ -28,6 +28,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use serde::{Deserialize, Serialize};
 
 use damselfly_types::id::TaskId;
+use damselfly_types::piece::Piece;
 
 /// Column family of task records.
 pub const CF_TASKS: &str = "tasks";
@@ -84,38 +85,28 @@ impl Default for TaskRecord {
     }
 }
 
-/// One entry of a task's piece table, with the sha256 the supernode computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PieceRecord {
-    /// Offset in the content file.
-    pub offset: u64,
-    /// Length.
-    pub size: u32,
-    /// sha256 of the piece's bytes.
-    pub sha256: [u8; 32],
+/// Length of a stored piece record: offset u64 BE, size u32 BE, sha256.
+const PIECE_LEN: usize = 8 + 4 + 32;
+
+/// A piece as stored in the `pieces` column family.
+fn encode_piece(p: &Piece) -> [u8; PIECE_LEN] {
+    let mut out = [0u8; PIECE_LEN];
+    out[..8].copy_from_slice(&p.offset.to_be_bytes());
+    out[8..12].copy_from_slice(&p.size.to_be_bytes());
+    out[12..].copy_from_slice(&p.sha256);
+    out
 }
 
-impl PieceRecord {
-    const LEN: usize = 8 + 4 + 32;
-
-    fn encode(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
-        out[..8].copy_from_slice(&self.offset.to_be_bytes());
-        out[8..12].copy_from_slice(&self.size.to_be_bytes());
-        out[12..].copy_from_slice(&self.sha256);
-        out
+/// The piece stored as `b`; `None` when `b` is not a piece record.
+fn decode_piece(b: &[u8]) -> Option<Piece> {
+    if b.len() != PIECE_LEN {
+        return None;
     }
-
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != Self::LEN {
-            return None;
-        }
-        Some(Self {
-            offset: u64::from_be_bytes(b[..8].try_into().ok()?),
-            size: u32::from_be_bytes(b[8..12].try_into().ok()?),
-            sha256: b[12..].try_into().ok()?,
-        })
-    }
+    Some(Piece {
+        offset: u64::from_be_bytes(b[..8].try_into().ok()?),
+        size: u32::from_be_bytes(b[8..12].try_into().ok()?),
+        sha256: b[12..].try_into().ok()?,
+    })
 }
 
 /// Everything stored about one task, as loaded at startup.
@@ -126,7 +117,7 @@ pub struct StoredTask {
     /// Its record.
     pub record: TaskRecord,
     /// Its piece table, by piece number.
-    pub pieces: BTreeMap<u32, PieceRecord>,
+    pub pieces: BTreeMap<u32, Piece>,
     /// Pieces marked present, ascending.
     pub present: Vec<u32>,
 }
@@ -259,7 +250,7 @@ impl MetaDb {
                 };
                 if is_present {
                     task.present.push(n);
-                } else if let Some(p) = PieceRecord::decode(&v) {
+                } else if let Some(p) = decode_piece(&v) {
                     task.pieces.insert(n, p);
                 }
             }
@@ -297,8 +288,8 @@ impl MetaBatch<'_> {
     }
 
     /// Writes a piece table entry.
-    pub fn put_piece(&mut self, task: &TaskId, n: u32, piece: &PieceRecord) -> &mut Self {
-        self.batch.put_cf(self.db.cf(CF_PIECES), piece_key(task, n), piece.encode());
+    pub fn put_piece(&mut self, task: &TaskId, n: u32, piece: &Piece) -> &mut Self {
+        self.batch.put_cf(self.db.cf(CF_PIECES), piece_key(task, n), encode_piece(piece));
         self
     }
 
@@ -342,11 +333,6 @@ impl MetaBatch<'_> {
     }
 }
 
-/// Milliseconds since the Unix epoch, now (for [`TaskRecord::last_access_ms`]).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +346,7 @@ mod tests {
     #[test]
     fn round_trip_survives_reopen_and_delete_is_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let piece = |i: u8| PieceRecord { offset: u64::from(i) << 20, size: 1 << 20, sha256: [i; 32] };
+        let piece = |i: u8| Piece { offset: u64::from(i) << 20, size: 1 << 20, sha256: [i; 32] };
         {
             let db = MetaDb::open(dir.path()).unwrap();
             let mut b = db.batch();
@@ -402,8 +388,8 @@ mod tests {
         assert_eq!(db.db.iterator_cf(db.cf(CF_TASKS), IteratorMode::Start).count(), 0);
     }
 
-    fn piece_record() -> impl Strategy<Value = PieceRecord> {
-        (any::<u64>(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(offset, size, sha256)| PieceRecord {
+    fn piece_record() -> impl Strategy<Value = Piece> {
+        (any::<u64>(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(offset, size, sha256)| Piece {
             offset,
             size,
             sha256,
@@ -415,13 +401,13 @@ mod tests {
         /// decodes back to itself; a value of any other length is not a record.
         #[test]
         fn piece_record_round_trips(p in piece_record(), other in vec(any::<u8>(), 0..100)) {
-            let bytes = p.encode();
+            let bytes = encode_piece(&p);
             prop_assert_eq!(&bytes[..8], &p.offset.to_be_bytes()[..]);
             prop_assert_eq!(&bytes[8..12], &p.size.to_be_bytes()[..]);
             prop_assert_eq!(&bytes[12..], &p.sha256[..]);
-            prop_assert_eq!(PieceRecord::decode(&bytes), Some(p));
-            if other.len() != PieceRecord::LEN {
-                prop_assert_eq!(PieceRecord::decode(&other), None);
+            prop_assert_eq!(decode_piece(&bytes), Some(p));
+            if other.len() != PIECE_LEN {
+                prop_assert_eq!(decode_piece(&other), None);
             }
         }
 

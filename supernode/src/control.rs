@@ -298,7 +298,12 @@ pub fn to_proto(down: Down) -> pb::ControlDown {
         Down::Pieces(pieces) => Kind::Pieces(pb::Pieces {
             pieces: pieces
                 .into_iter()
-                .map(|p| pb::PieceMeta { number: p.number, offset: p.offset, size: p.size, sha256: p.sha256.to_vec() })
+                .map(|p| pb::PieceMeta {
+                    number: p.number,
+                    offset: p.piece.offset,
+                    size: p.piece.size,
+                    sha256: p.piece.sha256.to_vec(),
+                })
                 .collect(),
         }),
         Down::Assign(list) => Kind::Assign(pb::Assign {

@@ -219,6 +219,7 @@ pub async fn start(
         peer_addrs: Mutex::new(HashMap::new()),
         config,
     });
+    cache::gc::install(&shared);
     let endpoint = quic::bind(&shared)?;
     let listener = tokio::net::TcpListener::bind(shared.config.http_listen).await?;
     let bound = Bound { quic: endpoint.local_addr()?, http: listener.local_addr()? };

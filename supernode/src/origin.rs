@@ -12,7 +12,6 @@ pub mod client;
 pub mod limits;
 pub mod policy;
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use damselfly_types::id::{Sha256Digest, TaskId};
@@ -184,10 +183,8 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
     }
     let content_length = resp.content_length();
     let psize = piece_size(content_length);
-    if let Some(len) = content_length {
-        // Room in the cache quota before any byte is written (evicts idle tasks, or fails).
-        shared.reserve_cache(entry, len)?;
-    }
+    // Room in the cache quota before any byte is written (evicts idle tasks, or fails).
+    entry.start(content_length, psize)?;
     shared.handle(Event::TaskStarted { task: req.task.clone(), content_length, piece_size: psize });
 
     let mut cutter = PieceCutter::new(psize);
@@ -226,14 +223,10 @@ async fn fetch(shared: &Shared, entry: &CachedTask, req: &OriginRequest) -> Resu
 
 /// Writes a piece to the cache file, then makes it servable and tells the scheduler.
 async fn land(shared: &Shared, entry: &CachedTask, task: &TaskId, piece: CutPiece) -> Result<(), OriginError> {
-    // No-op when the length was announced; otherwise charges the high-water mark.
-    shared.reserve_cache(entry, piece.offset + u64::from(piece.size))?;
-    let file = entry.file.clone();
-    let (offset, data) = (piece.offset, piece.data);
-    tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await.map_err(std::io::Error::other)??;
-    let meta = PieceMeta { number: piece.number, offset: piece.offset, size: piece.size, sha256: piece.sha256 };
-    entry.add_piece(meta.clone());
-    shared.count_origin_bytes(task, u64::from(meta.size));
+    // Charges the high-water mark when the length was not announced.
+    entry.land(piece.number, piece.piece, piece.data).await?;
+    let meta = PieceMeta { number: piece.number, piece: piece.piece };
+    shared.count_origin_bytes(task, u64::from(meta.piece.size));
     shared.handle(Event::PieceLanded { task: task.clone(), piece: meta });
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! pieces.
 
 use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// Smallest piece size.
@@ -48,16 +49,55 @@ pub fn piece_range(len: u64, piece_size: u32, number: u32) -> Option<(u64, u32)>
     Some((offset, size))
 }
 
-/// A piece cut from the body: its bytes and sha256.
+/// One piece of a file as every node records it: where it is and the sha256 of its bytes (as the
+/// supernode computed it when the piece came from the origin; peers check every piece against
+/// it). The scheduler's piece table, the stores' piece tables and the RocksDB piece rows all hold
+/// this record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Piece {
+    /// Byte offset of the piece in the file.
+    pub offset: u64,
+    /// Length of the piece in bytes.
+    pub size: u32,
+    /// sha256 of the piece's bytes.
+    pub sha256: [u8; 32],
+}
+
+impl Piece {
+    /// The piece of `data` at `offset`, hashed.
+    pub fn of(offset: u64, data: &[u8]) -> Self {
+        Self { offset, size: data.len() as u32, sha256: Sha256::digest(data).into() }
+    }
+
+    /// The offset just past the piece.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.size)
+    }
+}
+
+/// Where the bytes of a piece this node holds live (what the upload server reads).
+#[derive(Clone, Debug)]
+pub struct PieceLocation {
+    /// The task's content file.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Offset of the piece in the file.
+    pub offset: u64,
+    /// Length of the piece.
+    pub len: u32,
+}
+
+/// What a node can serve: its store (the upload server asks it for every requested piece).
+pub trait PieceSource: Send + Sync + 'static {
+    /// The piece's location when this node holds the piece (verified and complete).
+    fn locate(&self, task: &crate::id::TaskId, piece: u32) -> Option<PieceLocation>;
+}
+
+/// A piece cut from the body: its record and its bytes.
 pub struct CutPiece {
     /// Piece number.
     pub number: u32,
-    /// Offset in the file.
-    pub offset: u64,
-    /// Length.
-    pub size: u32,
-    /// sha256 of the bytes.
-    pub sha256: [u8; 32],
+    /// Where it is and its sha256.
+    pub piece: Piece,
     /// The bytes.
     pub data: Bytes,
 }
@@ -117,9 +157,8 @@ impl PieceCutter {
 
     fn cut(&mut self) -> CutPiece {
         let data = self.buf.split().freeze();
-        let size = data.len() as u32;
         let offset = u64::from(self.count) * self.piece_size as u64;
-        let piece = CutPiece { number: self.count, offset, size, sha256: Sha256::digest(&data).into(), data };
+        let piece = CutPiece { number: self.count, piece: Piece::of(offset, &data), data };
         self.count += 1;
         piece
     }
@@ -173,8 +212,9 @@ mod tests {
                 let mut joined = Vec::new();
                 for (i, piece) in pieces.iter().enumerate() {
                     assert_eq!(piece.number as usize, i);
-                    assert_eq!(piece.offset as usize, i * p);
-                    assert_eq!(piece.sha256, <[u8; 32]>::from(Sha256::digest(&piece.data)));
+                    assert_eq!(piece.piece.offset as usize, i * p);
+                    assert_eq!(piece.piece.size as usize, piece.data.len());
+                    assert_eq!(piece.piece.sha256, <[u8; 32]>::from(Sha256::digest(&piece.data)));
                     joined.extend_from_slice(&piece.data);
                 }
                 assert_eq!(joined, data);

@@ -7,13 +7,13 @@
 use damselfly_proto as pb;
 
 use super::{Source, SwarmError, TaskFailure};
-use crate::storage::PieceInfo;
+use crate::storage::Piece;
 
 /// A piece table entry, or `None` when its sha256 is not 32 bytes (the entry is ignored, and
 /// the piece is never fetched against a digest that cannot match).
-pub(super) fn piece_from_proto(m: pb::PieceMeta) -> Option<(u32, PieceInfo)> {
+pub(super) fn piece_from_proto(m: pb::PieceMeta) -> Option<(u32, Piece)> {
     let sha256: [u8; 32] = m.sha256.as_slice().try_into().ok()?;
-    Some((m.number, PieceInfo { offset: m.offset, size: m.size, sha256 }))
+    Some((m.number, Piece { offset: m.offset, size: m.size, sha256 }))
 }
 
 /// Where to fetch an assigned piece: no parent or an empty peer id is the supernode; a peer's
@@ -96,7 +96,7 @@ mod tests {
 
     fn down() -> impl Strategy<Value = Down> {
         let piece = (any::<u32>(), any::<u64>(), any::<u32>(), any::<[u8; 32]>())
-            .prop_map(|(number, offset, size, sha256)| PieceMeta { number, offset, size, sha256 });
+            .prop_map(|(number, offset, size, sha256)| PieceMeta { number, piece: Piece { offset, size, sha256 } });
         let assignment = (any::<u32>(), parent()).prop_map(|(piece, parent)| Assignment { piece, parent });
         prop_oneof![
             (option::of(any::<u64>()), any::<u32>())
@@ -124,7 +124,7 @@ mod tests {
                 p.pieces
                     .into_iter()
                     .filter_map(piece_from_proto)
-                    .map(|(number, i)| PieceMeta { number, offset: i.offset, size: i.size, sha256: i.sha256 })
+                    .map(|(number, piece)| PieceMeta { number, piece })
                     .collect(),
             ),
             Kind::Assign(a) => Down::Assign(

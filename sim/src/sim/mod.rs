@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use damselfly_scheduler::{Action, Down, Event, Parent, PieceMeta, Scheduler, SchedulerConfig};
 use damselfly_types::id::{PeerId, TaskId};
-use damselfly_types::piece::{piece_count, piece_range, piece_size};
+use damselfly_types::piece::{piece_count, piece_range, piece_size, Piece};
 
 use crate::bound::{lower_bound, Bound};
 use net::{Cargo, Due, Net, NodeId};
@@ -399,7 +399,7 @@ impl Sim {
                 let Some((offset, size)) = piece_range(len, psize, piece) else {
                     return;
                 };
-                let meta = PieceMeta { number: piece, offset, size, sha256: [0; 32] };
+                let meta = PieceMeta { number: piece, piece: Piece { offset, size, sha256: [0; 32] } };
                 self.schedule(Event::PieceLanded { task: self.tasks[task].clone(), piece: meta });
                 let total = piece_count(len, psize);
                 if piece + 1 < total {

@@ -2,34 +2,32 @@
 //!
 //! Each restored task is replayed to the scheduler as if its origin fetch ran again, reading
 //! from the local file instead of the network: `TaskStarted`, then `PieceLanded` for each piece
-//! *after* its bytes were hashed and matched the recorded sha256, then `OriginComplete`. So a
-//! piece is servable only once verified, peers that register meanwhile get pieces as they are
-//! checked, and a registration for a task still in the queue moves it to the front. A piece
-//! that does not match fails the task like a failed origin fetch (its file and record are
-//! deleted), and the next registration fetches it from the origin again.
+//! *after* its bytes were hashed and matched the recorded sha256 (the store's re-hash,
+//! [`damselfly_store::LocalTask::ensure_verified`]), then `OriginComplete`. So a piece is
+//! servable only once verified, peers that register meanwhile get pieces as they are checked,
+//! and a registration for a task still in the queue moves it to the front. A piece that does
+//! not match fails the task like a failed origin fetch (its file and record are deleted), and
+//! the next registration fetches it from the origin again.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
+use damselfly_scheduler::{Event, PieceMeta};
 use tracing::{info, warn};
 
-use super::durable::Recorded;
-use super::{CacheState, CachedTask};
+use super::CachedTask;
 use crate::Shared;
-use damselfly_scheduler::{Event, PieceMeta};
 
 /// Verifies and announces every restored task, one at a time; returns when none is left.
 pub async fn run(shared: Arc<Shared>) {
     let started = std::time::Instant::now();
     let (mut tasks, mut bytes) = (0usize, 0u64);
     while let Some(id) = shared.cache.next_restoring() {
-        let Some(entry) = shared.cache.get(&id) else { continue };
-        let recorded = entry.restoring.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(recorded) = recorded else { continue };
-        bytes += recorded.content_length;
-        tasks += 1;
-        replay(&shared, &entry, recorded).await;
+        if let Some(entry) = shared.cache.get(&id) {
+            bytes += entry.task.with_view(|v| v.content_length.unwrap_or(0));
+            tasks += 1;
+            replay(&shared, &entry).await;
+        }
+        shared.cache.restored(&id);
     }
     if tasks > 0 {
         let secs = started.elapsed().as_secs_f64();
@@ -37,38 +35,22 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn replay(shared: &Shared, entry: &Arc<CachedTask>, r: Recorded) {
+async fn replay(shared: &Shared, entry: &CachedTask) {
     let task = entry.id.clone();
-    shared.handle(Event::TaskStarted {
-        task: task.clone(),
-        content_length: Some(r.content_length),
-        piece_size: r.piece_size,
-    });
-    let total = r.pieces.len() as u32;
-    for piece in r.pieces {
-        let (file, p) = (entry.file.clone(), piece.clone());
-        let good = tokio::task::spawn_blocking(move || matches(&file, &p)).await.unwrap_or(false);
-        if !good {
-            warn!(task = %task, piece = piece.number, "cached piece does not match its sha256: dropping the task");
-            shared.metrics.cache.corrupt_pieces.inc();
+    let (content_length, piece_size, pieces) =
+        entry.task.with_view(|v| (v.content_length.unwrap_or(0), v.piece_size, v.pieces.clone()));
+    shared.handle(Event::TaskStarted { task: task.clone(), content_length: Some(content_length), piece_size });
+    let total = pieces.len() as u32;
+    for (number, piece) in (0..total).zip(pieces) {
+        let verified = entry.task.ensure_verified(number).await.unwrap_or(false);
+        let Some(piece) = piece.filter(|_| verified) else {
+            warn!(task = %task, piece = number, "cached piece does not match its sha256: dropping the task");
             let message = "the supernode's cached copy failed verification; it is fetched again".to_owned();
             shared.cache.fail_with(entry, message.clone());
             shared.handle(Event::OriginFailed { task, status: None, refused: false, message });
             return;
-        }
-        entry.add_piece(piece.clone());
-        shared.handle(Event::PieceLanded { task: task.clone(), piece });
+        };
+        shared.handle(Event::PieceLanded { task: task.clone(), piece: PieceMeta { number, piece } });
     }
-    entry.set_state(CacheState::Complete, Some(r.content_length));
-    shared.handle(Event::OriginComplete { task, total_pieces: total, content_length: r.content_length });
-}
-
-/// True when the piece's bytes hash to its recorded sha256.
-fn matches(file: &std::fs::File, p: &PieceMeta) -> bool {
-    let mut buf = vec![0u8; p.size as usize];
-    if file.read_exact_at(&mut buf, p.offset).is_err() {
-        return false;
-    }
-    let got: [u8; 32] = Sha256::digest(&buf).into();
-    got == p.sha256
+    shared.handle(Event::OriginComplete { task, total_pieces: total, content_length });
 }

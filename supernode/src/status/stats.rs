@@ -277,11 +277,11 @@ impl Stats {
             Event::PieceLanded { task, piece } => {
                 let t = self.task(now, task);
                 if t.piece_size == 0 {
-                    t.piece_size = piece.size;
+                    t.piece_size = piece.piece.size;
                 }
-                if piece.size < t.piece_size {
+                if piece.piece.size < t.piece_size {
                     // A short piece is the last one: now the length is known.
-                    t.content_length = Some(piece.offset + u64::from(piece.size));
+                    t.content_length = Some(piece.piece.end());
                 }
             }
             Event::OriginComplete { task, content_length, .. } => {

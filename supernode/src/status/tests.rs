@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
+use damselfly_types::piece::Piece;
 
 use super::model::{HostRow, OriginLimitsView, Overview, TaskDetail, TaskPeer, TaskRow};
 use super::stats::{
@@ -67,7 +68,7 @@ impl Shell {
         while offset < len {
             let size = (len - offset).min(u64::from(PIECE)) as u32;
             self.stats.origin(self.now, task, u64::from(size));
-            let piece = PieceMeta { number, offset, size, sha256: [0; 32] };
+            let piece = PieceMeta { number, piece: Piece { offset, size, sha256: [0; 32] } };
             self.handle(Event::PieceLanded { task: task.clone(), piece });
             offset += u64::from(size);
             number += 1;
@@ -174,7 +175,7 @@ fn the_last_piece_counts_its_own_length() {
     let (task, now) = (tid(1), secs(1));
     // No length announced: the short last piece tells it.
     stats.on_event(now, &Event::TaskStarted { task: task.clone(), content_length: None, piece_size: PIECE });
-    let last = PieceMeta { number: 1, offset: u64::from(PIECE), size: 10, sha256: [0; 32] };
+    let last = PieceMeta { number: 1, piece: Piece { offset: u64::from(PIECE), size: 10, sha256: [0; 32] } };
     stats.on_event(now, &Event::PieceLanded { task: task.clone(), piece: last });
     assign(&mut stats, now, &task, 1, 0, None);
     assign(&mut stats, now, &task, 1, 1, None);

@@ -1,4 +1,4 @@
-//! The flusher: makes stored pieces durable in groups.
+//! The flusher: makes stored pieces durable in groups (with [`crate::Durability::EveryPiece`]).
 //!
 //! [`LocalTask::store_piece`] writes a piece's bytes and hands the piece to this thread. The
 //! thread takes everything queued, `fdatasync`s each content file concerned once, and only then
@@ -12,17 +12,18 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use damselfly_store::meta::TaskState;
 use damselfly_types::id::TaskId;
 use tracing::{debug, warn};
 
-use super::{Inner, LocalTask};
+use crate::meta::TaskState;
+use crate::store::Inner;
+use crate::task::LocalTask;
 
 /// Numbers task instances, so that a job for a replaced task is recognised.
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh task serial.
-pub(super) fn next_serial() -> u64 {
+pub(crate) fn next_serial() -> u64 {
     SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -36,24 +37,24 @@ enum Job {
 }
 
 /// Handle to the flusher thread; the thread ends when the handle is dropped.
-pub(super) struct Flusher {
+pub(crate) struct Flusher {
     tx: Mutex<Sender<Job>>,
 }
 
 /// Totals for the report of what durability costs.
 #[derive(Debug, Default)]
-pub(super) struct FlushStats {
-    pub(super) rounds: AtomicU64,
-    pub(super) syncs: AtomicU64,
-    pub(super) pieces: AtomicU64,
-    pub(super) sync_micros: AtomicU64,
+pub(crate) struct FlushStats {
+    pub(crate) rounds: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) pieces: AtomicU64,
+    pub(crate) sync_micros: AtomicU64,
 }
 
 impl Flusher {
-    /// Starts the thread for the store behind `store`.
-    pub(super) fn start(store: Weak<Inner>) -> Self {
+    /// Starts the thread for the store behind `store` of the node kind `node`.
+    pub(crate) fn start(store: Weak<Inner>, node: &str) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("dfdaemon-flusher".into()).spawn(move || run(&rx, &store));
+        let spawned = std::thread::Builder::new().name(format!("{node}-flusher")).spawn(move || run(&rx, &store));
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start the flusher thread: pieces will not be recorded on disk");
         }
@@ -65,17 +66,17 @@ impl Flusher {
     }
 
     /// Queues piece `n` of `task`.
-    pub(super) fn present(&self, task: &LocalTask, n: u32) {
+    pub(crate) fn present(&self, task: &LocalTask, n: u32) {
         self.send(Job::Present { id: task.id.clone(), serial: task.serial, n });
     }
 
     /// Queues the completion of `task`.
-    pub(super) fn complete(&self, task: &LocalTask) {
+    pub(crate) fn complete(&self, task: &LocalTask) {
         self.send(Job::Complete { id: task.id.clone(), serial: task.serial });
     }
 
     /// Waits until everything queued so far is durable.
-    pub(super) fn barrier(&self) {
+    pub(crate) fn barrier(&self) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.send(Job::Barrier(tx));
         let _ = rx.recv();

@@ -1,18 +1,23 @@
 //! Loading the store at startup: every task recorded in the metadata whose content file is
-//! still there comes back; finished ones are servable at once (their pieces are verified as
-//! they are first read), partial ones wait for the daemon to resume them. Content files without
-//! a record, and records without a usable file, are deleted.
+//! still there comes back; finished ones are servable once their pieces are verified (as they
+//! are first read, or as the supernode replays them), partial ones wait for the dfdaemon to
+//! resume them (with [`Durability::Complete`] they are deleted). Content files without a record,
+//! and records without a usable file, are deleted.
+//!
+//! A record in state complete stands for every piece of its table being present: the supernode
+//! never wrote present rows before this store was shared, so its data dirs load as they are.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use damselfly_store::meta::StoredTask;
 use tracing::{info, warn};
 
-use super::{Inner, LocalTask, PieceInfo, StoreError, TaskStatus, TaskView};
+use crate::meta::{StoredTask, TaskState};
+use crate::store::{Durability, Inner, StoreError};
+use crate::task::{LocalTask, TaskStatus, TaskView};
 
 /// Loads every stored task into `inner`.
-pub(super) fn load(inner: &Arc<Inner>) -> Result<(), StoreError> {
+pub(crate) fn load(inner: &Arc<Inner>) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let stored = inner.db.load_all()?;
     let mut keep = HashSet::new();
@@ -78,9 +83,13 @@ fn restore_task(inner: &Arc<Inner>, st: StoredTask) -> Option<LocalTask> {
     view.pieces = vec![None; slots];
     view.have = vec![false; slots];
     for (n, p) in &st.pieces {
-        view.pieces[*n as usize] = Some(PieceInfo { offset: p.offset, size: p.size, sha256: p.sha256 });
+        view.pieces[*n as usize] = Some(*p);
     }
-    for n in st.present {
+    let mut present = st.present;
+    if record.state == TaskState::Complete {
+        present = st.pieces.keys().copied().collect();
+    }
+    for n in present {
         let fits = view.piece(n).is_some_and(|p| p.offset + u64::from(p.size) <= file_len);
         if fits && !view.have[n as usize] {
             view.have[n as usize] = true;
@@ -89,7 +98,7 @@ fn restore_task(inner: &Arc<Inner>, st: StoredTask) -> Option<LocalTask> {
     }
     view.status = if view.complete() {
         TaskStatus::Done
-    } else if record.url.is_none() {
+    } else if inner.config.durability == Durability::Complete || record.url.is_none() {
         return None;
     } else if view.piece_size > 0 || view.content_length.is_some() {
         TaskStatus::Running
