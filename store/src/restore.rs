@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use damselfly_types::piece::piece_count;
 use tracing::{info, warn};
 
 use crate::meta::{StoredTask, TaskState};
@@ -66,13 +67,27 @@ fn remove_strays(inner: &Inner, keep: &HashSet<String>) {
 
 /// The task as stored, or `None` when it cannot be used (file missing or short, or an
 /// unfinished task without a URL to resume it from).
-fn restore_task(inner: &Arc<Inner>, st: StoredTask) -> Option<LocalTask> {
+fn restore_task(inner: &Arc<Inner>, mut st: StoredTask) -> Option<LocalTask> {
     let path = inner.dir.join(format!("{}.data", st.id.file_name()));
     let file_len = std::fs::metadata(&path).ok()?.len();
     let mut record = st.record;
     if record.content_length.is_some_and(|len| file_len < len) {
         warn!(task = %st.id, "content file shorter than recorded: dropping the task");
         return None;
+    }
+    // A piece number no file of this length can hold is a corrupt row: it is dropped rather
+    // than sizing the table (a number near u32::MAX would ask for gigabytes).
+    let most = match (record.total_pieces, record.content_length) {
+        (Some(total), _) => u64::from(total),
+        (None, Some(len)) if record.piece_size > 0 => u64::from(piece_count(len, record.piece_size)),
+        // Unknown length: rows beyond what is on disk are pieces not fetched yet, which the
+        // supernode announces again when the task resumes.
+        _ => file_len.div_ceil(u64::from(record.piece_size.max(1))),
+    };
+    let before = st.pieces.len();
+    st.pieces.retain(|&n, _| u64::from(n) < most);
+    if st.pieces.len() < before {
+        warn!(task = %st.id, dropped = before - st.pieces.len(), "piece rows beyond the file: dropped");
     }
     let slots =
         st.pieces.keys().next_back().map_or(0, |&n| n as usize + 1).max(record.total_pieces.unwrap_or(0) as usize);

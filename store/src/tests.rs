@@ -288,7 +288,8 @@ async fn with_durability_complete_only_complete_tasks_survive_and_come_back_unve
 }
 
 /// Before the store was shared the supernode recorded complete tasks without present rows:
-/// such a data dir still loads, every piece of the table present.
+/// such a data dir still loads, every piece of the table present. A corrupt row numbered beyond
+/// the task's pieces is dropped instead of sizing the piece table (u32::MAX slots).
 #[tokio::test]
 async fn complete_records_without_present_rows_still_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,6 +312,7 @@ async fn complete_records_without_present_rows_still_load() {
         for (n, c) in data.chunks(PIECE).enumerate() {
             b.put_piece(&id(7), n as u32, &Piece::of((n * PIECE) as u64, c));
         }
+        b.put_piece(&id(7), u32::MAX, &Piece::of(0, &data[..PIECE]));
         b.commit().unwrap();
     }
     let store = open_complete_only(dir.path(), None, &ManualClock::new(10));
