@@ -93,10 +93,15 @@ impl ImageRef {
             return Self::parse_manifest_url(s);
         }
         let parsed = oci_spec::distribution::Reference::try_from(s).map_err(|e| {
-            bad(format!(
-                "bad image reference {s:?}: {e} (expected [REGISTRY[:PORT]/]NAME[:TAG][@sha256:HEX], NAME in \
-                 lowercase letters and digits separated by '.', '_', '__', '-' or '/')"
-            ))
+            // oci-spec names no part; a bad tag is the one mistake worth pointing at.
+            let tag = s.split('@').next().and_then(|n| n.rsplit('/').next()).and_then(|last| last.split_once(':'));
+            match tag.map(|(_, t)| validate_tag(t, s)) {
+                Some(Err(bad_tag)) => bad_tag,
+                _ => bad(format!(
+                    "bad image reference {s:?}: {e} (expected [REGISTRY[:PORT]/]NAME[:TAG][@sha256:HEX], NAME in \
+                     lowercase letters and digits separated by '.', '_', '__', '-' or '/')"
+                )),
+            }
         })?;
         let reference = match (parsed.digest(), parsed.tag()) {
             (Some(d), _) => Reference::Digest(parse_digest(d, s)?),
@@ -310,9 +315,9 @@ mod tests {
             ("-a", format),
             ("a_", format),
             ("a...b", format),
-            ("alpine:", format),
-            ("alpine:.x", format),
-            ("alpine:a b", format),
+            ("alpine:", "not a tag"),
+            ("alpine:.x", "not a tag"),
+            ("alpine:a b", "not a tag"),
             ("alpine@sha256:abc", format),
             ("alpine@md5:abc", format),
             ("local host:5000/x", format),
