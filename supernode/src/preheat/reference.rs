@@ -93,10 +93,11 @@ impl ImageRef {
             return Self::parse_manifest_url(s);
         }
         let parsed = oci_spec::distribution::Reference::try_from(s).map_err(|e| {
-            // oci-spec names no part; a bad tag is the one mistake worth pointing at.
-            let tag = s.split('@').next().and_then(|n| n.rsplit('/').next()).and_then(|last| last.split_once(':'));
-            match tag.map(|(_, t)| validate_tag(t, s)) {
-                Some(Err(bad_tag)) => bad_tag,
+            // oci-spec names no part: point at a bad digest or tag, the parts people mistype.
+            let (name, digest) = s.split_once('@').map_or((s, None), |(n, d)| (n, Some(d)));
+            let tag = name.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+            match (digest.map(|d| parse_digest(d, s)), tag.map(|t| validate_tag(t, s))) {
+                (Some(Err(reason)), _) | (_, Some(Err(reason))) => reason,
                 _ => bad(format!(
                     "bad image reference {s:?}: {e} (expected [REGISTRY[:PORT]/]NAME[:TAG][@sha256:HEX], NAME in \
                      lowercase letters and digits separated by '.', '_', '__', '-' or '/')"
@@ -318,8 +319,8 @@ mod tests {
             ("alpine:", "not a tag"),
             ("alpine:.x", "not a tag"),
             ("alpine:a b", "not a tag"),
-            ("alpine@sha256:abc", format),
-            ("alpine@md5:abc", format),
+            ("alpine@sha256:abc", "malformed digest"),
+            ("alpine@md5:abc", "unsupported digest algorithm"),
             ("local host:5000/x", format),
             ("reg.io:50x0/x", format),
             ("ftp://host/v2/x/manifests/y", "unsupported scheme"),
