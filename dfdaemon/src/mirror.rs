@@ -134,21 +134,17 @@ async fn dispatch(
             )
         }
     };
-    if !valid_name(name) {
-        return registry_error(StatusCode::BAD_REQUEST, "NAME_INVALID", format!("invalid repository name {name:?}"));
+    if let Err(e) = damselfly_types::repository::check(name) {
+        return registry_error(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            format!("invalid repository name {name:?}: {e}"),
+        );
     }
     if kind == "manifests" {
         return manifest(&daemon, &base, name, reference, method, &headers).await;
     }
     blob(&daemon, &base, name, reference, method, &headers).await
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.split('/').all(|c| {
-            c.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        })
 }
 
 async fn manifest(
@@ -318,10 +314,10 @@ async fn blob(
     let Some(len) = view.content_length else {
         return registry_error(StatusCode::BAD_GATEWAY, "UNKNOWN", "upstream sent no length for the blob");
     };
-    let range = match headers.get(header::RANGE).map(|r| parse_range(r.to_str().unwrap_or(""), len)) {
-        None => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(())) => {
+    let range = match headers.get(header::RANGE).and_then(|r| r.to_str().ok()).map(|r| parse_range(r, len)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(r))) => Some(r),
+        Some(Err(Unsatisfiable)) => {
             let mut resp = registry_error(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN", "range not satisfiable");
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -408,31 +404,24 @@ async fn refusal(daemon: &Arc<Daemon>, f: &TaskFailure, url: url::Url, headers: 
     }
 }
 
-/// Parses a single `bytes=` range against a blob of `len` bytes into `[start, end)`.
-fn parse_range(value: &str, len: u64) -> Result<(u64, u64), ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        return Err(());
+/// A `Range` that selects nothing of the blob: answered 416.
+#[derive(Debug, PartialEq, Eq)]
+struct Unsatisfiable;
+
+/// The byte range `[start, end)` a `Range` header selects of a blob of `len` bytes, parsed and
+/// checked by `http-range-header`. `Ok(None)`: the whole blob, for headers RFC 9110 lets a server
+/// ignore (not `bytes=`, malformed, several ranges).
+fn parse_range(value: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    use http_range_header::RangeUnsatisfiableError as E;
+    match http_range_header::parse_range_header(value).and_then(|r| r.validate(len)) {
+        Ok(ranges) => match ranges.as_slice() {
+            [only] => Ok(Some((*only.start(), only.end() + 1))),
+            [] => Err(Unsatisfiable),
+            _ => Ok(None),
+        },
+        Err(E::Unsatisfiable) => Err(Unsatisfiable),
+        Err(_) => Ok(None),
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
-            (len.saturating_sub(n), len)
-        }
-        (a, "") => (a.parse().map_err(|_| ())?, len),
-        (a, b) => {
-            let (s, e): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
-            if e < s {
-                return Err(());
-            }
-            (s, (e + 1).min(len))
-        }
-    };
-    if start >= len || start >= end {
-        return Err(());
-    }
-    Ok((start, end))
 }
 
 #[cfg(test)]
@@ -441,23 +430,16 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Ok((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Ok((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Ok((90, 100)));
-        assert_eq!(parse_range("bytes=50-500", 100), Ok((50, 100)));
-        assert_eq!(parse_range("bytes=100-", 100), Err(()));
-        assert_eq!(parse_range("bytes=5-1", 100), Err(()));
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Err(()));
-        assert_eq!(parse_range("items=0-1", 100), Err(()));
-        assert_eq!(parse_range("bytes=0-0", 0), Err(()));
-    }
-
-    #[test]
-    fn names() {
-        assert!(valid_name("library/alpine"));
-        assert!(valid_name("a/b-c/d_e.f"));
-        assert!(!valid_name("../etc"));
-        assert!(!valid_name("UPPER"));
-        assert!(!valid_name("a//b"));
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some((0, 10))));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(Some((90, 100))));
+        assert_eq!(parse_range("bytes=50-500", 100), Ok(Some((50, 100))));
+        assert_eq!(parse_range("bytes=100-", 100), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=-0", 100), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=0-0", 0), Err(Unsatisfiable));
+        // Ignored (the whole blob is served), as RFC 9110 allows.
+        assert_eq!(parse_range("bytes=5-1", 100), Ok(None));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(parse_range("items=0-1", 100), Ok(None));
     }
 }

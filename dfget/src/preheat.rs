@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
+use damselfly_types::preheat::{ApiError, BlobView, ItemState, JobState, JobView, PreheatRequest};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 /// How often the job is polled.
 const POLL_EVERY: Duration = Duration::from_millis(300);
@@ -60,66 +60,6 @@ pub(crate) struct PreheatArgs {
     no_progress: bool,
 }
 
-#[derive(Serialize)]
-struct PreheatRequest<'a> {
-    image: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    platform: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    peers: &'a [String],
-}
-
-/// The supernode's view of a job (the fields shown here).
-#[derive(Debug, Clone, Deserialize)]
-struct JobView {
-    id: String,
-    image: String,
-    state: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    total_bytes: u64,
-    #[serde(default)]
-    blobs: Vec<BlobView>,
-    #[serde(default)]
-    peers: Vec<PeerView>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct BlobView {
-    digest: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    platform: Option<String>,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    bytes_landed: u64,
-    state: String,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PeerView {
-    peer: String,
-    state: String,
-    #[serde(default)]
-    blobs_done: usize,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ApiError {
-    error: String,
-}
-
 /// Runs `dfget preheat`.
 pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -131,11 +71,12 @@ pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
     let token = api_token(args.token_file.as_deref())?;
     let client = api_client(token.as_deref())?;
     let body = PreheatRequest {
-        image: &args.image,
-        platform: args.platform.as_deref(),
-        username: args.username.as_deref(),
+        image: args.image.clone(),
+        platform: args.platform.clone(),
         password: args.username.as_ref().and(password),
-        peers: &args.peers,
+        username: args.username.clone(),
+        headers: None,
+        peers: args.peers.clone(),
     };
     let started = Instant::now();
     let resp = client
@@ -163,8 +104,8 @@ pub(crate) async fn run(args: PreheatArgs) -> anyhow::Result<()> {
     let mut display = Display::new(&job, args.no_progress || !std::io::stderr().is_terminal());
     let last = wait(&client, &api, job, &mut display).await?;
     display.finish();
-    match last.state.as_str() {
-        "succeeded" => {
+    match last.state {
+        JobState::Succeeded => {
             println!(
                 "preheated {}: {} blobs, {} in {:.1}s{}",
                 last.image,
@@ -231,7 +172,7 @@ async fn wait(client: &reqwest::Client, api: &str, mut job: JobView, display: &m
     let mut failures = 0;
     loop {
         display.update(&job);
-        if matches!(job.state.as_str(), "succeeded" | "failed") {
+        if job.state.is_final() {
             return Ok(job);
         }
         tokio::time::sleep(POLL_EVERY).await;
@@ -277,7 +218,7 @@ struct Display {
     bars: MultiProgress,
     blob_bars: HashMap<String, ProgressBar>,
     /// Last state printed per blob / peer (plain mode).
-    seen: HashMap<String, String>,
+    seen: HashMap<String, ItemState>,
 }
 
 impl Display {
@@ -310,11 +251,11 @@ impl Display {
                 bar.set_position(b.bytes_landed);
                 bar.set_message(match &b.error {
                     Some(e) => format!("failed: {e}"),
-                    None => b.state.clone(),
+                    None => b.state.to_string(),
                 });
             }
-            if self.plain && self.seen.get(&b.digest) != Some(&b.state) && b.state != "pending" {
-                self.seen.insert(b.digest.clone(), b.state.clone());
+            if self.plain && self.seen.get(&b.digest) != Some(&b.state) && b.state != ItemState::Pending {
+                self.seen.insert(b.digest.clone(), b.state);
                 match &b.error {
                     Some(e) => eprintln!("{} {}: {} ({e})", blob_label(b), HumanBytes(b.size), b.state),
                     None => eprintln!("{} {}: {}", blob_label(b), HumanBytes(b.size), b.state),
@@ -323,8 +264,8 @@ impl Display {
         }
         for p in &job.peers {
             let key = format!("peer {}", p.peer);
-            if self.seen.get(&key) != Some(&p.state) && p.state != "pending" {
-                self.seen.insert(key.clone(), p.state.clone());
+            if self.seen.get(&key) != Some(&p.state) && p.state != ItemState::Pending {
+                self.seen.insert(key.clone(), p.state);
                 let line = match &p.error {
                     Some(e) => format!("{key}: {} after {} blobs ({e})", p.state, p.blobs_done),
                     None => format!("{key}: {} ({} blobs)", p.state, p.blobs_done),
@@ -388,6 +329,7 @@ mod tests {
     fn job_views_parse_and_label() {
         let v: JobView = serde_json::from_str(
             r#"{"id":"ab","image":"r/x:1","platform":"all","state":"running","error":null,"total_bytes":10,
+                "created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:01Z",
                 "bytes_landed":4,"blobs":[{"digest":"sha256:0123456789abcdef0123","kind":"layer","platform":"linux/arm64",
                 "size":10,"bytes_landed":4,"state":"running","error":null}],"peers":[],"extra":1}"#,
         )

@@ -100,7 +100,7 @@ impl Cluster {
 
     /// Every daemon's `/metrics`, in daemon order.
     pub async fn daemon_metrics(&self) -> anyhow::Result<Vec<Metrics>> {
-        try_join_all(self.daemons.iter().map(Dfdaemon::metrics)).await
+        try_join_all(self.daemons.iter().map(|d| d.metrics())).await
     }
 }
 

@@ -92,18 +92,13 @@ impl Containerd {
     }
 
     async fn wait_for_ctr(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + CTR_READY_TIMEOUT;
-        loop {
+        let what = format!("ctr -a {} version", self.socket.display());
+        let answered = crate::eventually(&what, CTR_READY_TIMEOUT, || async {
             let output = self.ctr(&["version"]).await?;
-            if output.status.success() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                ensure_success(&output, &format!("ctr -a {} version", self.socket.display()))
-                    .with_context(|| format!("containerd log:\n{}", self.process.log_tail()))?;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ensure_success(&output, &what).map(|_| true)
+        })
+        .await;
+        answered.with_context(|| format!("containerd log:\n{}", self.process.log_tail()))
     }
 
     /// The gRPC socket (`ctr -a SOCKET`).

@@ -3,12 +3,12 @@
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::process::{self, ManagedProcess, ScratchDir, Spec};
-use crate::{bin_path, http, loopback_ip, DfgetRun, Metrics, Supernode};
+use crate::node::Node;
+use crate::process::{self, ScratchDir, Spec};
+use crate::{bin_path, http, loopback_ip, DfgetRun, Supernode};
 
 /// How to start a [`Dfdaemon`].
 #[derive(Debug, Clone, Default)]
@@ -69,7 +69,8 @@ static DAEMON_NUMBER: AtomicUsize = AtomicUsize::new(1);
 /// A running `dfdaemon --supernode SN --proxy-listen IP:TCP --peer-listen IP:UDP --data-dir TMP/dN`.
 ///
 /// Its stdout and stderr go to `TMP/dfdaemon.log` (printed, last 50 lines, when it fails to
-/// start or the test panics). SIGKILLed when dropped.
+/// start or the test panics). SIGKILLed when dropped. The process's lifecycle (`kill`, `stop`,
+/// `restart`, `output`, `metrics`, ...) is [`Node`]'s, which it dereferences to.
 ///
 /// ```no_run
 /// # async fn example() -> anyhow::Result<()> {
@@ -84,13 +85,11 @@ static DAEMON_NUMBER: AtomicUsize = AtomicUsize::new(1);
 /// # Ok(()) }
 /// ```
 pub struct Dfdaemon {
-    ip: Ipv4Addr,
-    proxy_port: u16,
-    peer_port: u16,
     data_dir: PathBuf,
-    process: ManagedProcess,
-    dir: ScratchDir,
+    node: Node,
 }
+
+crate::node::deref_to_node!(Dfdaemon);
 
 impl Dfdaemon {
     /// Starts a daemon on free ports and waits until `GET /healthz` answers 200.
@@ -100,6 +99,7 @@ impl Dfdaemon {
         let number = DAEMON_NUMBER.fetch_add(1, Ordering::Relaxed);
         let dir = ScratchDir::new(&format!("damselfly-dfdaemon{number}-"))?;
         let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join(format!("d{number}")));
+        let cwd = dir.path().to_path_buf();
         let make_spec = |proxy_port: u16, peer_port: u16| {
             let mut args: Vec<OsString> = Vec::new();
             for supernode in &opts.supernodes {
@@ -128,35 +128,30 @@ impl Dfdaemon {
                 program: program.clone(),
                 args,
                 env: opts.env.clone(),
-                cwd: dir.path().to_path_buf(),
-                log_path: dir.path().join("dfdaemon.log"),
+                cwd: cwd.clone(),
+                log_path: cwd.join("dfdaemon.log"),
                 health_url: format!("http://{ip}:{proxy_port}/healthz"),
                 ready_timeout: opts.ready_timeout.unwrap_or(process::READY_TIMEOUT),
             }
         };
-        let (process, proxy_port, peer_port) = process::start_on_free_ports(ip, make_spec).await?;
-        Ok(Dfdaemon { ip, proxy_port, peer_port, data_dir, process, dir })
+        let node = Node::start(ip, dir, make_spec).await?;
+        Ok(Dfdaemon { data_dir, node })
     }
 
     /// `http://IP:PORT` of the proxy / registry mirror / dfget API, without a trailing slash
     /// (what `dfget --daemon` and `DFGET_DAEMON` take).
     pub fn proxy_url(&self) -> String {
-        format!("http://{}", self.proxy_addr())
+        self.node.base_url()
     }
 
     /// The HTTP address (`--proxy-listen`).
     pub fn proxy_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.proxy_port))
+        self.node.tcp_addr()
     }
 
     /// The QUIC peer address (`--peer-listen`).
     pub fn peer_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.peer_port))
-    }
-
-    /// The loopback address this daemon binds: its "host".
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        self.node.udp_addr()
     }
 
     /// `--data-dir`, kept across [`Dfdaemon::restart`].
@@ -164,65 +159,14 @@ impl Dfdaemon {
         &self.data_dir
     }
 
-    /// The temp dir holding the data dir and the log.
-    pub fn temp_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The log file (stdout and stderr of every run).
-    pub fn log_path(&self) -> &Path {
-        &self.process.spec().log_path
-    }
-
-    /// Everything the current (or last) run printed.
-    pub fn output(&self) -> String {
-        self.process.output_since_spawn()
-    }
-
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
-    /// How the last run ended, if it did.
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.process.exit_status()
-    }
-
     /// A `dfget URL -O output --daemon <this daemon>` invocation, to run or spawn.
     pub fn dfget(&self, url: &str, output: impl AsRef<Path>) -> DfgetRun {
         DfgetRun::new(url, output).daemon(&self.proxy_url())
     }
 
-    /// `GET /metrics`, parsed.
-    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        http::get_metrics(self.process.client(), &format!("{}/metrics", self.proxy_url())).await
-    }
-
     /// `GET path` on the HTTP port, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        http::get_json(self.process.client(), &format!("{}{path}", self.proxy_url())).await
-    }
-
-    /// SIGKILL and wait: a crash.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.process.kill().await
-    }
-
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL. Returns the exit status.
-    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        self.process.stop().await
-    }
-
-    /// Stops it if it runs, then starts it again on the same addresses and data dir and waits
-    /// until it is ready.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.restart().await
+        http::get_json(self.node.client(), &format!("{}{path}", self.proxy_url())).await
     }
 }
 

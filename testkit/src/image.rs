@@ -564,11 +564,9 @@ mod tests {
         let link = cache
             .storage_dir()
             .join(format!("docker/registry/v2/repositories/{}/_layers/sha256/{hex}/link", image.name));
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !link.exists() {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the cache never stored {}", link.display());
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let stored = format!("the cache stores {}", link.display());
+        crate::eventually(&stored, std::time::Duration::from_secs(10), || std::future::ready(Ok(link.exists())))
+            .await?;
         let mark = origin.mark().await?;
         assert_eq!(cache.get_blob(&image.name, &layer.digest).await?, layer.bytes);
         assert_eq!(origin.since(mark).await?.blob_gets(&layer.digest), 0, "a stored blob is served locally");

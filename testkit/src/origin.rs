@@ -438,41 +438,17 @@ enum RangeSpec {
     Ignored,
 }
 
+/// The one range the origin serves: `http-range-header` parses and checks the header against
+/// the body's length; several ranges are served as the whole body.
 fn parse_range(value: &str, total: u64) -> RangeSpec {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeSpec::Ignored;
-    };
-    if spec.contains(',') {
-        return RangeSpec::Ignored;
+    use http_range_header::RangeUnsatisfiableError;
+    let validated = http_range_header::parse_range_header(value).and_then(|r| r.validate(total));
+    match validated.as_deref() {
+        Ok([one]) => RangeSpec::Bytes { start: *one.start(), end: one.end() + 1 },
+        // A suffix range of an empty body selects nothing: there is nothing to send a part of.
+        Ok([]) | Err(RangeUnsatisfiableError::Unsatisfiable) => RangeSpec::Unsatisfiable,
+        Ok(_) | Err(_) => RangeSpec::Ignored,
     }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeSpec::Ignored;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        // Suffix range: the last N bytes.
-        return match last.parse::<u64>() {
-            Ok(0) => RangeSpec::Unsatisfiable,
-            Ok(_) if total == 0 => RangeSpec::Unsatisfiable,
-            Ok(n) => RangeSpec::Bytes { start: total.saturating_sub(n), end: total },
-            Err(_) => RangeSpec::Ignored,
-        };
-    }
-    let Ok(start) = first.parse::<u64>() else {
-        return RangeSpec::Ignored;
-    };
-    let end = if last.is_empty() {
-        total
-    } else {
-        match last.parse::<u64>() {
-            Ok(last) if last >= start => (last + 1).min(total),
-            _ => return RangeSpec::Ignored,
-        }
-    };
-    if start >= total {
-        return RangeSpec::Unsatisfiable;
-    }
-    RangeSpec::Bytes { start, end }
 }
 
 #[cfg(test)]
@@ -499,6 +475,8 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignored);
         assert_eq!(parse_range("items=0-1", 100), Ignored);
         assert_eq!(parse_range("bytes=x-1", 100), Ignored);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 1), Bytes { start: 0, end: 1 });
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
@@ -174,17 +174,13 @@ impl Prometheus {
 
     /// Polls `expr` until `done` accepts its value, for up to `timeout`.
     pub async fn wait_for(&self, expr: &str, timeout: Duration, done: impl Fn(f64) -> bool) -> anyhow::Result<f64> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("Prometheus: {expr} reaches the expected value");
+        let found = crate::eventually_some(&what, timeout, || async {
             let value = self.value(expr).await?;
-            if let Some(v) = value.filter(|v| done(*v)) {
-                return Ok(v);
-            }
-            if Instant::now() >= deadline {
-                bail!("Prometheus: {expr} is {value:?} after {timeout:?}\n--- log ---\n{}", self.process.log_tail());
-            }
-            tokio::time::sleep(SCRAPE_INTERVAL / 4).await;
-        }
+            anyhow::Ok(value.filter(|v| done(*v)))
+        })
+        .await;
+        found.with_context(|| format!("--- log ---\n{}", self.process.log_tail()))
     }
 }
 

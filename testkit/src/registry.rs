@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 
 use crate::access_log::{AccessLog, AccessMark, LogReader, SYNC_QUERY};
-use crate::process::{self, ManagedProcess, ScratchDir, Spec};
+use crate::eventually;
+use crate::node::Node;
+use crate::process::{self, ScratchDir, Spec};
 
 /// The registry binary, from Debian's `docker-registry` package.
 const REGISTRY_PROGRAM: &str = "docker-registry";
@@ -60,13 +62,16 @@ pub struct RegistryOpts {
 /// # Ok(()) }
 /// ```
 pub struct Registry {
-    addr: SocketAddr,
     auth: Option<(String, String)>,
-    process: ManagedProcess,
     log: Mutex<LogReader>,
     next_sync: AtomicU64,
-    dir: ScratchDir,
+    node: Node,
 }
+
+// The process's lifecycle (`kill`: the registry is down, engines then fail or fall back;
+// `restart`: same port and storage, the access log carries on and marks taken before stay
+// valid) is `Node`'s.
+crate::node::deref_to_node!(Registry);
 
 impl Registry {
     /// Writes the config (and the htpasswd file), starts the registry on a free port of `opts.ip`
@@ -79,9 +84,10 @@ impl Registry {
             None => None,
         };
         let log_path = dir.path().join("registry.log");
+        let cwd = dir.path().to_path_buf();
         let make_spec = |port: u16, _udp: u16| {
-            let config = config_yaml(dir.path(), SocketAddr::from((ip, port)), htpasswd_path.as_deref(), &opts);
-            let config_path = dir.path().join("config.yml");
+            let config = config_yaml(&cwd, SocketAddr::from((ip, port)), htpasswd_path.as_deref(), &opts);
+            let config_path = cwd.join("config.yml");
             let written = std::fs::write(&config_path, config);
             let userinfo = match &opts.htpasswd {
                 Some((user, password)) => format!("{user}:{password}@"),
@@ -95,7 +101,7 @@ impl Registry {
                 program: REGISTRY_PROGRAM.into(),
                 args: vec!["serve".into(), config_path.into_os_string()],
                 env: vec![],
-                cwd: dir.path().to_path_buf(),
+                cwd: cwd.clone(),
                 log_path: log_path.clone(),
                 // reqwest turns the URL's userinfo into a basic auth header. The marker query
                 // keeps readiness probes out of the access records.
@@ -103,32 +109,30 @@ impl Registry {
                 ready_timeout: process::READY_TIMEOUT,
             }
         };
-        let (process, port, _) = process::start_on_free_ports(ip, make_spec)
+        let node = Node::start(ip, dir, make_spec)
             .await
             .context("start docker-registry (Debian package docker-registry; scripts/setup.sh installs it)")?;
         Ok(Registry {
-            addr: SocketAddr::from((ip, port)),
             auth: opts.htpasswd,
-            process,
             log: Mutex::new(LogReader::new(log_path)),
             next_sync: AtomicU64::new(1),
-            dir,
+            node,
         })
     }
 
     /// `IP:PORT`, as image references and engine configs name the registry.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.addr().to_string()
     }
 
     /// `http://IP:PORT`, without a trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.node.base_url()
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.node.tcp_addr()
     }
 
     /// The credentials it wants, when started with `htpasswd`.
@@ -136,19 +140,9 @@ impl Registry {
         self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
-    /// The temp dir holding the config, the storage and the log.
-    pub fn temp_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// `storage.filesystem.rootdirectory`.
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
-    }
-
-    /// The log file: the registry's own messages and the access log.
-    pub fn log_path(&self) -> &Path {
-        &self.process.spec().log_path
+        self.temp_dir().join("storage")
     }
 
     /// Every access record so far, in the order the registry logged them.
@@ -230,35 +224,9 @@ impl Registry {
         Ok(body)
     }
 
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
-    /// SIGKILL and wait: the registry is down (engines then fail or fall back).
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.process.kill().await
-    }
-
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL.
-    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        self.process.stop().await
-    }
-
-    /// Stops it if it runs, then starts it again on the same port and storage. The access log
-    /// carries on: marks taken before stay valid.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.restart().await
-    }
-
     /// A request with the registry's credentials, if it has any.
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let builder = self.process.client().request(method, url).timeout(Duration::from_secs(60));
+        let builder = self.node.client().request(method, url).timeout(Duration::from_secs(60));
         match &self.auth {
             Some((user, password)) => builder.basic_auth(user, Some(password)),
             None => builder,
@@ -272,7 +240,7 @@ impl Registry {
     /// Sends `GET /v2/?damselfly-testkit-sync=N` and waits until the registry logged it. A
     /// registry the test killed or stopped has written all it will: its log is just read.
     async fn sync(&self) -> anyhow::Result<()> {
-        if self.process.pid().is_none() {
+        if self.pid().is_none() {
             return self.reader().refresh();
         }
         let n = self.next_sync.fetch_add(1, Ordering::Relaxed);
@@ -283,20 +251,9 @@ impl Registry {
             .send()
             .await
             .with_context(|| format!("GET {url} (access log marker): is the registry running?"))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.reader().saw_sync(n)? {
-                return self.wait_quiet().await;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "registry {}: the access log marker {n} did not show in {} within 10 s",
-                    self.addr,
-                    self.log_path().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("registry {}: the access log marker {n} in {}", self.addr(), self.log_path().display());
+        eventually(&what, Duration::from_secs(10), || std::future::ready(self.reader().saw_sync(n))).await?;
+        self.wait_quiet().await
     }
 }
 
@@ -305,17 +262,17 @@ impl Registry {
     /// requests that finished just before are written by then.
     async fn wait_quiet(&self) -> anyhow::Result<()> {
         let len = || std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
-        let started = tokio::time::Instant::now();
-        let mut last = (len(), started);
-        while started.elapsed() < QUIET_MAX {
-            tokio::time::sleep(QUIET / 4).await;
+        let mut last = (len(), tokio::time::Instant::now());
+        let quiet = eventually("the registry log stops growing", QUIET_MAX, || {
             let now = len();
             if now != last.0 {
                 last = (now, tokio::time::Instant::now());
-            } else if last.1.elapsed() >= QUIET {
-                break;
             }
-        }
+            std::future::ready(Ok(last.1.elapsed() >= QUIET))
+        })
+        .await;
+        // A registry that keeps serving never is quiet: count what it has written by now.
+        drop(quiet);
         self.reader().refresh()
     }
 }
@@ -328,7 +285,7 @@ const QUIET_MAX: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("addr", &self.addr).field("dir", &self.dir.path()).finish()
+        f.debug_struct("Registry").field("addr", &self.addr()).field("dir", &self.temp_dir()).finish()
     }
 }
 

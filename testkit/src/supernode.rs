@@ -3,11 +3,11 @@
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::process::{self, ManagedProcess, ScratchDir, Spec};
-use crate::{bin_path, http, loopback_ip, Metrics};
+use crate::node::Node;
+use crate::process::{self, ScratchDir, Spec};
+use crate::{bin_path, http, loopback_ip};
 
 /// How to start a [`Supernode`]. `Default` picks a fresh loopback address and names the test
 /// origins (`--allow-origin 127.0.0.1`, see [`SupernodeOpts::default_origin_policy`]).
@@ -50,7 +50,8 @@ impl SupernodeOpts {
 /// A running `supernode --quic-listen IP:UDP --http-listen IP:TCP --data-dir TMP/sn`.
 ///
 /// Its stdout and stderr go to `TMP/supernode.log` (printed, last 50 lines, when it fails to
-/// start or the test panics). SIGKILLed when dropped.
+/// start or the test panics). SIGKILLed when dropped. The process's lifecycle (`kill`, `stop`,
+/// `restart`, `output`, `metrics`, ...) is [`Node`]'s, which it dereferences to.
 ///
 /// ```no_run
 /// # async fn example() -> anyhow::Result<()> {
@@ -63,13 +64,11 @@ impl SupernodeOpts {
 /// # Ok(()) }
 /// ```
 pub struct Supernode {
-    ip: Ipv4Addr,
-    quic_port: u16,
-    http_port: u16,
     data_dir: PathBuf,
-    process: ManagedProcess,
-    dir: ScratchDir,
+    node: Node,
 }
+
+crate::node::deref_to_node!(Supernode);
 
 impl Supernode {
     /// Starts a supernode on free ports and waits until `GET /healthz` answers 200.
@@ -78,6 +77,7 @@ impl Supernode {
         let ip = opts.ip.unwrap_or_else(loopback_ip);
         let dir = ScratchDir::new("damselfly-supernode-")?;
         let data_dir = dir.path().join("sn");
+        let cwd = dir.path().to_path_buf();
         let make_spec = |http_port: u16, quic_port: u16| {
             let mut args: Vec<OsString> = vec![
                 "--quic-listen".into(),
@@ -96,34 +96,29 @@ impl Supernode {
                 program: program.clone(),
                 args,
                 env: opts.env.clone(),
-                cwd: dir.path().to_path_buf(),
-                log_path: dir.path().join("supernode.log"),
+                cwd: cwd.clone(),
+                log_path: cwd.join("supernode.log"),
                 health_url: format!("http://{ip}:{http_port}/healthz"),
                 ready_timeout: opts.ready_timeout.unwrap_or(process::READY_TIMEOUT),
             }
         };
-        let (process, http_port, quic_port) = process::start_on_free_ports(ip, make_spec).await?;
-        Ok(Supernode { ip, quic_port, http_port, data_dir, process, dir })
+        let node = Node::start(ip, dir, make_spec).await?;
+        Ok(Supernode { data_dir, node })
     }
 
     /// The QUIC address peers connect to (`--supernode` of dfdaemon).
     pub fn quic_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.quic_port))
+        self.node.udp_addr()
     }
 
     /// The HTTP address of the REST API.
     pub fn http_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.http_port))
+        self.node.tcp_addr()
     }
 
     /// `http://IP:PORT` of the REST API, without a trailing slash.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr())
-    }
-
-    /// The loopback address this supernode binds.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        self.node.base_url()
     }
 
     /// `--data-dir`, kept across [`Supernode::restart`].
@@ -157,7 +152,7 @@ impl Supernode {
 
     /// The value of a `--flag VALUE` or `--flag=VALUE` the supernode was started with.
     fn flag(&self, name: &str) -> Option<PathBuf> {
-        let args = &self.process.spec().args;
+        let args = self.node.args();
         args.iter().enumerate().find_map(|(i, arg)| {
             let arg = arg.to_str()?;
             if arg == name {
@@ -168,61 +163,10 @@ impl Supernode {
         })
     }
 
-    /// The temp dir holding the data dir and the log.
-    pub fn temp_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The log file (stdout and stderr of every run).
-    pub fn log_path(&self) -> &Path {
-        &self.process.spec().log_path
-    }
-
-    /// Everything the current (or last) run printed.
-    pub fn output(&self) -> String {
-        self.process.output_since_spawn()
-    }
-
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
-    /// How the last run ended, if it did.
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.process.exit_status()
-    }
-
-    /// `GET /metrics`, parsed.
-    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        http::get_metrics(self.process.client(), &format!("{}/metrics", self.http_url())).await
-    }
-
     /// `GET path` (such as `/healthz` or an API path) on the HTTP port with the API token,
     /// parsed as JSON.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         http::get_json(&self.api_client()?, &format!("{}{path}", self.http_url())).await
-    }
-
-    /// SIGKILL and wait: a crash.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.process.kill().await
-    }
-
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL. Returns the exit status.
-    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        self.process.stop().await
-    }
-
-    /// Stops it if it runs, then starts it again on the same addresses and data dir and waits
-    /// until it is ready.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.process.restart().await
     }
 }
 

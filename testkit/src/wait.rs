@@ -14,11 +14,26 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
+    eventually_some(what, limit, || {
+        let checked = check();
+        async move { checked.await.map(|done| done.then_some(())) }
+    })
+    .await
+}
+
+/// Like [`eventually`] for a check that finds something: polls `check` until it returns
+/// `Ok(Some(value))` and returns the value (a job view in its final state, a config once
+/// applied).
+pub async fn eventually_some<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let last_error = match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => None,
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => None,
             Err(e) => Some(e),
         };
         if tokio::time::Instant::now() >= deadline {
@@ -50,5 +65,14 @@ mod tests {
             .expect_err("never holds");
         let text = format!("{err:#}");
         assert!(text.contains("never: not within") && text.contains("refused"), "{text}");
+        let mut n = 0;
+        let found = eventually_some("a value", Duration::from_secs(30), || {
+            n += 1;
+            let value = (n >= 2).then_some(n);
+            async move { Ok(value) }
+        })
+        .await
+        .expect("found on the second try");
+        assert_eq!(found, 2);
     }
 }

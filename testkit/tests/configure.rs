@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use damselfly_testkit::{
-    bin_path, ensure_docker, ensure_success, Cluster, ClusterOpts, Containerd, Dfdaemon, DfdaemonOpts, Dockerd,
-    ImageFormat, Platform, Podman, Registry, RegistryOpts, TestImage,
+    bin_path, ensure_docker, ensure_success, eventually_some, Cluster, ClusterOpts, Containerd, Dfdaemon, DfdaemonOpts,
+    Dockerd, ImageFormat, Platform, Podman, Registry, RegistryOpts, TestImage,
 };
 
 const MIB: usize = 1 << 20;
@@ -210,14 +210,13 @@ async fn dockerd_applies_the_daemon_json_it_writes_on_sighup_and_pulls_through_i
 /// Polls `docker info` until dockerd lists `mirror` (SIGHUP reloads asynchronously).
 async fn wait_for_mirror(dockerd: &Dockerd, mirror: &str) -> anyhow::Result<serde_json::Value> {
     let want = serde_json::json!([format!("{mirror}/")]);
-    for _ in 0..100 {
-        let info = dockerd.info().await?;
-        if info["RegistryConfig"]["Mirrors"] == want {
-            return Ok(info);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("dockerd did not apply the new registry-mirrors on SIGHUP:\n{}", dockerd.log_tail(20))
+    let applied =
+        eventually_some("dockerd applies the new registry-mirrors on SIGHUP", Duration::from_secs(10), || async {
+            let info = dockerd.info().await?;
+            Ok((info["RegistryConfig"]["Mirrors"] == want).then_some(info))
+        })
+        .await;
+    applied.with_context(|| dockerd.log_tail(20))
 }
 
 #[test]

@@ -173,7 +173,8 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
     let started = Instant::now();
     let pulls = pull_all(&origin, &daemons, &wave2, dir.path());
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let under_way = || std::future::ready(Ok(origin.bytes_served() > before));
+        eventually("the wave 2 pulls are under way", Duration::from_secs(30), under_way).await?;
         sns[1].kill().await
     };
     let (pulled, killed) = tokio::join!(pulls, killer);
@@ -181,7 +182,7 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
     pulled.context("every pull completes with the right content")?;
     let extra = origin.bytes_served() - before - (6 * 4 * MIB) as u64;
     println!(
-        "wave 2: 6 daemons x 6 blobs of 4 MiB with a supernode killed after 0.4 s: {:?} (the same without the kill: \
+        "wave 2: 6 daemons x 6 blobs of 4 MiB with a supernode killed once they were under way: {:?} (the same without the kill: \
          {without_fault:?}); origin bytes beyond one copy of each blob: {:.1} MiB",
         started.elapsed(),
         extra as f64 / MIB as f64

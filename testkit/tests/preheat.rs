@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use damselfly_testkit::{
-    dfget, ensure_success, file_sha256, http_client, run_all, Cluster, ClusterOpts, DfdaemonOpts, DfgetRun,
-    ImageFormat, Origin, Registry, RegistryOpts, Supernode, SupernodeOpts, TestImage, TestIndex,
+    dfget, ensure_success, eventually_some, file_sha256, http_client, run_all, Cluster, ClusterOpts, DfdaemonOpts,
+    DfgetRun, ImageFormat, Origin, Registry, RegistryOpts, Supernode, SupernodeOpts, TestImage, TestIndex,
 };
 use serde_json::{json, Value};
 
@@ -45,17 +45,12 @@ async fn start_preheat(sn: &Supernode, body: Value) -> anyhow::Result<String> {
 
 /// Polls `path` until `done(view)`; fails after 120 s.
 async fn poll_until(sn: &Supernode, path: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = format!("{path} reaches the expected state");
+    eventually_some(&what, Duration::from_secs(120), || async {
         let view = sn.get_json(path).await?;
-        if done(&view) {
-            return Ok(view);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{path} did not reach the expected state in 120 s: {view}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(done(&view).then_some(view))
+    })
+    .await
 }
 
 /// Waits for the end of job `id` and returns its view.

@@ -5,43 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+pub use damselfly_types::preheat::{BlobView, ItemState, JobState, JobView, PeerView};
 
-use super::manifest::{BlobKind, BlobSpec, Resolved};
+use super::manifest::{BlobSpec, Resolved};
 use crate::cache::CachedTask;
 
 /// Jobs kept in the table; beyond this the oldest finished ones are forgotten.
 const MAX_JOBS: usize = 1024;
-
-/// Where a job stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Accepted; no blob started yet.
-    Pending,
-    /// Blobs (then peers) are being fetched.
-    Running,
-    /// Every blob is in the supernode's cache (and on every requested peer).
-    Succeeded,
-    /// Something failed; `error` says what.
-    Failed,
-}
-
-/// Where one blob (or one peer) of a job stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ItemState {
-    /// Not started.
-    Pending,
-    /// Being fetched.
-    Running,
-    /// Done.
-    Succeeded,
-    /// Failed; its `error` says why.
-    Failed,
-    /// Not attempted because the job failed first.
-    Skipped,
-}
 
 /// One blob of a job.
 struct Blob {
@@ -104,73 +74,6 @@ pub struct Job {
     pub platform: String,
     created: SystemTime,
     inner: Mutex<Inner>,
-}
-
-/// A job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobView {
-    /// Job id.
-    pub id: String,
-    /// The image.
-    pub image: String,
-    /// Platform filter.
-    pub platform: String,
-    /// Where the job stands.
-    pub state: JobState,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Digest of the manifest the image resolved to.
-    pub manifest_digest: Option<String>,
-    /// Its media type.
-    pub media_type: Option<String>,
-    /// When the job was accepted (RFC 3339).
-    pub created_at: String,
-    /// Last change (RFC 3339).
-    pub updated_at: String,
-    /// When it ended (RFC 3339).
-    pub finished_at: Option<String>,
-    /// Sum of the blob sizes.
-    pub total_bytes: u64,
-    /// Bytes in the supernode's cache so far.
-    pub bytes_landed: u64,
-    /// Blobs, configs and layers.
-    pub blobs: Vec<BlobView>,
-    /// Peers asked to fetch the image too.
-    pub peers: Vec<PeerView>,
-}
-
-/// One blob of a job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BlobView {
-    /// `sha256:<hex>`.
-    pub digest: String,
-    /// `config` or `layer`.
-    pub kind: String,
-    /// Platform(s) it belongs to, when the image is an index.
-    pub platform: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// Bytes in the supernode's cache so far.
-    pub bytes_landed: u64,
-    /// Where it stands.
-    pub state: ItemState,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-/// One peer of a job as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerView {
-    /// The dfdaemon address as given.
-    pub peer: String,
-    /// Where it stands.
-    pub state: ItemState,
-    /// Blobs it has fetched.
-    pub blobs_done: usize,
-    /// Bytes it has received.
-    pub bytes: u64,
-    /// Why it failed.
-    pub error: Option<String>,
 }
 
 /// RFC 3339, seconds precision, UTC.
@@ -356,10 +259,7 @@ impl Job {
                 };
                 BlobView {
                     digest: b.spec.digest.to_string(),
-                    kind: match b.spec.kind {
-                        BlobKind::Config => "config".into(),
-                        BlobKind::Layer => "layer".into(),
-                    },
+                    kind: b.spec.kind,
                     platform: b.spec.platform.clone(),
                     size: b.spec.size,
                     bytes_landed: landed,
@@ -505,7 +405,7 @@ mod tests {
         let spec = |n: u8| BlobSpec {
             digest: damselfly_types::id::Sha256Digest([n; 32]),
             size: 10,
-            kind: BlobKind::Layer,
+            kind: damselfly_types::preheat::BlobKind::Layer,
             platform: None,
         };
         let resolved = Resolved {

@@ -1,10 +1,12 @@
 //! Image references (`registry/name:tag`, `name@sha256:...`), Harbor-style manifest URLs
 //! (`https://host/v2/name/manifests/tag`) and platform filters (`linux/amd64`, `all`).
 //!
-//! The grammar follows the distribution reference rules engines use: the first path component is
-//! a registry when it contains a `.` or a `:` or is `localhost`; otherwise the image is on Docker
-//! Hub, where one-component names live under `library/`. No tag and no digest means `latest`;
-//! with both, the digest wins.
+//! References are parsed by `oci-spec`'s [`oci_spec::distribution::Reference`], the distribution
+//! reference grammar engines use: the first path component is a registry when it contains a `.`
+//! or a `:` or is `localhost`; otherwise the image is on Docker Hub, where one-component names
+//! live under `library/`. No tag and no digest means `latest`; with both, the digest wins.
+//! Repository names in manifest URLs are checked by [`damselfly_types::repository`], the check
+//! the dfdaemon's mirror applies too.
 
 use std::fmt;
 
@@ -90,28 +92,29 @@ impl ImageRef {
         if s.contains("://") {
             return Self::parse_manifest_url(s);
         }
-        let (rest, digest) = match s.split_once('@') {
-            Some((rest, d)) => (rest, Some(parse_digest(d, s)?)),
-            None => (s, None),
-        };
-        let (registry, path) = match rest.split_once('/') {
-            Some((first, tail)) if first.contains('.') || first.contains(':') || first == "localhost" => (first, tail),
-            _ => (DOCKER_HUB, rest),
-        };
-        validate_registry(registry, s)?;
-        let (name, tag) = match path.rfind(':') {
-            Some(i) => (&path[..i], Some(&path[i + 1..])),
-            None => (path, None),
-        };
-        validate_repository(name, s)?;
-        let repository =
-            if is_docker_hub(registry) && !name.contains('/') { format!("library/{name}") } else { name.to_owned() };
-        let reference = match (digest, tag) {
-            (Some(d), _) => Reference::Digest(d),
+        let parsed = oci_spec::distribution::Reference::try_from(s).map_err(|e| {
+            // oci-spec names no part: point at a bad digest or tag, the parts people mistype.
+            let (name, digest) = s.split_once('@').map_or((s, None), |(n, d)| (n, Some(d)));
+            let tag = name.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+            match (digest.map(|d| parse_digest(d, s)), tag.map(|t| validate_tag(t, s))) {
+                (Some(Err(reason)), _) | (_, Some(Err(reason))) => reason,
+                _ => bad(format!(
+                    "bad image reference {s:?}: {e} (expected [REGISTRY[:PORT]/]NAME[:TAG][@sha256:HEX], NAME in \
+                     lowercase letters and digits separated by '.', '_', '__', '-' or '/')"
+                )),
+            }
+        })?;
+        let reference = match (parsed.digest(), parsed.tag()) {
+            (Some(d), _) => Reference::Digest(parse_digest(d, s)?),
             (None, Some(t)) => Reference::Tag(validate_tag(t, s)?.to_owned()),
             (None, None) => Reference::Tag("latest".into()),
         };
-        Ok(Self { registry: registry.to_owned(), repository, reference, scheme: None })
+        Ok(Self {
+            registry: parsed.registry().to_owned(),
+            repository: parsed.repository().to_owned(),
+            reference,
+            scheme: None,
+        })
     }
 
     /// Parses a registry manifest URL, `http(s)://host[:port]/v2/<name>/manifests/<tag|digest>`.
@@ -165,60 +168,8 @@ fn parse_digest(d: &str, whole: &str) -> Result<Sha256Digest, PreheatError> {
     d.parse::<Sha256Digest>().map_err(|e| bad(format!("bad image reference {whole:?}: {e}")))
 }
 
-fn validate_registry(registry: &str, whole: &str) -> Result<(), PreheatError> {
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || registry.starts_with('[') => (h, Some(p)),
-        _ => (registry, None),
-    };
-    let host_ok = !host.is_empty()
-        && (host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            || (host.starts_with('[') && host.ends_with(']')));
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    if host_ok && port_ok {
-        Ok(())
-    } else {
-        Err(bad(format!("bad image reference {whole:?}: {registry:?} is not a registry HOST[:PORT]")))
-    }
-}
-
-/// Repository path components: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
 fn validate_repository(name: &str, whole: &str) -> Result<(), PreheatError> {
-    let component_ok = |c: &str| {
-        let b = c.as_bytes();
-        let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-            return false;
-        }
-        let mut i = 0;
-        while i < b.len() {
-            if alnum(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && !alnum(b[i]) {
-                i += 1;
-            }
-            let sep = &c[start..i];
-            if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
-                return false;
-            }
-        }
-        true
-    };
-    if name.is_empty() {
-        return Err(bad(format!("bad image reference {whole:?}: no repository name")));
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(bad(format!("bad image reference {whole:?}: repository names must be lowercase")));
-    }
-    if name.len() > 255 || !name.split('/').all(component_ok) {
-        return Err(bad(format!(
-            "bad image reference {whole:?}: {name:?} is not a repository name \
-             (lowercase letters and digits, separated by '.', '_', '__', '-' or '/')"
-        )));
-    }
-    Ok(())
+    damselfly_types::repository::check(name).map_err(|e| bad(format!("bad image reference {whole:?}: {e}")))
 }
 
 /// Tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
@@ -356,26 +307,31 @@ mod tests {
 
     #[test]
     fn bad_references_are_refused_with_a_reason() {
+        let format = "invalid reference format";
         for (input, needle) in [
             ("", "empty"),
             ("Alpine", "lowercase"),
-            ("localhost:5000/", "no repository"),
-            ("a//b", "not a repository"),
-            ("-a", "not a repository"),
-            ("a_", "not a repository"),
-            ("a...b", "not a repository"),
+            ("localhost:5000/", format),
+            ("a//b", format),
+            ("-a", format),
+            ("a_", format),
+            ("a...b", format),
             ("alpine:", "not a tag"),
             ("alpine:.x", "not a tag"),
             ("alpine:a b", "not a tag"),
             ("alpine@sha256:abc", "malformed digest"),
             ("alpine@md5:abc", "unsupported digest algorithm"),
-            ("local host:5000/x", "registry"),
-            ("reg.io:50x0/x", "registry"),
+            ("local host:5000/x", format),
+            ("reg.io:50x0/x", format),
             ("ftp://host/v2/x/manifests/y", "unsupported scheme"),
         ] {
             let err = ImageRef::parse(input).expect_err(input).to_string();
             assert!(err.contains(needle), "{input:?}: {err}");
         }
+        let sha512 = format!("alpine@sha512:{HEX}{HEX}");
+        let err = ImageRef::parse(&sha512).expect_err("sha512").to_string();
+        assert!(err.contains("unsupported digest algorithm"), "{err}");
+        assert!(ImageRef::parse("alpine:tägé").is_err(), "tags are ASCII");
         let long = format!("alpine:{}", "x".repeat(129));
         assert!(ImageRef::parse(&long).is_err());
     }
@@ -399,6 +355,8 @@ mod tests {
             "https://h/v2/x/tags/list",
             "https://u:p@h/v2/x/manifests/t",
             "https://h/v2/X/manifests/t",
+            "https://h/v2/a//b/manifests/t",
+            "https://h/v2/a/manifests/.t",
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }

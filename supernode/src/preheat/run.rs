@@ -59,7 +59,7 @@ async fn cache_blobs(shared: &Arc<Shared>, job: &Job, client: &RegistryClient) -
                     Ok(()) => job.set_blob(i, ItemState::Succeeded, None),
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
-                        let what = format!("{} {} ({} bytes): {e}", kind_name(&spec), spec.digest, spec.size);
+                        let what = format!("{} {} ({} bytes): {e}", spec.kind, spec.digest, spec.size);
                         first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(what);
                         job.set_blob(i, ItemState::Failed, Some(e));
                     }
@@ -70,13 +70,6 @@ async fn cache_blobs(shared: &Arc<Shared>, job: &Job, client: &RegistryClient) -
     match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-fn kind_name(spec: &BlobSpec) -> &'static str {
-    match spec.kind {
-        super::manifest::BlobKind::Config => "config",
-        super::manifest::BlobKind::Layer => "layer",
     }
 }
 
@@ -172,7 +165,7 @@ async fn warm_peer(
         match result {
             Ok(bytes) => job.peer_event(p, PeerEvent::BlobDone(bytes)),
             Err(e) => {
-                let message = format!("peer {addr}: {} {}: {e}", kind_name(spec), spec.digest);
+                let message = format!("peer {addr}: {} {}: {e}", spec.kind, spec.digest);
                 job.peer_event(p, PeerEvent::Failed(e));
                 return Some(message);
             }
