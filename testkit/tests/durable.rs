@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
 use damselfly_testkit::{
-    file_sha256, http_client, random_bytes, sha256_digest, sha256_hex, Cluster, ClusterOpts, Dfdaemon, DfdaemonOpts,
-    Metrics, Origin, Supernode, SupernodeOpts,
+    eventually, eventually_some, file_sha256, http_client, random_bytes, sha256_digest, sha256_hex, Cluster,
+    ClusterOpts, Dfdaemon, DfdaemonOpts, Metrics, Origin, Supernode, SupernodeOpts,
 };
 use futures_util::StreamExt;
 
@@ -37,16 +37,11 @@ async fn wait_task(
     timeout: Duration,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = task_status(daemon, id).await {
-            if cond(&v) {
-                return Ok(v);
-            }
-        }
-        ensure!(Instant::now() < deadline, "task {id} did not reach the expected state in {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let cond = &cond;
+    eventually_some(&format!("task {id} in the expected state"), timeout, || async move {
+        Ok(task_status(daemon, id).await.filter(|v| cond(v)))
+    })
+    .await
 }
 
 /// Sum of the sizes of the content files under `data_dir/tasks`.
@@ -139,11 +134,11 @@ async fn a_restarted_supernode_serves_its_cache_without_the_origin_and_drops_a_c
     assert_eq!(served, (a.len() + b.len()) as u64);
     // Complete in the API means recorded on disk.
     let sn = &mut cluster.supernode;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sn.get_json("/api/v1/tasks").await?.as_array().is_none_or(|t| t.iter().any(|t| t["state"] != "complete")) {
-        ensure!(Instant::now() < deadline, "supernode tasks never complete");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every supernode task complete", Duration::from_secs(10), || async {
+        let tasks = sn.get_json("/api/v1/tasks").await?;
+        Ok(tasks.as_array().is_some_and(|t| t.iter().all(|t| t["state"] == "complete")))
+    })
+    .await?;
     sn.kill().await?;
     // Flip a byte of /b's cached copy while the supernode is down.
     let b_file = content_file(sn.data_dir(), &sha256_digest(&b));
@@ -297,10 +292,10 @@ async fn slow_quota_holds_through_a_workload_four_times_its_size() -> anyhow::Re
     assert!(stderr.contains("quota"), "the error names the quota: {stderr}");
 
     // Evictions were reported: the supernode lists the daemon only for tasks it still holds.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let sn = &cluster.supernode;
+    eventually("the supernode forgets the daemon for evicted tasks", Duration::from_secs(10), || async {
         let mut stale = Vec::new();
-        for t in cluster.supernode.get_json("/api/v1/tasks").await?.as_array().context("task list")? {
+        for t in sn.get_json("/api/v1/tasks").await?.as_array().context("task list")? {
             let id = t["id"].as_str().unwrap_or_default();
             let listed = t["peers"].as_array().is_some_and(|p| !p.is_empty());
             let held = task_status(daemon, id).await.is_some_and(|v| v["status"] == "done");
@@ -308,12 +303,10 @@ async fn slow_quota_holds_through_a_workload_four_times_its_size() -> anyhow::Re
                 stale.push(id.to_owned());
             }
         }
-        if stale.is_empty() {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "the supernode still schedules the daemon for evicted tasks {stale:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ensure!(stale.is_empty(), "still scheduled for {stale:?}");
+        Ok(true)
+    })
+    .await?;
 
     stop.store(true, Ordering::Relaxed);
     watcher.await?;
@@ -383,11 +376,10 @@ async fn slow_restart_with_1000_tasks() -> anyhow::Result<()> {
             bail!("task {i} not done after restart: {v}");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !daemon.output().contains("cache re-announced") {
-        ensure!(Instant::now() < deadline, "the restarted daemon never re-announced its cache");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the restarted daemon re-announces its cache", Duration::from_secs(30), || async {
+        Ok(daemon.output().contains("cache re-announced"))
+    })
+    .await?;
     let log = daemon.output();
     let line = |what: &str| log.lines().find(|l| l.contains(what)).unwrap_or("").to_owned();
     println!(
@@ -403,13 +395,12 @@ async fn slow_restart_with_1000_tasks() -> anyhow::Result<()> {
         let seeds = |t: &serde_json::Value| t["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["done"] == true));
         anyhow::Ok(tasks.as_array().map_or(0, |t| t.iter().filter(|t| seeds(t)).count()))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = seeded().await?;
-    while n < N {
-        ensure!(Instant::now() < deadline, "the supernode knows the daemon as a seed of {n} of {N} tasks only");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        n = seeded().await?;
-    }
+    eventually("the supernode knows the daemon as a seed of every task", Duration::from_secs(30), || async {
+        let n = seeded().await?;
+        ensure!(n >= N, "a seed of {n} of {N} tasks");
+        Ok(true)
+    })
+    .await?;
     println!("  seed of all {N} tasks again {:.0} ms after the restart began", started.elapsed().as_secs_f64() * 1e3);
     let m = daemon.metrics().await?;
     assert_eq!(received(&m), 0.0, "nothing refetched after a restart");

@@ -171,15 +171,11 @@ async fn killing_a_parent_mid_download_does_not_stop_the_others() -> anyhow::Res
         .collect();
     let children: Vec<_> = runs.iter().map(|r| r.spawn()).collect::<anyhow::Result<_>>()?;
     // Wait until some daemon serves pieces to others, then kill -9 it mid-transfer.
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    let victim = loop {
+    let victim = damselfly_testkit::eventually_some("a daemon uploads", std::time::Duration::from_secs(60), || async {
         let metrics = cluster.daemon_metrics().await?;
-        if let Some(i) = metrics.iter().position(|m| m.get("damselfly_dfdaemon_upload_bytes_total") > 0.0) {
-            break i;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no daemon ever uploaded anything");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        Ok(metrics.iter().position(|m| m.get("damselfly_dfdaemon_upload_bytes_total") > 0.0))
+    })
+    .await?;
     cluster.daemons[victim].kill().await?;
     for (i, (child, run)) in children.into_iter().zip(&runs).enumerate() {
         let output = child.wait().await?;
