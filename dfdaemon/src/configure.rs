@@ -260,7 +260,7 @@ struct LocalDaemon {
 impl LocalDaemon {
     fn load(common: &Common) -> anyhow::Result<Self> {
         let config = match &common.config {
-            Some(path) => Some(DaemonConfig::load(path)?),
+            Some(path) => Some(damselfly_net::config::load::<DaemonConfig>(path)?),
             None => None,
         };
         let mirror = match (&common.mirror, &config) {

@@ -225,7 +225,6 @@ async fn drive_with(
         digest: req.digest.clone().unwrap_or_default(),
         // Only allow-listed headers leave the host (the supernode applies its own list too).
         headers: daemon
-            .config
             .forward_headers
             .filter(&req.headers)
             .into_iter()

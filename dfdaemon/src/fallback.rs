@@ -25,7 +25,7 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     info!(url = %damselfly_types::id::normalise_url(&req.url), "fetching from the origin directly");
     let send = || {
         let mut builder = daemon.http.get(req.url.clone());
-        for (name, value) in daemon.config.forward_headers.filter(&req.headers) {
+        for (name, value) in daemon.forward_headers.filter(&req.headers) {
             builder = builder.header(name.as_str(), value.as_slice());
         }
         builder.send()

@@ -101,7 +101,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
 pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener, mut shutdown: ShutdownSignal) {
     let result = axum::serve(listener, router(daemon))
         .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
+            damselfly_net::shutdown::requested(&mut shutdown).await;
         })
         .await;
     if let Err(e) = result {

@@ -24,6 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use damselfly_net::config::Layered as _;
+use damselfly_net::headers::ForwardHeaders;
 use damselfly_net::ticket::TicketVerifier;
 use damselfly_net::tls;
 use damselfly_net::transport::{bind_endpoint, read_first_frame, ConnectionPool};
@@ -38,13 +40,15 @@ use download::DownloadRequest;
 use identity::PeerIdentity;
 use storage::{LocalTask, Store};
 
-/// A shutdown signal: stop when it turns `true`.
-pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
+pub use damselfly_net::shutdown::ShutdownSignal;
 
 /// The running daemon, shared by its HTTP handlers, downloads and uploads.
 pub struct Daemon {
     /// Configuration in force.
     pub config: DaemonConfig,
+    /// The headers a download passes on to the supernode and the origin (`config.forward_headers`
+    /// plus the ones always forwarded).
+    pub forward_headers: ForwardHeaders,
     /// Identity in the cluster.
     pub identity: PeerIdentity,
     /// Where other peers reach this one.
@@ -149,6 +153,7 @@ pub async fn start(
         supernodes,
         supernode_client,
         swarm_progress: std::sync::Mutex::new(tokio::time::Instant::now()),
+        forward_headers: ForwardHeaders::from_names(&config.forward_headers),
         config,
     });
     let listener = tokio::net::TcpListener::bind(daemon.config.proxy_listen)

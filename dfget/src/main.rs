@@ -72,14 +72,14 @@ struct Args {
     #[arg(long)]
     supernode: Option<String>,
     /// Join token file for the embedded peer (the supernode's DATA_DIR/join-token)
-    /// [default: $DAMSELFLY_JOIN_TOKEN].
+    /// [default: none, the token itself from the environment variable DAMSELFLY_JOIN_TOKEN].
     #[arg(long)]
     join_token_file: Option<PathBuf>,
     /// Cluster CA certificate for the embedded peer; optional, the join token pins the CA.
     #[arg(long)]
     ca_cert: Option<PathBuf>,
     /// The embedded peer's cache [default: $DFGET_CACHE_DIR, else $XDG_CACHE_HOME/damselfly/dfget,
-    /// else ~/.cache/damselfly/dfget].
+    /// else ~/.cache/damselfly/dfget, else a temporary directory].
     #[arg(long, env = "DFGET_CACHE_DIR", hide_env = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Disk quota of the embedded peer's cache [env: DFGET_CACHE_QUOTA].

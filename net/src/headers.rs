@@ -56,6 +56,58 @@ pub enum HeaderNameError {
     Never(String),
 }
 
+/// One extra header name an operator lists (`--forward-header NAME`, TOML `forward_headers`):
+/// an HTTP header name that is not on the [`NEVER`] list, lower-case. Parsed from a flag
+/// ([`FromStr`](std::str::FromStr)) and deserialized from TOML with the same check.
+///
+/// ```
+/// use damselfly_net::headers::HeaderName;
+///
+/// let name: HeaderName = " PRIVATE-TOKEN ".parse().unwrap();
+/// assert_eq!(name.as_ref(), "private-token");
+/// assert!("Range".parse::<HeaderName>().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HeaderName(String);
+
+impl std::str::FromStr for HeaderName {
+    type Err = HeaderNameError;
+
+    fn from_str(name: &str) -> Result<Self, HeaderNameError> {
+        let name = name.trim();
+        let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(is_token) {
+            return Err(HeaderNameError::Invalid(name.to_owned()));
+        }
+        let lower = name.to_ascii_lowercase();
+        if NEVER.contains(&lower.as_str()) {
+            return Err(HeaderNameError::Never(name.to_owned()));
+        }
+        Ok(Self(lower))
+    }
+}
+
+impl TryFrom<String> for HeaderName {
+    type Error = HeaderNameError;
+
+    fn try_from(name: String) -> Result<Self, HeaderNameError> {
+        name.parse()
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The headers forwarded to origins: [`ALWAYS`] plus validated extra names.
 ///
 /// Deserializes from a list of names (TOML `forward_headers = ["PRIVATE-TOKEN"]`), validating
@@ -105,19 +157,24 @@ impl ForwardHeaders {
 
     /// Adds one extra name (case-insensitive; listing a name twice is harmless).
     pub fn add(&mut self, name: &str) -> Result<(), HeaderNameError> {
-        let name = name.trim();
-        let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if name.is_empty() || !name.chars().all(is_token) {
-            return Err(HeaderNameError::Invalid(name.to_owned()));
-        }
-        let lower = name.to_ascii_lowercase();
-        if NEVER.contains(&lower.as_str()) {
-            return Err(HeaderNameError::Never(name.to_owned()));
-        }
-        if !self.allows(&lower) {
-            self.extra.push(lower);
-        }
+        let name: HeaderName = name.parse()?;
+        self.push(&name);
         Ok(())
+    }
+
+    /// [`ALWAYS`] plus names already validated (a config's `forward_headers`).
+    pub fn from_names(names: &[HeaderName]) -> Self {
+        let mut list = Self::default();
+        for name in names {
+            list.push(name);
+        }
+        list
+    }
+
+    fn push(&mut self, name: &HeaderName) {
+        if !self.allows(&name.0) {
+            self.extra.push(name.0.clone());
+        }
     }
 
     /// The extra names (lower-case), without the [`ALWAYS`] ones.
@@ -192,5 +249,14 @@ mod tests {
         let c: C = serde_json::from_str(r#"{"h": ["PRIVATE-TOKEN"]}"#).unwrap();
         assert_eq!(c.h.extra(), ["private-token"]);
         assert!(serde_json::from_str::<C>(r#"{"h": ["Range"]}"#).is_err());
+    }
+
+    #[test]
+    fn validated_names_build_the_same_list() {
+        let names: Vec<HeaderName> =
+            ["PRIVATE-TOKEN", "private-token", "Authorization"].into_iter().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(ForwardHeaders::from_names(&names), ForwardHeaders::new(["PRIVATE-TOKEN"]).unwrap());
+        let e = serde_json::from_str::<Vec<HeaderName>>(r#"["X-Ok", "Host"]"#).unwrap_err().to_string();
+        assert!(e.contains("never forwarded"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut s
     let app = router(shared);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
+            damselfly_net::shutdown::requested(&mut shutdown).await;
         })
         .await;
     if let Err(e) = result {

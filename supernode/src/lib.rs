@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use damselfly_net::config::Layered as _;
+use damselfly_net::headers::ForwardHeaders;
 use damselfly_net::tls::ClusterCa;
 use damselfly_types::id::{PeerId, TaskId};
 use tokio::sync::mpsc;
@@ -31,8 +33,7 @@ use tracing::{info, warn};
 pub use config::SupernodeConfig;
 use damselfly_scheduler::{Action, Down, Event, Scheduler};
 
-/// A shutdown signal that many tasks wait on: stop when it turns `true`.
-pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
+pub use damselfly_net::shutdown::ShutdownSignal;
 
 /// State shared by every connection, the origin fetchers and the HTTP API.
 pub struct Shared {
@@ -266,6 +267,6 @@ fn origin_client(config: &SupernodeConfig) -> anyhow::Result<origin::client::Ori
     } else {
         info!("fetching from any origin except loopback, link-local and cloud metadata addresses");
     }
-    let headers = config.forward_headers.clone();
+    let headers = ForwardHeaders::from_names(&config.forward_headers);
     Ok(origin::client::OriginClient::new(policy, headers, config.origin_connect_timeout)?)
 }

@@ -59,7 +59,7 @@ pub async fn serve(shared: Arc<Shared>, endpoint: Endpoint, mut shutdown: Shutdo
                     count_out(&per_ip, ip);
                 });
             }
-            _ = shutdown.changed() => break,
+            () = damselfly_net::shutdown::requested(&mut shutdown) => break,
         }
     }
 }
