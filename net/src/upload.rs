@@ -11,11 +11,8 @@
 //! in steps of [`crate::rate::RATE_CHUNK`], each taken from the limit in turn with the other
 //! tasks' uploads before it is written, so what leaves the node is shaped, not just counted.
 
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use damselfly_proto::{PieceError, PieceRequest, PieceResponse};
 use quinn::SendStream;
 
@@ -85,7 +82,7 @@ pub async fn serve_piece(
     let mut sent = 0u64;
     while sent < u64::from(loc.len) {
         let n = (u64::from(loc.len) - sent).min(UPLOAD_CHUNK as u64) as usize;
-        let chunk = read_chunk(loc.file.clone(), loc.offset + sent, n).await;
+        let chunk = damselfly_store::read_exact_at(loc.file.clone(), loc.offset + sent, n).await;
         match chunk {
             Ok(mut bytes) => {
                 while !bytes.is_empty() {
@@ -106,20 +103,4 @@ pub async fn serve_piece(
     }
     let _ = send.finish();
     Ok(Served::Bytes(sent))
-}
-
-/// Reads `len` bytes at `offset` on the blocking pool. The buffer is allocated here, on the
-/// runtime's worker thread, not in the blocking thread: glibc's malloc gives every thread its
-/// own arena and returns a freed block to the arena it came from, so buffers allocated on dozens
-/// of blocking threads (and freed on a worker once sent) left that many arenas holding freed
-/// chunks. An uploading daemon's peak RSS was 75 MiB after serving 3 GiB; with the buffers
-/// from the workers' arenas it matches glibc limited to 2 arenas (benches/results/transfer.md).
-async fn read_chunk(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    tokio::task::spawn_blocking(move || {
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }

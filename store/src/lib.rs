@@ -52,6 +52,7 @@ pub mod clock;
 mod durable;
 pub mod meta;
 mod quota;
+mod read;
 mod restore;
 mod store;
 mod task;
@@ -59,6 +60,7 @@ pub mod verify;
 
 pub use damselfly_types::piece::Piece;
 pub use quota::{Evict, EvictionGuard, QuotaError};
+pub use read::read_exact_at;
 pub use store::{Durability, Store, StoreConfig, StoreError, StoreEvent, METADATA_HEADROOM};
 pub use task::{LocalTask, TaskFailure, TaskStatus, TaskView};
 

@@ -438,15 +438,7 @@ impl LocalTask {
     pub async fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         self.touch();
         self.verify_range(offset, len).await?;
-        let file = self.file()?;
-        // Allocated on the worker, not the blocking thread (see `damselfly_net::upload`).
-        let mut buf = vec![0u8; len];
-        tokio::task::spawn_blocking(move || {
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        crate::read_exact_at(self.file()?, offset, len).await
     }
 
     /// Makes sure every piece overlapping `offset..offset+len` is present and verified. The
