@@ -27,7 +27,7 @@ CONFIGS=(
     "uploads per peer 8|max_uploads_per_peer = 8|--max-uploads 8"
     "supernode uploads 16|max_supernode_uploads = 16|--sn-uploads 16"
     "supernode uploads 6|max_supernode_uploads = 6|--sn-uploads 6"
-    "link depth 1|link_depth = 1|--link-depth 1"
+    "link depth 2|link_depth = 2|--link-depth 2"
 )
 ROWS=()
 for entry in "${CONFIGS[@]}"; do

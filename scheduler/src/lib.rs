@@ -98,10 +98,11 @@ pub struct SchedulerConfig {
     /// slots count children rather than pieces, and a child's next piece from a parent it is
     /// already fetching from queues behind the current one on the same connection (pieces on a
     /// connection are sent one after the other), so the link never idles for the round trip of
-    /// a report and the next assignment. Default 2: on 8 symmetric 100 Mbit/s hosts it keeps the
-    /// supernode's link, the swarm's bottleneck there, busier (p50 1.20x the bound in each of 4
-    /// interleaved runs against 1.21-1.29x with 1, max 1.20-1.23x against 1.22-1.32x); at 16
-    /// hosts it measured within noise of 1.
+    /// a report and the next assignment. Default 1. Depth 2 keeps the supernode's link, the
+    /// bottleneck of a symmetric swarm, busier (8 hosts at 100 Mbit/s: p50 1.20x the bound in 4
+    /// of 4 interleaved runs against 1.21-1.29x) but halves what one child may have in flight
+    /// from one parent (a single warm peer: dfget 0.59-0.74x plain quinn against 0.72-0.77x):
+    /// see DESIGN.md, "Swarm speed".
     pub link_depth: usize,
     /// After this long without a finish report for a supernode copy of a piece, another
     /// supernode copy of that piece may be assigned (the first child may be stuck). Default 3 s: well above a piece transfer, well below the download stall timeout.
@@ -150,7 +151,7 @@ impl Default for SchedulerConfig {
             window_per_peer: 8,
             max_uploads_per_peer: 4,
             max_supernode_uploads: 4,
-            link_depth: 2,
+            link_depth: 1,
             stalled_after: Duration::from_secs(3),
             bad_peer_strikes: 3,
             bad_peer_reporters: 2,
