@@ -101,7 +101,8 @@ pub struct SchedulerConfig {
     /// a report and the next assignment. Default 1. Depth 2 keeps the supernode's link, the
     /// bottleneck of a symmetric swarm, busier (8 hosts at 100 Mbit/s: p50 1.20x the bound in 4
     /// of 4 interleaved runs against 1.21-1.29x) but halves what one child may have in flight
-    /// from one parent (a single warm peer: dfget 0.59-0.74x plain quinn against 0.72-0.77x):
+    /// from one parent (dfget from a single warm peer: median 0.249 GB/s against 0.272, 4
+    /// interleaved runs each):
     /// see DESIGN.md, "Swarm speed".
     pub link_depth: usize,
     /// After this long without a finish report for a supernode copy of a piece, another
