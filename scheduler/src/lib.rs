@@ -37,7 +37,7 @@
 //!   supernode copies and fully refills up to 256 waiting peers per task (round robin).
 //! * **Strikes.** A failure report costs the parent 2 strikes for a bad digest, 1 for a transfer
 //!   failure; only reports naming the parent actually assigned count, and each reporter counts
-//!   once per parent ([`strikes`]). With [`SchedulerConfig::bad_peer_strikes`] from at least
+//!   once per parent (module `strikes`). With [`SchedulerConfig::bad_peer_strikes`] from at least
 //!   [`SchedulerConfig::bad_peer_reporters`] distinct children within
 //!   [`SchedulerConfig::strike_ttl`], the parent is reported once ([`Action::PeerReported`]) and
 //!   not used as a parent, in any task, for `strike_ttl`. One child alone cannot ban a parent;
