@@ -254,7 +254,7 @@ impl ClusterCa {
     /// Signs a peer's CSR (DER PKCS#10). The certificate's only SAN is [`PEER_SERVER_NAME`] and
     /// its CN is `peer_id`; every name and extension requested in the CSR is ignored, only its
     /// public key is used (after checking the CSR's self-signature). Valid for `lifetime` from
-    /// now (and [`CLOCK_SKEW`] before), usable for both server and client authentication.
+    /// now (and `CLOCK_SKEW` before), usable for both server and client authentication.
     pub fn sign_peer_csr(
         &self,
         csr_der: &[u8],

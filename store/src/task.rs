@@ -259,7 +259,7 @@ impl LocalTask {
     }
 
     /// Records the length and piece size; charges the length to the quota (evicting others, or
-    /// failing with [`QuotaError`]) and pre-sizes the file.
+    /// failing with [`QuotaError`](crate::QuotaError)) and pre-sizes the file.
     pub fn set_info(&self, content_length: Option<u64>, piece_size: u32) -> std::io::Result<()> {
         if let Some(len) = content_length {
             if let Some(inner) = self.store.upgrade() {
@@ -357,7 +357,7 @@ impl LocalTask {
 
     /// Makes room for content up to byte `end` before it is written: when the length is unknown
     /// the task is charged its high-water mark as it grows (a known length was charged whole by
-    /// [`LocalTask::set_info`]). Fails with a [`QuotaError`] when it cannot fit.
+    /// [`LocalTask::set_info`]). Fails with a [`QuotaError`](crate::QuotaError) when it cannot fit.
     pub fn reserve(&self, end: u64) -> std::io::Result<()> {
         let unknown_length = self.view.borrow().content_length.is_none();
         if let (Some(inner), true) = (self.store.upgrade(), unknown_length) {

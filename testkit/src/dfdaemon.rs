@@ -154,7 +154,7 @@ impl Dfdaemon {
         self.node.udp_addr()
     }
 
-    /// `--data-dir`, kept across [`Dfdaemon::restart`].
+    /// `--data-dir`, kept across restarts (`Node::restart`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

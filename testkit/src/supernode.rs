@@ -121,7 +121,7 @@ impl Supernode {
         self.node.base_url()
     }
 
-    /// `--data-dir`, kept across [`Supernode::restart`].
+    /// `--data-dir`, kept across restarts (`Node::restart`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -10,7 +10,7 @@
 //! - **The supernode**: its uplink serves the pieces the scheduler assigns to itself; it fetches
 //!   each task from the origin once, in order, starting when the first host registers, and
 //!   every piece is announced to the scheduler as it lands ([`Event::PieceLanded`]).
-//! - **The network**: flows share each node's uplink and downlink (see [`net`] for the exact
+//! - **The network**: flows share each node's uplink and downlink (see the `net` module for the exact
 //!   model), of which only `wire_efficiency` carries payload (packet headers, acknowledgements).
 //!   Every message (registration, assignment, report, piece request) takes half a round trip
 //!   plus `queue_delay` for each link on its way that is carrying a flow at that moment: a

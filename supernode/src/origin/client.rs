@@ -3,7 +3,7 @@
 //!
 //! - The first URL and every redirect hop are checked against the policy before a connection
 //!   is made (scheme, allow-list, IP literals, metadata names).
-//! - Every name is resolved by [`PolicyResolver`], which refuses the name when any address it
+//! - Every name is resolved by `PolicyResolver`, which refuses the name when any address it
 //!   resolves to is refused: the connection only ever goes to addresses that passed, so DNS
 //!   rebinding (a name that answered a public address at check time and `127.0.0.1` at
 //!   connect time) cannot get around the check, on the first request or on any redirect hop.

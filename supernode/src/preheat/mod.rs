@@ -4,14 +4,14 @@
 //! # Flow
 //! 1. `POST /api/v1/preheat` (or Harbor's `POST /oapi/v1/jobs`) names an image. The manifest is
 //!    resolved **before** the answer ([`manifest::resolve`]): the reference is parsed
-//!    ([`reference`]), the registry is asked for the manifest with every supported `Accept` type,
+//!    ([`reference`](mod@reference)), the registry is asked for the manifest with every supported `Accept` type,
 //!    authenticating as it asks ([`registry`]: token auth, Basic auth, or the caller's headers),
 //!    an OCI index / Docker manifest list is narrowed to the requested platform (default
 //!    `linux/amd64`, or `all`) and each chosen platform's manifest is fetched. So a bad
 //!    reference, an unknown image or platform, refused credentials, an unsupported media type or
 //!    an unreachable registry come back at once as 400 / 404 / 403 / 415 / 502.
 //! 2. The job is recorded (in memory, [`job::Preheats`]) and answered `202` with its id; it then
-//!    runs in the background ([`run`]): each blob (configs and layers, each digest once) is
+//!    runs in the background (`run`): each blob (configs and layers, each digest once) is
 //!    fetched into the cache through [`crate::origin::start_fetch`], the coalescing point every
 //!    peer registration goes through too: task id = blob digest, one origin fetch per task. A
 //!    pull that arrives during the preheat joins the running fetch (its pieces are servable as
