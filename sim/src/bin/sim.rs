@@ -99,7 +99,6 @@ fn scheduler_config(args: &Args) -> damselfly_scheduler::SchedulerConfig {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let profiles = args.host_up.len().max(args.host_down.len());
-    let pick = |v: &[f64], i: usize| v.get(i).or(v.last()).copied().unwrap_or(125e6);
     let mut table = Table::new([
         "hosts",
         "host up / down",
@@ -117,84 +116,7 @@ fn main() -> anyhow::Result<()> {
     let mut all = Vec::new();
     for p in 0..profiles {
         for &hosts in &args.hosts {
-            let cfg = SimConfig {
-                hosts,
-                layers: args.layers.clone(),
-                host_up: pick(&args.host_up, p),
-                host_down: pick(&args.host_down, p),
-                sn_up: args.sn_up,
-                sn_down: args.sn_down.unwrap_or(args.sn_up),
-                origin_up: args.origin_up,
-                rtt: args.rtt_ms / 1000.0,
-                queue_delay: args.queue_ms / 1000.0,
-                wire_efficiency: args.wire_efficiency,
-                piece_overhead: args.piece_overhead_ms / 1000.0,
-                join_spread: args.join_spread,
-                tick: args.tick,
-                seed: args.seed,
-                scheduler: scheduler_config(&args),
-                ..SimConfig::default()
-            };
-            let bound = cfg.bound();
-            eprintln!(
-                "simulating {hosts} hosts, image {}, hosts {} up / {} down ...",
-                fmt_bytes(cfg.image_bytes() as f64),
-                fmt_rate(cfg.host_up),
-                fmt_rate(cfg.host_down)
-            );
-            let r = sim::run(cfg.clone());
-            let done: Vec<f64> = r.completion.iter().flatten().map(|c| c / bound.seconds).collect();
-            let unfinished = r.completion.len() - done.len();
-            let s = summarize(&done);
-            let f = cfg.image_bytes() as f64;
-            let term = if bound.seconds == bound.total_upload {
-                "N·F/(u_s+Σu_i)"
-            } else if bound.seconds == bound.slowest_download {
-                "F/d_min"
-            } else {
-                "F/u_s"
-            };
-            let per_event = r.scheduler_wall.as_secs_f64() * 1e6 / r.scheduler_events.max(1) as f64;
-            let max = if unfinished > 0 { format!("{unfinished} unfinished") } else { format!("{:.3}", s.max) };
-            table.row([
-                hosts.to_string(),
-                format!("{} / {}", fmt_rate(cfg.host_up), fmt_rate(cfg.host_down)),
-                format!("{:.3}", bound.seconds),
-                term.to_string(),
-                format!("{:.3}", s.p50),
-                format!("{:.3}", s.p99),
-                max,
-                format!("{:.3}", r.supernode_upload as f64 / f),
-                format!("{:.2}", r.origin_upload as f64 / f),
-                format!("{per_event:.1}"),
-                r.scheduler_events.to_string(),
-                format!("{:.1}", r.wall.as_secs_f64()),
-            ]);
-            eprintln!(
-                "  p50 {:.3}  p99 {:.3}  max {:.3} x bound; supernode {:.3} F; {} events, {:.1} s wall",
-                s.p50,
-                s.p99,
-                s.max,
-                r.supernode_upload as f64 / f,
-                r.scheduler_events,
-                r.wall.as_secs_f64()
-            );
-            if args.profile {
-                for (kind, n, took) in &r.scheduler_by_kind {
-                    eprintln!(
-                        "  {kind:>14}: {n:>9} events, {:>8.1} µs each, {:>7.2} s total",
-                        took.as_secs_f64() * 1e6 / *n as f64,
-                        took.as_secs_f64()
-                    );
-                }
-            }
-            let mut result = serde_json::to_value(&r)?;
-            if let Some(obj) = result.as_object_mut() {
-                obj.remove("completion"); // one number per host: too big to keep
-            }
-            all.push(
-                serde_json::json!({ "config": format!("{cfg:?}"), "bound": bound, "summary": s, "result": result }),
-            );
+            all.push(simulate(&args, sim_config(&args, hosts, p), &mut table)?);
         }
     }
     let layers: Vec<String> = args.layers.iter().map(|&l| fmt_bytes(l as f64)).collect();
@@ -220,4 +142,92 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
     }
     Ok(())
+}
+
+/// The simulation of `hosts` hosts with the `p`-th host rate profile (a list shorter than the
+/// other repeats its last rate).
+fn sim_config(args: &Args, hosts: usize, p: usize) -> SimConfig {
+    let pick = |v: &[f64], i: usize| v.get(i).or(v.last()).copied().unwrap_or(125e6);
+    SimConfig {
+        hosts,
+        layers: args.layers.clone(),
+        host_up: pick(&args.host_up, p),
+        host_down: pick(&args.host_down, p),
+        sn_up: args.sn_up,
+        sn_down: args.sn_down.unwrap_or(args.sn_up),
+        origin_up: args.origin_up,
+        rtt: args.rtt_ms / 1000.0,
+        queue_delay: args.queue_ms / 1000.0,
+        wire_efficiency: args.wire_efficiency,
+        piece_overhead: args.piece_overhead_ms / 1000.0,
+        join_spread: args.join_spread,
+        tick: args.tick,
+        seed: args.seed,
+        scheduler: scheduler_config(args),
+        ..SimConfig::default()
+    }
+}
+
+/// Runs one simulation, adds its row to `table`, prints its summary (and its scheduler profile
+/// with `--profile`) and returns its JSON record.
+fn simulate(args: &Args, cfg: SimConfig, table: &mut Table) -> anyhow::Result<serde_json::Value> {
+    let bound = cfg.bound();
+    eprintln!(
+        "simulating {} hosts, image {}, hosts {} up / {} down ...",
+        cfg.hosts,
+        fmt_bytes(cfg.image_bytes() as f64),
+        fmt_rate(cfg.host_up),
+        fmt_rate(cfg.host_down)
+    );
+    let r = sim::run(cfg.clone());
+    let done: Vec<f64> = r.completion.iter().flatten().map(|c| c / bound.seconds).collect();
+    let unfinished = r.completion.len() - done.len();
+    let s = summarize(&done);
+    let f = cfg.image_bytes() as f64;
+    let term = if bound.seconds == bound.total_upload {
+        "N·F/(u_s+Σu_i)"
+    } else if bound.seconds == bound.slowest_download {
+        "F/d_min"
+    } else {
+        "F/u_s"
+    };
+    let per_event = r.scheduler_wall.as_secs_f64() * 1e6 / r.scheduler_events.max(1) as f64;
+    let max = if unfinished > 0 { format!("{unfinished} unfinished") } else { format!("{:.3}", s.max) };
+    table.row([
+        cfg.hosts.to_string(),
+        format!("{} / {}", fmt_rate(cfg.host_up), fmt_rate(cfg.host_down)),
+        format!("{:.3}", bound.seconds),
+        term.to_string(),
+        format!("{:.3}", s.p50),
+        format!("{:.3}", s.p99),
+        max,
+        format!("{:.3}", r.supernode_upload as f64 / f),
+        format!("{:.2}", r.origin_upload as f64 / f),
+        format!("{per_event:.1}"),
+        r.scheduler_events.to_string(),
+        format!("{:.1}", r.wall.as_secs_f64()),
+    ]);
+    eprintln!(
+        "  p50 {:.3}  p99 {:.3}  max {:.3} x bound; supernode {:.3} F; {} events, {:.1} s wall",
+        s.p50,
+        s.p99,
+        s.max,
+        r.supernode_upload as f64 / f,
+        r.scheduler_events,
+        r.wall.as_secs_f64()
+    );
+    if args.profile {
+        for (kind, n, took) in &r.scheduler_by_kind {
+            eprintln!(
+                "  {kind:>14}: {n:>9} events, {:>8.1} µs each, {:>7.2} s total",
+                took.as_secs_f64() * 1e6 / *n as f64,
+                took.as_secs_f64()
+            );
+        }
+    }
+    let mut result = serde_json::to_value(&r)?;
+    if let Some(obj) = result.as_object_mut() {
+        obj.remove("completion"); // one number per host: too big to keep
+    }
+    Ok(serde_json::json!({ "config": format!("{cfg:?}"), "bound": bound, "summary": s, "result": result }))
 }
