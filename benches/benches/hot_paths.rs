@@ -158,7 +158,8 @@ fn quic_piece(c: &mut Criterion) {
             (conn, server)
         });
         g.throughput(Throughput::Bytes(size as u64));
-        let out = Arc::new(std::fs::File::create_new(dir.path().join(format!("out-{size}"))).expect("output file"));
+        let out = std::fs::File::create_new(dir.path().join(format!("out-{size}"))).expect("output file");
+        let out = dfdaemon::storage::ContentWriter::new(Arc::new(out));
         let writes = tokio_util::task::TaskTracker::new();
         let ticket = TicketSigner::from_ca(&ca).expect("signer").issue(
             task.as_str(),

@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use damselfly_net::rate::{self, Flow};
@@ -22,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, instrument, warn};
 
-use crate::storage::{LocalTask, Piece, TaskFailure, TaskStatus};
+use crate::storage::{ContentWriter, LocalTask, Piece, TaskFailure, TaskStatus};
 use crate::Daemon;
 
 mod wire;
@@ -367,6 +366,9 @@ impl Conductor {
                     v.content_length = Some(c.content_length);
                     v.pieces.resize(c.total_pieces as usize, None);
                     v.have.resize(c.total_pieces as usize, false);
+                    // The supernode announces the end of a task only after the content it cut
+                    // the piece table from matched the task's digest (when it has one).
+                    v.vouched = Some(v.generation);
                 });
                 if c.content_length == 0 {
                     self.task
@@ -484,7 +486,7 @@ async fn fetch_from(
     };
     task.reserve(info.offset + u64::from(info.size)).map_err(|e| local("make room for", e))?;
     task.ensure_room(u64::from(info.size)).map_err(|e| local("write the piece to", e))?;
-    let file = task.content_file().map_err(|e| local("open", e))?;
+    let file = task.content_writer().map_err(|e| local("open", e))?;
     let conn = match (&source.peer, source.addr) {
         (None, _) => sn.clone(),
         (Some(_), Some(addr)) => quiet_limit(daemon.pool.get(addr, tls::PEER_SERVER_NAME)).await??,
@@ -537,7 +539,7 @@ const WRITE_BLOCK: usize = 512 << 10;
 pub async fn fetch_piece(
     conn: &Connection,
     what: PieceRef<'_>,
-    file: &Arc<std::fs::File>,
+    file: &ContentWriter,
     writes: &TaskTracker,
     flow: &Flow,
 ) -> Result<(), FetchError> {
@@ -588,7 +590,7 @@ type BlockJob = tokio::task::JoinHandle<(Sha256, Vec<u8>, std::io::Result<()>)>;
 /// Collects a piece's bytes into blocks and hashes and writes each block on a blocking thread,
 /// keeping at most one block in flight there.
 struct BlockWriter {
-    file: Arc<std::fs::File>,
+    file: ContentWriter,
     /// Tracks the blocking writes, so that a download can wait for them even after the fetch
     /// that started them was cancelled.
     writes: TaskTracker,
@@ -602,7 +604,7 @@ struct BlockWriter {
 }
 
 impl BlockWriter {
-    fn new(file: Arc<std::fs::File>, offset: u64, size: usize, writes: TaskTracker) -> Self {
+    fn new(file: ContentWriter, offset: u64, size: usize, writes: TaskTracker) -> Self {
         let cap = WRITE_BLOCK.min(size);
         Self {
             file,

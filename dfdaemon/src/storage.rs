@@ -5,7 +5,7 @@
 //! ([`crate::announce`]).
 
 pub use damselfly_store::{
-    Durability, LocalTask, Piece, QuotaError, Store, StoreConfig, StoreError, StoreEvent, TaskFailure, TaskStatus,
+    ContentWriter, Durability, LocalTask, Piece, QuotaError, Store, StoreConfig, StoreError, StoreEvent, TaskFailure, TaskStatus,
     TaskView, METADATA_HEADROOM,
 };
 

@@ -57,12 +57,14 @@ mod restore;
 mod store;
 mod task;
 pub mod verify;
+mod write;
 
 pub use damselfly_types::piece::Piece;
 pub use quota::{Evict, EvictionGuard, QuotaError};
 pub use read::read_exact_at;
 pub use store::{Durability, Store, StoreConfig, StoreError, StoreEvent, METADATA_HEADROOM};
 pub use task::{LocalTask, TaskFailure, TaskStatus, TaskView};
+pub use write::ContentWriter;
 
 #[cfg(test)]
 mod tests;

@@ -191,6 +191,7 @@ impl Inner {
             serial: next_serial(),
             path,
             file: cell,
+            write_gate: Arc::default(),
             view: watch::Sender::new(view),
             verified: Mutex::new(Vec::new()),
             last_access: AtomicU64::new(record.last_access_ms),

@@ -1,7 +1,6 @@
 //! One task's content file, progress and record: what both node kinds write pieces into, read
 //! and upload from, and follow as pieces land.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -16,6 +15,7 @@ use crate::clock::Clock;
 use crate::meta::{TaskRecord, TaskState};
 use crate::store::{Durability, Inner, StoreEvent, METADATA_HEADROOM};
 use crate::verify::piece_matches;
+use crate::write::ContentWriter;
 
 /// Why a task failed, as callers report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub struct TaskView {
     /// Bumped whenever a piece table entry is replaced or every piece is dropped: a whole-content
     /// hash computed under an older generation is void.
     pub generation: u64,
+    /// The generation whose piece table a supernode vouched for: it cut those pieces from
+    /// content it verified against the task's digest. Any change of the table ends the vouch.
+    pub vouched: Option<u64>,
 }
 
 impl TaskView {
@@ -72,7 +75,14 @@ impl TaskView {
             total_pieces: None,
             status: TaskStatus::Pending,
             generation: 0,
+            vouched: None,
         }
+    }
+
+    /// True while the current piece table is vouched for (see [`TaskView::vouched`]): content
+    /// whose every piece matches it matches the task's digest.
+    pub fn is_vouched(&self) -> bool {
+        self.vouched == Some(self.generation)
     }
 
     /// Bytes of the pieces present.
@@ -141,6 +151,8 @@ pub struct LocalTask {
     pub(crate) path: PathBuf,
     /// Opened on first use (tasks loaded at restart hold no descriptor until read).
     pub(crate) file: OnceLock<Arc<std::fs::File>>,
+    /// Serialises the writes of piece bytes into the content file (see [`ContentWriter`]).
+    pub(crate) write_gate: Arc<Mutex<()>>,
     pub(crate) view: watch::Sender<TaskView>,
     /// Pieces hashed in this process (received and checked, or re-read and checked): only these
     /// are ever served.
@@ -327,7 +339,7 @@ impl LocalTask {
     pub async fn store_piece(&self, n: u32, offset: u64, data: Bytes) -> std::io::Result<()> {
         self.reserve(offset + data.len() as u64)?;
         self.ensure_room(data.len() as u64)?;
-        let file = self.content_file()?;
+        let file = self.content_writer()?;
         tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
             .await
             .map_err(std::io::Error::other)??;
@@ -366,11 +378,16 @@ impl LocalTask {
         Ok(())
     }
 
-    /// The task's content file, for writers that put piece bytes in place themselves (then
-    /// [`LocalTask::mark_present`] once the bytes are verified). Bytes written there are never
-    /// served before that.
+    /// The task's content file, for readers.
     pub fn content_file(&self) -> std::io::Result<Arc<std::fs::File>> {
         self.file()
+    }
+
+    /// The task's content file for writers that put piece bytes in place themselves (then
+    /// [`LocalTask::mark_present`] once the bytes are verified). Bytes written there are never
+    /// served before that.
+    pub fn content_writer(&self) -> std::io::Result<ContentWriter> {
+        Ok(ContentWriter::with_gate(self.file()?, self.write_gate.clone()))
     }
 
     /// Path of the content file (complete and verified once the task is done).
