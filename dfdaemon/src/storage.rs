@@ -5,8 +5,8 @@
 //! ([`crate::announce`]).
 
 pub use damselfly_store::{
-    ContentWriter, Durability, LocalTask, Piece, QuotaError, Store, StoreConfig, StoreError, StoreEvent, TaskFailure, TaskStatus,
-    TaskView, METADATA_HEADROOM,
+    ContentWriter, Durability, LocalTask, Piece, QuotaError, Store, StoreConfig, StoreError, StoreEvent, TaskFailure,
+    TaskStatus, TaskView, METADATA_HEADROOM,
 };
 
 /// The daemon's store settings: `quota` bytes at most (`None`: unbounded), every piece recorded.

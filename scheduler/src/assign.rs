@@ -203,8 +203,15 @@ impl Shared {
         links.len()
     }
 
-    /// Whether `child`'s link with `parent` already carries `link_depth` pieces (never with a
-    /// depth of 1: then every piece is its own upload slot).
+    /// Pieces one link of a parent with `links` children and `slots` upload slots may carry:
+    /// `link_depth`, or more while the parent has fewer children than slots, so that a lone
+    /// child gets as many pieces in flight from a parent as it would with a depth of 1.
+    pub(super) fn link_cap(&self, links: usize, slots: usize) -> usize {
+        self.config.link_depth.max(slots / links.max(1))
+    }
+
+    /// Whether `child`'s link with `parent` already carries as many pieces as it may (never with
+    /// a depth of 1: then every piece is its own upload slot).
     fn link_full(&self, task: &TaskState, child: u32, parent: u32) -> bool {
         let depth = self.config.link_depth;
         if depth <= 1 {
@@ -213,7 +220,8 @@ impl Shared {
         let (Some(m), Some(p)) = (task.member(child), task.member(parent)) else { return false };
         let on_link =
             m.assigned.values().filter(|s| matches!(s, Source::Peer { gid: Some(g), .. } if *g == p.gid)).count();
-        on_link >= depth
+        let links = self.peers.get(p.gid).map_or(1, |rec| self.load_of(rec));
+        on_link >= self.link_cap(links, self.config.max_uploads_per_peer)
     }
 
     /// The parents `child` has a link with that can take another piece: (member slot, pieces on
@@ -232,8 +240,11 @@ impl Shared {
                 None => links.push((slot, 1)),
             }
         }
+        let slots = self.config.max_uploads_per_peer;
         links.retain(|&(slot, queued)| {
-            queued < depth && task.member(slot).and_then(|p| self.peers.get(p.gid)).is_some_and(|r| !r.bad)
+            task.member(slot)
+                .and_then(|p| self.peers.get(p.gid))
+                .is_some_and(|r| !r.bad && queued < self.link_cap(self.load_of(r), slots))
         });
         links
     }
@@ -264,9 +275,10 @@ impl Shared {
         if depth <= 1 {
             return self.sn_uploads < self.config.max_supernode_uploads;
         }
+        let slots = self.config.max_supernode_uploads;
         match self.sn_links.get(&(task.id.clone(), child)) {
-            Some(&n) => (n as usize) < depth,
-            None => self.sn_links.len() < self.config.max_supernode_uploads,
+            Some(&n) => (n as usize) < self.link_cap(self.sn_links.len(), slots),
+            None => self.sn_links.len() < slots,
         }
     }
 

@@ -98,12 +98,12 @@ pub struct SchedulerConfig {
     /// slots count children rather than pieces, and a child's next piece from a parent it is
     /// already fetching from queues behind the current one on the same connection (pieces on a
     /// connection are sent one after the other), so the link never idles for the round trip of
-    /// a report and the next assignment. Default 1. Depth 2 keeps the supernode's link, the
-    /// bottleneck of a symmetric swarm, busier (8 hosts at 100 Mbit/s: p50 1.20x the bound in 4
-    /// of 4 interleaved runs against 1.21-1.29x) but halves what one child may have in flight
-    /// from one parent (dfget from a single warm peer: median 0.249 GB/s against 0.272, 4
-    /// interleaved runs each):
-    /// see DESIGN.md, "Swarm speed".
+    /// a report and the next assignment. A parent with fewer children than upload slots lets a
+    /// link carry up to slots ÷ children pieces, so a lone child has as many in flight as with a
+    /// depth of 1. Default 2: it keeps the supernode's link, the bottleneck of a symmetric
+    /// swarm, busy (8 hosts at 100 Mbit/s: p50 1.19x the bound in 3 of 3 interleaved runs
+    /// against 1.19-1.23x with 1; max 1.19-1.23x against 1.22-1.29x), and dfget from a single
+    /// warm peer is as fast as with 1: see DESIGN.md, "Swarm speed".
     pub link_depth: usize,
     /// After this long without a finish report for a supernode copy of a piece, another
     /// supernode copy of that piece may be assigned (the first child may be stuck). Default 3 s: well above a piece transfer, well below the download stall timeout.
@@ -152,7 +152,7 @@ impl Default for SchedulerConfig {
             window_per_peer: 8,
             max_uploads_per_peer: 4,
             max_supernode_uploads: 4,
-            link_depth: 1,
+            link_depth: 2,
             stalled_after: Duration::from_secs(3),
             bad_peer_strikes: 3,
             bad_peer_reporters: 2,

@@ -370,17 +370,22 @@ impl Scheduler {
         assert!(sn_uploads <= self.shared.config.max_supernode_uploads * depth);
         assert_eq!(self.shared.sn_links.values().map(|&n| n as usize).sum::<usize>(), sn_uploads);
         assert!(depth == 1 || self.shared.sn_links.len() <= self.shared.config.max_supernode_uploads);
-        assert!(self.shared.sn_links.values().all(|&n| n >= 1 && (depth == 1 || n as usize <= depth)));
+        // A link carries `link_depth` pieces, or as many as the supernode has slots while it
+        // has fewer children than slots.
+        let sn_cap = depth.max(self.shared.config.max_supernode_uploads);
+        assert!(self.shared.sn_links.values().all(|&n| n >= 1 && (depth == 1 || n as usize <= sn_cap)));
         for (gid, rec) in self.shared.peers.iter() {
             assert_eq!(rec.uploads.len(), uploads.get(&gid).copied().unwrap_or(0), "uploads of {}", rec.id);
             assert!(self.shared.load_of(rec) <= max);
-            // No link carries more than `link_depth` pieces.
+            // No link carries more than `link_depth` pieces, or the parent's slots while it has
+            // fewer children than slots.
             let mut per_link: BTreeMap<(&TaskId, u32), usize> = BTreeMap::new();
             for u in &rec.uploads {
                 *per_link.entry((&u.task, u.child)).or_default() += 1;
             }
             let depth = self.shared.config.link_depth;
-            assert!(depth == 1 || per_link.values().all(|&n| n <= depth), "link depth of {}", rec.id);
+            let cap = depth.max(max);
+            assert!(depth == 1 || per_link.values().all(|&n| n <= cap), "link depth of {}", rec.id);
             assert!(!rec.tasks.is_empty());
         }
     }
@@ -819,6 +824,41 @@ fn summary_views_and_determinism() {
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["phase"], "fetching");
     assert_eq!(sw.s.tasks(), vec![tid()]);
+}
+
+#[test]
+fn a_lone_child_gets_every_upload_slot_of_its_parent_and_more_children_share_them_by_depth() {
+    let cfg = SchedulerConfig { link_depth: 2, window_per_peer: 16, ..SchedulerConfig::default() };
+    let slots = cfg.max_uploads_per_peer;
+    let mut s = Scheduler::new(cfg);
+    let t = TaskId::new("t");
+    let now = Duration::ZERO;
+    s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: None, piece_size: PIECE });
+    for n in 0..32 {
+        s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
+    }
+    let len = 32 * u64::from(PIECE);
+    s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 32, content_length: len });
+    s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(0), addr: addr(0), have: (0..32).collect() });
+    let from_seed = |actions: &[Action], child: &PeerId| -> usize {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { peer, msg: Down::Assign(list), .. } if peer == child => Some(list),
+                _ => None,
+            })
+            .flatten()
+            .filter(|x| matches!(&x.parent, Parent::Peer { id, .. } if *id == pid(0)))
+            .count()
+    };
+    // Alone, the child has as many pieces in flight from the seed as the seed has upload slots,
+    // as with a depth of 1 (not just `link_depth`).
+    let first = s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(1), addr: addr(1), have: vec![] });
+    assert_eq!(from_seed(&first, &pid(1)), slots);
+    // A second child gets `link_depth` pieces from the seed (its own link): the seed's slots now
+    // count children.
+    let second = s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(2), addr: addr(2), have: vec![] });
+    assert_eq!(from_seed(&second, &pid(2)), 2);
 }
 
 #[test]
