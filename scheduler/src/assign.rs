@@ -197,6 +197,12 @@ impl Shared {
         if self.config.link_depth <= 1 {
             return rec.uploads.len();
         }
+        // A parent whose links carry `slots × link_depth` pieces in all takes nothing more, however
+        // few children it has (see `link_cap`).
+        let slots = self.config.max_uploads_per_peer;
+        if rec.uploads.len() >= slots * self.config.link_depth {
+            return slots;
+        }
         let mut links: Vec<(&TaskId, u32)> = rec.uploads.iter().map(|u| (&u.task, u.child)).collect();
         links.sort_unstable();
         links.dedup();
@@ -205,7 +211,9 @@ impl Shared {
 
     /// Pieces one link of a parent with `links` children and `slots` upload slots may carry:
     /// `link_depth`, or more while the parent has fewer children than slots, so that a lone
-    /// child gets as many pieces in flight from a parent as it would with a depth of 1.
+    /// child gets as many pieces in flight from a parent as it would with a depth of 1. A parent
+    /// never carries more than `slots × link_depth` pieces in all (a lone child's long link
+    /// counts when others join).
     pub(super) fn link_cap(&self, links: usize, slots: usize) -> usize {
         self.config.link_depth.max(slots / links.max(1))
     }
@@ -220,8 +228,9 @@ impl Shared {
         let (Some(m), Some(p)) = (task.member(child), task.member(parent)) else { return false };
         let on_link =
             m.assigned.values().filter(|s| matches!(s, Source::Peer { gid: Some(g), .. } if *g == p.gid)).count();
-        let links = self.peers.get(p.gid).map_or(1, |rec| self.load_of(rec));
-        on_link >= self.link_cap(links, self.config.max_uploads_per_peer)
+        let slots = self.config.max_uploads_per_peer;
+        let Some(rec) = self.peers.get(p.gid) else { return on_link >= depth };
+        rec.uploads.len() >= slots * depth || on_link >= self.link_cap(self.load_of(rec), slots)
     }
 
     /// The parents `child` has a link with that can take another piece: (member slot, pieces on
@@ -242,9 +251,9 @@ impl Shared {
         }
         let slots = self.config.max_uploads_per_peer;
         links.retain(|&(slot, queued)| {
-            task.member(slot)
-                .and_then(|p| self.peers.get(p.gid))
-                .is_some_and(|r| !r.bad && queued < self.link_cap(self.load_of(r), slots))
+            task.member(slot).and_then(|p| self.peers.get(p.gid)).is_some_and(|r| {
+                !r.bad && r.uploads.len() < slots * depth && queued < self.link_cap(self.load_of(r), slots)
+            })
         });
         links
     }
@@ -276,6 +285,9 @@ impl Shared {
             return self.sn_uploads < self.config.max_supernode_uploads;
         }
         let slots = self.config.max_supernode_uploads;
+        if self.sn_uploads >= slots * depth {
+            return false;
+        }
         match self.sn_links.get(&(task.id.clone(), child)) {
             Some(&n) => (n as usize) < self.link_cap(self.sn_links.len(), slots),
             None => self.sn_links.len() < slots,
@@ -287,8 +299,9 @@ impl Shared {
         if self.config.link_depth <= 1 {
             return self.sn_uploads >= self.config.max_supernode_uploads;
         }
-        self.sn_links.len() >= self.config.max_supernode_uploads
-            && self.sn_links.values().all(|&n| n as usize >= self.config.link_depth)
+        let slots = self.config.max_supernode_uploads;
+        self.sn_uploads >= slots * self.config.link_depth
+            || (self.sn_links.len() >= slots && self.sn_links.values().all(|&n| n as usize >= self.config.link_depth))
     }
 
     /// Whether a supernode copy of the piece is in flight that is not stalled yet (see
