@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use damselfly_net::rate::{self, Flow};
 use damselfly_net::tls;
 use damselfly_net::transport::{read_frame, write_frame, TransportError};
@@ -561,7 +562,7 @@ pub async fn fetch_piece(
         return Err(FetchError::Digest(format!("parent announced {} bytes, the piece has {}", resp.size, info.size)));
     }
     let size = info.size as usize;
-    let mut writer = BlockWriter::new(file.clone(), info.offset, size, writes.clone());
+    let mut writer = BlockWriter::new(file.clone(), info.offset, writes.clone());
     let mut received = 0usize;
     while received < size {
         let step = flow.chunk(size - received);
@@ -571,7 +572,7 @@ pub async fn fetch_piece(
         };
         flow.take(chunk.bytes.len() as u64).await;
         received += chunk.bytes.len();
-        writer.push(&chunk.bytes, received == size).await?;
+        writer.push(chunk.bytes, received == size).await?;
     }
     let got = writer.finish().await?;
     if got != info.sha256 {
@@ -584,11 +585,13 @@ pub async fn fetch_piece(
     Ok(())
 }
 
-/// A block being hashed and written: hands back the hasher, the emptied buffer and the result.
-type BlockJob = tokio::task::JoinHandle<(Sha256, Vec<u8>, std::io::Result<()>)>;
+/// A block being hashed and written: hands back the hasher, the emptied chunk list and the
+/// result.
+type BlockJob = tokio::task::JoinHandle<(Sha256, Vec<Bytes>, std::io::Result<()>)>;
 
-/// Collects a piece's bytes into blocks and hashes and writes each block on a blocking thread,
-/// keeping at most one block in flight there.
+/// Collects a piece's chunks as the stream hands them over (no copy: each is a slice of a
+/// received datagram) into blocks of about [`WRITE_BLOCK`] bytes, and hashes and writes each
+/// block on a blocking thread (one `pwritev`), keeping at most one block in flight there.
 struct BlockWriter {
     file: ContentWriter,
     /// Tracks the blocking writes, so that a download can wait for them even after the fetch
@@ -596,40 +599,34 @@ struct BlockWriter {
     writes: TaskTracker,
     /// File offset of the next block.
     offset: u64,
-    block: Vec<u8>,
-    /// The block being hashed and written, with the hasher; hands both back with a spare buffer.
+    block: Vec<Bytes>,
+    /// Bytes in `block`.
+    block_len: usize,
+    /// The block being hashed and written, with the hasher; hands both back with an emptied list.
     busy: Option<BlockJob>,
     hasher: Option<Sha256>,
-    spare: Vec<u8>,
+    spare: Vec<Bytes>,
 }
 
 impl BlockWriter {
-    fn new(file: ContentWriter, offset: u64, size: usize, writes: TaskTracker) -> Self {
-        let cap = WRITE_BLOCK.min(size);
+    fn new(file: ContentWriter, offset: u64, writes: TaskTracker) -> Self {
         Self {
             file,
             writes,
             offset,
-            block: Vec::with_capacity(cap),
+            block: Vec::new(),
+            block_len: 0,
             busy: None,
             hasher: Some(Sha256::new()),
-            spare: Vec::with_capacity(cap),
+            spare: Vec::new(),
         }
     }
 
-    /// Appends bytes; hands a full block (or the last one) to the blocking thread.
-    async fn push(&mut self, bytes: &[u8], last: bool) -> Result<(), FetchError> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let room = WRITE_BLOCK - self.block.len();
-            let (now, later) = rest.split_at(room.min(rest.len()));
-            self.block.extend_from_slice(now);
-            rest = later;
-            if self.block.len() == WRITE_BLOCK {
-                self.flush().await?;
-            }
-        }
-        if last && !self.block.is_empty() {
+    /// Appends a chunk; hands a full block (or the last one) to the blocking thread.
+    async fn push(&mut self, chunk: Bytes, last: bool) -> Result<(), FetchError> {
+        self.block_len += chunk.len();
+        self.block.push(chunk);
+        if self.block_len >= WRITE_BLOCK || (last && self.block_len > 0) {
             self.flush().await?;
         }
         Ok(())
@@ -639,16 +636,17 @@ impl BlockWriter {
     async fn flush(&mut self) -> Result<(), FetchError> {
         self.settle().await?;
         let next = std::mem::take(&mut self.spare);
-        let data = std::mem::replace(&mut self.block, next);
+        let chunks = std::mem::replace(&mut self.block, next);
         let (file, offset) = (self.file.clone(), self.offset);
-        self.offset += data.len() as u64;
+        self.offset += self.block_len as u64;
+        self.block_len = 0;
         let mut hasher = self.hasher.take().unwrap_or_default();
         self.busy = Some(self.writes.spawn_blocking(move || {
-            hasher.update(&data);
-            let written = file.write_all_at(&data, offset);
-            let mut data = data;
-            data.clear();
-            (hasher, data, written)
+            chunks.iter().for_each(|c| hasher.update(c));
+            let written = file.write_all_vectored_at(&chunks, offset);
+            let mut chunks = chunks;
+            chunks.clear();
+            (hasher, chunks, written)
         }));
         Ok(())
     }
