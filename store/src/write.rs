@@ -68,8 +68,7 @@ mod tests {
         let file = Arc::new(tempfile::tempfile().unwrap());
         let writer = ContentWriter::new(file.clone());
         // 3000 chunks of 1..=7 bytes, some empty: more than one pwritev's worth.
-        let chunks: Vec<Bytes> =
-            (0..3000u32).map(|i| Bytes::from(vec![(i % 251) as u8; (i % 8) as usize])).collect();
+        let chunks: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(vec![(i % 251) as u8; (i % 8) as usize])).collect();
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         writer.write_all_vectored_at(&chunks, 100).unwrap();
         let mut got = vec![0u8; expected.len()];
