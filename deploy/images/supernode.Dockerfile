@@ -16,6 +16,11 @@ LABEL org.opencontainers.image.title="damselfly-supernode" \
 ADD rootfs.tar /
 # Plain log lines (no colour escapes) for kubectl logs and log collectors.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt NO_COLOR=1
+# A fixed glibc mmap threshold: buffers of 512 KiB and more (pieces, upload chunks) are mapped
+# and returned on free instead of fragmenting the worker threads' arenas once glibc's dynamic
+# threshold rose. Transfer bench, 4 GiB: supernode peak RSS 52 MiB against 126, uploading
+# dfdaemon 42 against 49, downloading 48 against 53 (DESIGN.md, "Swarm speed").
+ENV MALLOC_MMAP_THRESHOLD_=524288
 USER 65532:65532
 # HTTP (REST API, /healthz, /metrics) and QUIC (peers).
 EXPOSE 8001/tcp 8002/udp
