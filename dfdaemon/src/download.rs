@@ -71,8 +71,8 @@ struct Source {
 struct Fetched {
     piece: u32,
     source: Source,
-    /// Piece length when it was fetched and verified.
-    result: Result<u32, FetchError>,
+    /// The table entry the bytes were checked against, when they were.
+    result: Result<Piece, FetchError>,
 }
 
 /// Why the swarm did not deliver a task.
@@ -363,10 +363,8 @@ impl Conductor {
             }
             Some(Kind::Complete(c)) => {
                 self.task.update(|v| {
-                    v.total_pieces = Some(c.total_pieces);
+                    v.set_total(c.total_pieces);
                     v.content_length = Some(c.content_length);
-                    v.pieces.resize(c.total_pieces as usize, None);
-                    v.have.resize(c.total_pieces as usize, false);
                     // The supernode announces the end of a task only after the content it cut
                     // the piece table from matched the task's digest (when it has one).
                     v.vouched = Some(v.generation);
@@ -406,7 +404,7 @@ impl Conductor {
                     let fetch = fetch_from(&daemon, &sn, &source, &task, what, &writes, &flow);
                     // Time spent waiting for this host's own download limit is not the parent's.
                     match rate::timeout_unthrottled(timeout, &flow, fetch).await {
-                        Ok(r) => r.map(|()| info.size),
+                        Ok(r) => r.map(|()| info),
                         Err(_) => Err(FetchError::Transfer(format!("timed out after {timeout:?}"))),
                     }
                 }
@@ -421,11 +419,18 @@ impl Conductor {
     async fn on_fetched(&mut self, f: Fetched) -> Result<(), SwarmError> {
         self.fetching.remove(&f.piece);
         let source_label = if f.source.peer.is_some() { "peer" } else { "supernode" };
+        let current = self.task.with_view(|v| v.piece(f.piece).cloned());
         let up = match f.result {
-            Ok(size) => {
+            // Checked against the entry the table holds now: present. (An entry replaced while
+            // the bytes were on their way leaves them unchecked against the new one.)
+            Ok(checked) if current == Some(checked) => {
                 self.task.mark_present(f.piece);
-                self.daemon.metrics.downloaded(source_label, u64::from(size));
+                self.daemon.metrics.downloaded(source_label, u64::from(checked.size));
                 wire::piece_done(f.piece)
+            }
+            Ok(_) => {
+                debug!(piece = f.piece, "the piece table changed during the fetch: fetching it again");
+                wire::piece_failed(f.piece, &f.source, pb::FailReason::Transfer, "piece table changed".into())
             }
             Err(FetchError::Local(message)) => {
                 return Err(SwarmError::Failed(TaskFailure { origin_status: None, message }));

@@ -74,10 +74,8 @@ pub async fn from_origin(daemon: &Daemon, task: &LocalTask, req: &DownloadReques
     }
     let count = cutter.count();
     task.update(|v| {
-        v.total_pieces = Some(count);
+        v.set_total(count);
         v.content_length = Some(total);
-        v.pieces.resize(count as usize, None);
-        v.have.resize(count as usize, false);
     });
     if total == 0 {
         task.set_info(Some(0), psize).map_err(|e| fail(e.to_string()))?;

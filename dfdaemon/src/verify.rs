@@ -36,7 +36,8 @@ pub struct Follower {
     next: u32,
     /// The piece table generation the hash so far relied on; a change restarts the hash.
     generation: u64,
-    /// The task id is the expected digest: only then does a vouched table count.
+    /// The task id is the expected digest: only then does a vouched table count (cleared when
+    /// the vouch cannot stand in for the hash).
     digest_task: bool,
     buf: Vec<u8>,
 }
@@ -53,8 +54,8 @@ impl Follower {
     /// early (with `Ok`) only when the task failed, which its downloader reports.
     pub async fn run(mut self) -> Result<(), TaskFailure> {
         let mut rx = self.task.subscribe();
-        let digest_task = self.digest_task;
         loop {
+            let digest_task = self.digest_task;
             let next = self.next;
             let state = rx
                 .wait_for(|v| {
@@ -75,6 +76,11 @@ impl Follower {
                 if self.all_verified().await? {
                     return Ok(());
                 }
+                // A piece counted present is not (or no longer): the vouch cannot stand in for
+                // the hash here. Hash the content whole; a hole then ends in a mismatch, and
+                // the download fetches the content again, instead of waiting for a change
+                // that may never come.
+                self.digest_task = false;
                 continue;
             }
             if has_next && !vouched {

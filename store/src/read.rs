@@ -1,5 +1,6 @@
 //! Reading content off disk for uploads and local readers.
 
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -12,26 +13,39 @@ use bytes::Bytes;
 /// the workers' arenas it matches glibc limited to 2 arenas (benches/results/transfer.md).
 ///
 /// Reads of at most 1 MiB (every upload and body chunk) use a recycled buffer
-/// (see `Pool`); the buffer is never zeroed first: `pread` fills its spare capacity directly.
+/// (see `Pool`), zeroed once when the pool first made it, never per read; a longer read fills a
+/// new buffer's spare capacity directly.
 pub async fn read_exact_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
     read_pooled(&POOL, file, offset, len).await
 }
 
 async fn read_pooled(pool: &'static Pool, file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
-    let mut buf = if len <= POOLED_LEN { pool.take() } else { Vec::with_capacity(len) };
+    if len <= POOLED_LEN {
+        let mut buf = pool.take();
+        let buf = tokio::task::spawn_blocking(move || {
+            // Exactly `len` bytes: a pooled buffer stays initialised, so no spare capacity is read
+            // into (that would read past the piece).
+            file.read_exact_at(&mut buf[..len], offset)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        return Ok(Bytes::from_owner(Pooled { buf, len, pool }));
+    }
+    let mut buf = Vec::with_capacity(len);
     buf = tokio::task::spawn_blocking(move || {
         fill(&file, &mut buf, offset, len)?;
         Ok::<_, std::io::Error>(buf)
     })
     .await
     .map_err(std::io::Error::other)??;
-    Ok(if buf.capacity() == POOLED_LEN { Bytes::from_owner(Pooled { buf, pool }) } else { Bytes::from(buf) })
+    Ok(Bytes::from(buf))
 }
 
 /// Reads `len` bytes at `offset` into `buf` (emptied first) through its spare capacity.
 fn fill(file: &std::fs::File, buf: &mut Vec<u8>, offset: u64, len: usize) -> std::io::Result<()> {
     buf.clear();
-    buf.reserve(len);
+    buf.reserve_exact(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
         let before = buf.len();
@@ -43,7 +57,7 @@ fn fill(file: &std::fs::File, buf: &mut Vec<u8>, offset: u64, len: usize) -> std
             ));
         }
     }
-    // The spare capacity may exceed `len`: never return more.
+    // The spare capacity may exceed `len` (an allocator's rounding): never return more.
     buf.truncate(len);
     Ok(())
 }
@@ -70,28 +84,31 @@ impl Pool {
         Self { idle: Mutex::new(Vec::new()) }
     }
 
+    /// A buffer of [`POOLED_LEN`] initialised bytes.
     fn take(&self) -> Vec<u8> {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(POOLED_LEN))
+        reused.unwrap_or_else(|| vec![0; POOLED_LEN])
     }
 
     fn put(&self, buf: Vec<u8>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < POOL_KEEP && buf.capacity() == POOLED_LEN {
+        if idle.len() < POOL_KEEP && buf.len() == POOLED_LEN {
             idle.push(buf);
         }
     }
 }
 
-/// A pooled buffer lent to a [`Bytes`]; back to its pool when the last clone is dropped.
+/// A pooled buffer lent to a [`Bytes`] (its first `len` bytes); back to its pool when the last
+/// clone is dropped.
 struct Pooled {
     buf: Vec<u8>,
+    len: usize,
     pool: &'static Pool,
 }
 
 impl AsRef<[u8]> for Pooled {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.len]
     }
 }
 

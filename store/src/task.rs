@@ -85,6 +85,20 @@ impl TaskView {
         self.vouched == Some(self.generation)
     }
 
+    /// Fixes the number of pieces at `total`: the table and the present flags end there, and a
+    /// present piece beyond it (a table cut with another piece size) no longer counts. Cutting
+    /// one off changes the table, so the generation moves on.
+    pub fn set_total(&mut self, total: u32) {
+        let n = total as usize;
+        if self.have.get(n..).is_some_and(|cut| cut.iter().any(|h| *h)) {
+            self.generation += 1;
+        }
+        self.total_pieces = Some(total);
+        self.pieces.resize(n, None);
+        self.have.resize(n, false);
+        self.have_count = self.have.iter().filter(|h| **h).count() as u32;
+    }
+
     /// Bytes of the pieces present.
     pub fn present_bytes(&self) -> u64 {
         self.have

@@ -368,3 +368,23 @@ async fn land_all_err(store: &Store, t: &TaskId) -> String {
     let (task, _) = store.get_or_create(t).unwrap();
     task.set_info(Some(PIECE as u64), PIECE as u32).unwrap_err().to_string()
 }
+
+#[test]
+fn fixing_the_piece_count_uncounts_pieces_cut_off_and_moves_the_generation() {
+    let mut v = TaskView::new();
+    v.pieces = vec![None; 6];
+    v.have = vec![true, false, true, false, true, true];
+    v.have_count = 4;
+    let before = v.generation;
+    // A table of 3 pieces (another piece size): pieces 4 and 5 are cut off.
+    v.set_total(3);
+    assert_eq!((v.total_pieces, v.have.len(), v.pieces.len()), (Some(3), 3, 3));
+    assert_eq!(v.have_count, 2);
+    assert!(!v.complete(), "piece 1 is missing");
+    assert_eq!(v.generation, before + 1);
+    // Nothing present cut off: the table is the same, so is the generation.
+    v.set_total(3);
+    assert_eq!(v.generation, before + 1);
+    v.set_total(5);
+    assert_eq!((v.have.len(), v.have_count, v.generation), (5, 2, before + 1));
+}
