@@ -36,9 +36,9 @@ pub struct Follower {
     next: u32,
     /// The piece table generation the hash so far relied on; a change restarts the hash.
     generation: u64,
-    /// The task id is the expected digest: only then does a vouched table count (cleared when
-    /// the vouch cannot stand in for the hash).
-    digest_task: bool,
+    /// Whether a vouched table may stand in for the hash: only for a task named by the expected
+    /// digest, and no longer once a vouched, complete task failed its piece checks.
+    trust_vouch: bool,
     buf: Vec<u8>,
 }
 
@@ -46,8 +46,8 @@ impl Follower {
     /// A follower checking `task` against `expected`.
     pub fn new(task: Arc<LocalTask>, expected: Sha256Digest) -> Self {
         let generation = task.with_view(|v| v.generation);
-        let digest_task = task.id.as_str() == expected.to_string();
-        Self { task, expected, hasher: Sha256::new(), next: 0, generation, digest_task, buf: Vec::new() }
+        let trust_vouch = task.id.as_str() == expected.to_string();
+        Self { task, expected, hasher: Sha256::new(), next: 0, generation, trust_vouch, buf: Vec::new() }
     }
 
     /// Follows the download until every piece is present and hashed; then compares. Returns
@@ -55,15 +55,15 @@ impl Follower {
     pub async fn run(mut self) -> Result<(), TaskFailure> {
         let mut rx = self.task.subscribe();
         loop {
-            let digest_task = self.digest_task;
+            let trust_vouch = self.trust_vouch;
             let next = self.next;
             let state = rx
                 .wait_for(|v| {
-                    let hash_next = v.has(next) && !(digest_task && v.is_vouched());
+                    let hash_next = v.has(next) && !(trust_vouch && v.is_vouched());
                     hash_next || v.generation != self.generation || v.complete() || v.failed()
                 })
                 .await
-                .map(|v| (v.failed(), v.generation, v.complete(), v.has(next), digest_task && v.is_vouched()));
+                .map(|v| (v.failed(), v.generation, v.complete(), v.has(next), trust_vouch && v.is_vouched()));
             let Ok((failed, generation, all, has_next, vouched)) = state else { return Ok(()) };
             if failed {
                 return Ok(());
@@ -80,7 +80,7 @@ impl Follower {
                 // the hash here. Hash the content whole; a hole then ends in a mismatch, and
                 // the download fetches the content again, instead of waiting for a change
                 // that may never come.
-                self.digest_task = false;
+                self.trust_vouch = false;
                 continue;
             }
             if has_next && !vouched {
@@ -119,7 +119,7 @@ impl Follower {
                 .task
                 .with_view(|v| (v.generation == self.generation && v.has(n)).then(|| v.piece(n).cloned()).flatten());
             let Some(info) = info else { return Ok(()) };
-            if self.digest_task && self.task.with_view(|v| v.is_vouched()) {
+            if self.trust_vouch && self.task.with_view(|v| v.is_vouched()) {
                 // The table was vouched for meanwhile: the rest needs no second hash.
                 return Ok(());
             }

@@ -199,9 +199,8 @@ impl Shared {
         }
         // A parent whose links carry `slots × link_depth` pieces in all takes nothing more, however
         // few children it has (see `link_cap`).
-        let slots = self.config.max_uploads_per_peer;
-        if rec.uploads.len() >= slots * self.config.link_depth {
-            return slots;
+        if self.at_budget(rec) {
+            return self.config.max_uploads_per_peer;
         }
         let mut links: Vec<(&TaskId, u32)> = rec.uploads.iter().map(|u| (&u.task, u.child)).collect();
         links.sort_unstable();
@@ -218,6 +217,16 @@ impl Shared {
         self.config.link_depth.max(slots / links.max(1))
     }
 
+    /// Whether a peer's links carry `slots × link_depth` pieces in all.
+    fn at_budget(&self, rec: &PeerRec) -> bool {
+        rec.uploads.len() >= self.config.max_uploads_per_peer * self.config.link_depth
+    }
+
+    /// Whether a link of peer `rec` that carries `on_link` pieces may take another.
+    fn link_has_room(&self, rec: &PeerRec, on_link: usize) -> bool {
+        !self.at_budget(rec) && on_link < self.link_cap(self.load_of(rec), self.config.max_uploads_per_peer)
+    }
+
     /// Whether `child`'s link with `parent` already carries as many pieces as it may (never with
     /// a depth of 1: then every piece is its own upload slot).
     fn link_full(&self, task: &TaskState, child: u32, parent: u32) -> bool {
@@ -228,9 +237,7 @@ impl Shared {
         let (Some(m), Some(p)) = (task.member(child), task.member(parent)) else { return false };
         let on_link =
             m.assigned.values().filter(|s| matches!(s, Source::Peer { gid: Some(g), .. } if *g == p.gid)).count();
-        let slots = self.config.max_uploads_per_peer;
-        let Some(rec) = self.peers.get(p.gid) else { return on_link >= depth };
-        rec.uploads.len() >= slots * depth || on_link >= self.link_cap(self.load_of(rec), slots)
+        self.peers.get(p.gid).map_or(on_link >= depth, |rec| !self.link_has_room(rec, on_link))
     }
 
     /// The parents `child` has a link with that can take another piece: (member slot, pieces on
@@ -249,11 +256,10 @@ impl Shared {
                 None => links.push((slot, 1)),
             }
         }
-        let slots = self.config.max_uploads_per_peer;
         links.retain(|&(slot, queued)| {
-            task.member(slot).and_then(|p| self.peers.get(p.gid)).is_some_and(|r| {
-                !r.bad && r.uploads.len() < slots * depth && queued < self.link_cap(self.load_of(r), slots)
-            })
+            task.member(slot)
+                .and_then(|p| self.peers.get(p.gid))
+                .is_some_and(|r| !r.bad && self.link_has_room(r, queued))
         });
         links
     }
