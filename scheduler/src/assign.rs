@@ -20,7 +20,7 @@ const PARENT_SAMPLE: usize = 8;
 const FRESH_PEERS_MAX: usize = 16;
 /// In the endgame the supernode sends another copy of a piece only while fewer than this many
 /// copies are held or on their way from it.
-const ENDGAME_RARE: usize = 3;
+pub(super) const ENDGAME_RARE: usize = 3;
 /// A drain stops after this many waiting peers in a row could not use the new capacity.
 const DRAIN_MISSES: usize = 64;
 
@@ -313,8 +313,7 @@ impl Shared {
     /// Whether a supernode copy of the piece is in flight that is not stalled yet (see
     /// [`Shared::stall_limit`]).
     fn recent_supernode_copy(&self, ps: &PieceState, now: Duration) -> bool {
-        let limit = self.stall_limit();
-        ps.sn_copies.iter().any(|&(_, start)| now.saturating_sub(start) < limit)
+        recent_copy(ps, now, self.stall_limit())
     }
 
     /// How long a supernode copy may run before another copy of the piece may be sent:
@@ -474,7 +473,7 @@ impl Shared {
             }
         }
         if pick.is_none() && self.supernode_can_serve(task, w) {
-            pick = self.pick_supernode_piece(task, w, sn_open).map(|piece| (piece, Pick::Supernode));
+            pick = self.pick_supernode_piece(task, w, sn_open, now).map(|piece| (piece, Pick::Supernode));
         }
         let Some((piece, pick)) = pick else {
             return false;
@@ -503,13 +502,29 @@ impl Shared {
         self.rarest(task, pieces)
     }
 
-    /// The rarest of `sn_open` that `w` neither holds nor was assigned; ties random.
-    fn pick_supernode_piece(&mut self, task: &TaskState, w: u32, sn_open: &[u32]) -> Option<u32> {
+    /// The rarest of `sn_open` that `w` neither holds nor was assigned and that the supernode
+    /// may still serve; ties random.
+    fn pick_supernode_piece(&mut self, task: &TaskState, w: u32, sn_open: &[u32], now: Duration) -> Option<u32> {
         let child = task.member(w)?;
+        let (endgame, stall_limit) = (endgame(task), self.stall_limit());
+        // `sn_open` was listed when the capacity appeared; the copies assigned since (in this
+        // same drain) count: an endgame piece stays rare, a first copy goes out once.
+        let servable = |p: u32| {
+            task.pieces.get(p as usize).is_some_and(|ps| {
+                if endgame {
+                    endgame_piece(ps)
+                } else {
+                    ps.holder_count == 0 && !recent_copy(ps, now, stall_limit)
+                }
+            })
+        };
         // An endgame piece (held by a busy peer) only for a child with nothing else to do.
         let held_elsewhere = |p: u32| task.pieces.get(p as usize).is_some_and(|ps| ps.holder_count > 0);
         let pieces = sn_open.iter().copied().filter(|&p| {
-            !child.held.contains(p) && !child.assigned.contains_key(&p) && (!held_elsewhere(p) || starving(child))
+            !child.held.contains(p)
+                && !child.assigned.contains_key(&p)
+                && (!held_elsewhere(p) || starving(child))
+                && servable(p)
         });
         self.rarest(task, pieces)
     }
@@ -595,6 +610,11 @@ fn starving(m: &Member) -> bool {
 /// so the supernode's extra copies stay a small fraction of the file however big the swarm.
 fn endgame_piece(ps: &PieceState) -> bool {
     ps.open_holders == 0 && (ps.holder_count as usize + ps.sn_copies.len()) < ENDGAME_RARE
+}
+
+/// Whether a supernode copy of the piece started less than `limit` before `now`.
+fn recent_copy(ps: &PieceState, now: Duration, limit: Duration) -> bool {
+    ps.sn_copies.iter().any(|&(_, start)| now.saturating_sub(start) < limit)
 }
 
 /// Copies of `piece` in the swarm or on their way: usable holders + assignments in flight.

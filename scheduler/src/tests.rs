@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
 
+use super::assign::ENDGAME_RARE;
 use super::state::Source;
 use super::*;
 
@@ -1192,4 +1193,38 @@ fn a_new_fetch_after_a_failed_one_is_a_new_attempt_and_later_peers_get_its_piece
     assert!(msgs.iter().any(|m| matches!(m, Down::Complete { total_pieces: 2, .. })), "{msgs:?}");
     assert!(msgs.iter().any(|m| matches!(m, Down::Assign(a) if !a.is_empty())), "{msgs:?}");
     assert!(!msgs.iter().any(|m| matches!(m, Down::Failed { .. })), "{msgs:?}");
+}
+
+#[test]
+fn endgame_copies_from_the_supernode_stay_rare_when_one_finish_frees_many_waiting_peers() {
+    // Eight peers wait for a small file; its last piece reaches its first holder while that
+    // holder's upload slots are all taken by the other pieces. The capacity that finish offers
+    // goes to every starving peer in one drain: each supernode copy must count against the
+    // piece's rarity, or the supernode ends up sending the piece to most of the swarm.
+    for seed in 0..16 {
+        for pieces in 1..=3u32 {
+            let mut sw = Swarm::new(SchedulerConfig { seed, ..SchedulerConfig::default() });
+            sw.join(0, vec![]);
+            sw.origin(pieces);
+            (1..8).for_each(|i| drop(sw.join(i, vec![])));
+            let slow = pieces - 1;
+            sw.run(
+                |sw, _, piece, _| {
+                    if piece == slow && sw.now < Duration::from_millis(300) {
+                        Outcome::Keep
+                    } else {
+                        Outcome::Finish
+                    }
+                },
+            );
+            assert!(sw.everyone_done(0..8));
+            for p in 0..pieces {
+                let copies = sw.log.iter().filter(|(_, a)| a.piece == p && a.parent == Parent::Supernode).count();
+                assert!(
+                    (1..=ENDGAME_RARE).contains(&copies),
+                    "seed {seed}, {pieces} pieces: piece {p} went out {copies} times from the supernode"
+                );
+            }
+        }
+    }
 }
