@@ -45,7 +45,7 @@ pub async fn run(daemon: Arc<Daemon>) {
             StoreEvent::Evicted { id, url, digest } => {
                 let d = daemon.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = announce(&d, &id, url, digest, Vec::new()).await {
+                    if let Err(e) = announce(&d, &id, url, digest, Vec::new(), (0, None)).await {
                         debug!(task = %id, error = %e, "cannot report eviction to the supernode");
                     }
                 });
@@ -105,7 +105,8 @@ async fn reannounce(daemon: &Arc<Daemon>, which: &(dyn Fn(&TaskId) -> bool + Syn
         let d = daemon.clone();
         set.spawn(async move {
             let (url, digest) = task.origin();
-            announce(&d, &task.id, url, digest, task.held_pieces()).await
+            let table = task.with_view(|v| (v.piece_size, v.content_length));
+            announce(&d, &task.id, url, digest, task.held_pieces(), table).await
         });
     }
     while let Some(r) = set.join_next().await {
@@ -142,13 +143,15 @@ pub fn resume(daemon: &Arc<Daemon>, task: &Arc<LocalTask>) {
     });
 }
 
-/// Tells the supernode which pieces of `id` this node holds (`have` empty: none any more).
+/// Tells the supernode which pieces of `id` this node holds (`have` empty: none any more), in a
+/// table of `table.0`-byte pieces of a `table.1`-byte file.
 async fn announce(
     daemon: &Daemon,
     id: &TaskId,
     url: Option<String>,
     digest: Option<String>,
     have: Vec<u32>,
+    table: (u32, Option<u64>),
 ) -> anyhow::Result<()> {
     let Some(url) = url else { anyhow::bail!("no URL recorded for task {id}") };
     let owner = daemon.supernodes.owner(id).ok_or_else(|| anyhow::anyhow!("no supernode is up"))?;
@@ -166,6 +169,8 @@ async fn announce(
         have,
         announce_only: true,
         limits: Some(daemon.limits.to_proto()),
+        piece_size: table.0,
+        content_length: table.1,
     };
     let up = |kind| pb::ControlUp { kind: Some(kind) };
     let first = pb::Request { kind: Some(pb::request::Kind::Control(up(pb::control_up::Kind::Register(register)))) };

@@ -236,6 +236,8 @@ async fn drive_with(
         have: task.present_pieces().await,
         announce_only: false,
         limits: Some(daemon.limits.to_proto()),
+        piece_size: task.with_view(|v| v.piece_size),
+        content_length: task.with_view(|v| v.content_length),
     };
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),

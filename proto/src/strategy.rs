@@ -96,15 +96,34 @@ pub fn limits() -> impl Strategy<Value = Limits> {
     })
 }
 
-/// Any [`Register`], with or without its limits.
+/// Any [`Register`], with or without its limits and its table's shape.
 pub fn register() -> impl Strategy<Value = Register> {
     (
         (text(), text(), text(), vec(header(), 0..4)),
         (text(), text(), vec(any::<u32>(), 0..MAX_LIST), any::<bool>(), option::of(limits())),
+        (any::<u32>(), option::of(any::<u64>())),
     )
-        .prop_map(|((task_id, url, digest, headers), (peer_id, peer_addr, have, announce_only, limits))| {
-            Register { task_id, url, digest, headers, peer_id, peer_addr, have, announce_only, limits }
-        })
+        .prop_map(
+            |(
+                (task_id, url, digest, headers),
+                (peer_id, peer_addr, have, announce_only, limits),
+                (piece_size, content_length),
+            )| {
+                Register {
+                    task_id,
+                    url,
+                    digest,
+                    headers,
+                    peer_id,
+                    peer_addr,
+                    have,
+                    announce_only,
+                    limits,
+                    piece_size,
+                    content_length,
+                }
+            },
+        )
 }
 
 /// Any [`PieceDone`].

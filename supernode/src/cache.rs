@@ -88,6 +88,11 @@ impl CachedTask {
         self.task.with_view(TaskView::present_bytes)
     }
 
+    /// The piece size of the task's table (0 until the origin answered).
+    pub fn piece_size(&self) -> u32 {
+        self.task.with_view(|v| v.piece_size)
+    }
+
     /// Bytes charged against the quota.
     pub fn charged(&self) -> u64 {
         self.task.charged()

@@ -59,6 +59,32 @@ fn validate_register(
     Ok((url, digest, addr))
 }
 
+/// The pieces `reg` says its peer holds, if its numbers name the byte ranges this supernode's
+/// table does: a peer whose table was cut with another piece size (another version's rule, a
+/// task this supernode evicted and cuts afresh) holds other ranges under the same numbers, and
+/// every child would fail the supernode's sha256 on them and strike the peer. Such a peer is
+/// not a holder here; a downloading one fetches the pieces again under this table.
+fn usable_have(shared: &Shared, task: &TaskId, reg: &pb::Register) -> Vec<u32> {
+    if reg.have.is_empty() || cut_alike(shared.cache.get(task).map(|t| t.piece_size()), reg) {
+        return reg.have.clone();
+    }
+    debug!(task = %task, theirs = reg.piece_size, "the peer's pieces are cut otherwise: not a holder");
+    Vec::new()
+}
+
+/// Whether `reg`'s pieces are cut like this supernode's table: the piece size of its cached
+/// copy (`cached`, 0 before the origin answered), else the one it would cut for the length the
+/// peer recorded. A peer that names no piece size (older versions) is taken at its word.
+fn cut_alike(cached: Option<u32>, reg: &pb::Register) -> bool {
+    if reg.piece_size == 0 {
+        return true;
+    }
+    let ours = cached
+        .filter(|&size| size != 0)
+        .or_else(|| reg.content_length.map(|len| damselfly_types::piece::piece_size(Some(len))));
+    ours.is_none_or(|size| size == reg.piece_size)
+}
+
 /// Sends one message on a control stream that has not started its writer yet, and closes it.
 async fn refuse(send: &mut SendStream, failed: pb::Failed) -> Result<(), TransportError> {
     let down = pb::ControlDown { kind: Some(pb::control_down::Kind::Failed(failed)) };
@@ -87,8 +113,9 @@ pub(crate) async fn control(
     let task = TaskId::new(reg.task_id.clone());
     let peer = PeerId::new(reg.peer_id.clone());
     let _ = send.set_priority(damselfly_net::transport::CONTROL_PRIORITY);
+    let have = usable_have(&shared, &task, &reg);
     if reg.announce_only {
-        return announce(shared, peers, task, peer, addr, reg.have, recv).await;
+        return announce(shared, peers, task, peer, addr, have, recv).await;
     }
     // Admission: this host's own credentials, accepted by the origin for this content.
     let verdict = match shared.config.check_access {
@@ -118,7 +145,7 @@ pub(crate) async fn control(
         let writer = tokio::spawn(write_downs(rx, send));
         let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx.clone()));
         // Joined first, so that a fetch failing at once still reaches this peer.
-        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have: reg.have.clone() });
+        shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have });
         shared.record_host_limits(&peer, reg.limits.as_ref());
         // Held while the peer downloads: the cache never evicts an entry in use.
         let _entry = start_origin_if_needed(&shared, &task, url, digest, &reg.headers);
@@ -334,6 +361,30 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_peer_whose_pieces_are_cut_otherwise_is_not_a_holder() {
+        const MIB: u64 = 1 << 20;
+        let reg = |piece_size: u32, content_length: Option<u64>| pb::Register {
+            have: vec![0, 1, 2],
+            piece_size,
+            content_length,
+            ..Default::default()
+        };
+        // An older peer names no piece size: taken at its word.
+        assert!(cut_alike(Some(512 << 10), &reg(0, None)));
+        // Against the supernode's cached copy.
+        assert!(cut_alike(Some(512 << 10), &reg(512 << 10, Some(96 * MIB))));
+        assert!(!cut_alike(Some(512 << 10), &reg(256 << 10, Some(96 * MIB))));
+        // Nothing cached (evicted, or a fresh supernode): the table it would cut for that length.
+        // 96 MiB in 512 KiB pieces was the rule before 2026-12-03; it is 256 KiB now.
+        assert!(!cut_alike(None, &reg(512 << 10, Some(96 * MIB))));
+        assert!(cut_alike(None, &reg(256 << 10, Some(96 * MIB))));
+        // A cached task whose origin has not answered yet has no piece size: the length decides.
+        assert!(!cut_alike(Some(0), &reg(512 << 10, Some(96 * MIB))));
+        // No length and nothing cached: nothing to compare against.
+        assert!(cut_alike(None, &reg(512 << 10, None)));
+    }
 
     proptest! {
         /// Every report a peer can send, whatever its fields, becomes the event that names the
