@@ -219,6 +219,7 @@ async fn drive_with(
     let lost = |m: String| SwarmError::Lost(m);
     let (mut send, recv) = sn.open_bi().await.map_err(|e| lost(format!("supernode connection broke: {e}")))?;
     let _ = send.set_priority(damselfly_net::transport::CONTROL_PRIORITY);
+    let (piece_size, content_length) = task.with_view(|v| (v.piece_size, v.content_length));
     let register = pb::Register {
         task_id: task.id.to_string(),
         url: req.url.to_string(),
@@ -236,8 +237,8 @@ async fn drive_with(
         have: task.present_pieces().await,
         announce_only: false,
         limits: Some(daemon.limits.to_proto()),
-        piece_size: task.with_view(|v| v.piece_size),
-        content_length: task.with_view(|v| v.content_length),
+        piece_size,
+        content_length,
     };
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),

@@ -509,15 +509,8 @@ impl Shared {
         let (endgame, stall_limit) = (endgame(task), self.stall_limit());
         // `sn_open` was listed when the capacity appeared; the copies assigned since (in this
         // same drain) count: an endgame piece stays rare, a first copy goes out once.
-        let servable = |p: u32| {
-            task.pieces.get(p as usize).is_some_and(|ps| {
-                if endgame {
-                    endgame_piece(ps)
-                } else {
-                    ps.holder_count == 0 && !recent_copy(ps, now, stall_limit)
-                }
-            })
-        };
+        let servable =
+            |p: u32| task.pieces.get(p as usize).is_some_and(|ps| sn_servable(ps, endgame, now, stall_limit));
         // An endgame piece (held by a busy peer) only for a child with nothing else to do.
         let held_elsewhere = |p: u32| task.pieces.get(p as usize).is_some_and(|ps| ps.holder_count > 0);
         let pieces = sn_open.iter().copied().filter(|&p| {
@@ -558,21 +551,16 @@ impl Shared {
         if self.supernode_full() {
             return Vec::new();
         }
-        if endgame(task) {
-            // Every piece has reached a peer: the supernode's spare uplink helps with the
-            // pieces whose holders are all busy.
-            return task
-                .landed
-                .iter()
-                .copied()
-                .filter(|&p| task.pieces.get(p as usize).is_some_and(endgame_piece))
-                .collect();
+        let (endgame, stall_limit) = (endgame(task), self.stall_limit());
+        // In the endgame every piece has reached a peer: the supernode's spare uplink helps with
+        // the pieces whose holders are all busy. Before, it sends the pieces no peer holds.
+        let servable =
+            |p: &u32| task.pieces.get(*p as usize).is_some_and(|ps| sn_servable(ps, endgame, now, stall_limit));
+        if endgame {
+            task.landed.iter().copied().filter(servable).collect()
+        } else {
+            task.sn_candidates.iter().copied().filter(servable).collect()
         }
-        task.sn_candidates
-            .iter()
-            .copied()
-            .filter(|&p| task.pieces.get(p as usize).is_some_and(|ps| !self.recent_supernode_copy(ps, now)))
-            .collect()
     }
 
     /// Tick: fully refills up to `limit` waiting members, continuing where the last tick
@@ -610,6 +598,17 @@ fn starving(m: &Member) -> bool {
 /// so the supernode's extra copies stay a small fraction of the file however big the swarm.
 fn endgame_piece(ps: &PieceState) -> bool {
     ps.open_holders == 0 && (ps.holder_count as usize + ps.sn_copies.len()) < ENDGAME_RARE
+}
+
+/// Whether the supernode may send a copy of the piece now: in the endgame a rare piece whose
+/// holders are all busy ([`endgame_piece`]), before it a piece no peer holds and no recent
+/// supernode copy of which is in flight.
+fn sn_servable(ps: &PieceState, endgame: bool, now: Duration, stall_limit: Duration) -> bool {
+    if endgame {
+        endgame_piece(ps)
+    } else {
+        ps.holder_count == 0 && !recent_copy(ps, now, stall_limit)
+    }
 }
 
 /// Whether a supernode copy of the piece started less than `limit` before `now`.
