@@ -9,7 +9,8 @@
 # The simulator's network parameters (SIM_ARGS) model what made the real swarm slow: a standing
 # queue on every busy link that control messages wait in (--queue-ms), packet header and ACK
 # overhead (--wire-efficiency) and a per-piece cost at the child (--piece-overhead-ms). They were
-# fitted once, on the default setting; every other row is a prediction. Results:
+# fitted once, on the defaults of 4cb543c (512 KiB pieces, window 8, link depth 1); every row is
+# now a prediction. Results:
 # benches/results/sim-vs-netns.md.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root "the swarm benchmark"
@@ -23,11 +24,12 @@ CONFIGS=(
     "defaults||"
     "window 2|window_per_peer = 2|--window 2"
     "window 4|window_per_peer = 4|--window 4"
+    "window 8|window_per_peer = 8|--window 8"
     "window 16|window_per_peer = 16|--window 16"
     "uploads per peer 8|max_uploads_per_peer = 8|--max-uploads 8"
     "supernode uploads 16|max_supernode_uploads = 16|--sn-uploads 16"
     "supernode uploads 6|max_supernode_uploads = 6|--sn-uploads 6"
-    "link depth 2|link_depth = 2|--link-depth 2"
+    "link depth 1|link_depth = 1|--link-depth 1"
 )
 ROWS=()
 for entry in "${CONFIGS[@]}"; do
@@ -50,7 +52,7 @@ done
 {
     echo "# Simulator against the real swarm"
     echo
-    echo "Measured $MACHINE. Command: \`sudo bash benches/scripts/sim-vs-netns.sh\`; simulator network model: \`$SIM_ARGS\` (fitted on the defaults row; the others are predictions)."
+    echo "Measured $MACHINE. Command: \`sudo bash benches/scripts/sim-vs-netns.sh\`; simulator network model: \`$SIM_ARGS\` (fitted on 2026-12-03 at commit 4cb543c on that day's defaults: window 8, link depth 1, 512 KiB pieces; every row here is a prediction)."
     echo
     echo "Symmetric topology, 8 hosts and the seed host (origin + supernode) at 100 Mbit/s up and down, one 96 MiB blob pulled by every host at once; completion over the lower bound (8.05 s)."
     echo
