@@ -4,7 +4,8 @@
 //! thread takes everything queued, `fdatasync`s each content file concerned once, and only then
 //! writes the present rows (and the `complete` state of tasks that finished) in one RocksDB
 //! batch. While one round syncs, the next pieces queue up, so a sync is shared by all of them
-//! (group commit) and downloads never wait for the disk. A task deleted in the meantime (failed,
+//! (group commit) and downloads never wait for the disk; under load a round starts at most every
+//! [`ROUND_INTERVAL`]. A task deleted in the meantime (failed,
 //! evicted, replaced) gets nothing written: liveness is checked under the store's metadata lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
