@@ -5,8 +5,8 @@
 //! writes the present rows (and the `complete` state of tasks that finished) in one RocksDB
 //! batch. While one round syncs, the next pieces queue up, so a sync is shared by all of them
 //! (group commit) and downloads never wait for the disk; under load a round starts at most every
-//! [`ROUND_INTERVAL`]. A task deleted in the meantime (failed,
-//! evicted, replaced) gets nothing written: liveness is checked under the store's metadata lock.
+//! [`ROUND_INTERVAL`]. A task deleted in the meantime (failed, evicted, replaced) gets nothing
+//! written: liveness is checked under the store's metadata lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -96,21 +96,18 @@ const ROUND_JOBS: usize = 65_536;
 fn run(rx: &Receiver<Job>, store: &Weak<Inner>) {
     let mut last_round: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
+        let mut barrier = matches!(first, Job::Barrier(_));
         let mut jobs = vec![first];
         let due = last_round.map(|t| t + ROUND_INTERVAL);
         while jobs.len() < ROUND_JOBS {
-            let barrier = jobs.iter().any(|j| matches!(j, Job::Barrier(_)));
-            let next = match due.filter(|_| !barrier) {
-                Some(due) => match due.checked_duration_since(Instant::now()) {
-                    Some(wait) => rx.recv_timeout(wait).map_err(|_| ()),
-                    None => rx.try_recv().map_err(|_| ()),
-                },
+            let wait = due.filter(|_| !barrier).and_then(|due| due.checked_duration_since(Instant::now()));
+            let next = match wait {
+                Some(wait) => rx.recv_timeout(wait).map_err(|_| ()),
                 None => rx.try_recv().map_err(|_| ()),
             };
-            match next {
-                Ok(j) => jobs.push(j),
-                Err(()) => break,
-            }
+            let Ok(job) = next else { break };
+            barrier |= matches!(job, Job::Barrier(_));
+            jobs.push(job);
         }
         last_round = Some(Instant::now());
         // The store is released before barriers are answered: a waiter that then drops the
