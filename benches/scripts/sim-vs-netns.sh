@@ -8,15 +8,15 @@
 #
 # The simulator's network parameters (SIM_ARGS) model what made the real swarm slow: a standing
 # queue on every busy link that control messages wait in (--queue-ms), packet header and ACK
-# overhead (--wire-efficiency) and a per-piece cost at the child (--piece-overhead-ms). They were
-# fitted once, on the defaults of 4cb543c (512 KiB pieces, window 8, link depth 1); every row is
-# now a prediction. Results:
+# overhead (--wire-efficiency) and a per-piece cost at the child (--piece-overhead-ms). The queue
+# delay was fitted on the defaults row of the 2026-12-03 18:47 run (256 KiB pieces, window 12, link
+# depth 2; 5 ms had fitted the defaults of 4cb543c); every other row is a prediction. Results:
 # benches/results/sim-vs-netns.md.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root "the swarm benchmark"
 build
 MACHINE="$(machine_line)"
-SIM_ARGS="${SIM_ARGS:---queue-ms 5 --wire-efficiency 0.94 --piece-overhead-ms 2}"
+SIM_ARGS="${SIM_ARGS:---queue-ms 1 --wire-efficiency 0.94 --piece-overhead-ms 2}"
 WORK="$(mktemp -d -t dfsimcal.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 # label | [scheduler] TOML lines (\n-separated) | the same setting as sim flags
@@ -52,7 +52,7 @@ done
 {
     echo "# Simulator against the real swarm"
     echo
-    echo "Measured $MACHINE. Command: \`sudo bash benches/scripts/sim-vs-netns.sh\`; simulator network model: \`$SIM_ARGS\` (fitted on 2026-12-03 at commit 4cb543c on that day's defaults: window 8, link depth 1, 512 KiB pieces; every row here is a prediction)."
+    echo "Measured $MACHINE. Command: \`sudo bash benches/scripts/sim-vs-netns.sh\`; simulator network model: \`$SIM_ARGS\` (queue delay fitted on the defaults row of the 2026-12-03 18:47 run; the other rows are predictions)."
     echo
     echo "Symmetric topology, 8 hosts and the seed host (origin + supernode) at 100 Mbit/s up and down, one 96 MiB blob pulled by every host at once; completion over the lower bound (8.05 s)."
     echo
