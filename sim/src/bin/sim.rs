@@ -98,6 +98,14 @@ fn scheduler_config(args: &Args) -> damselfly_scheduler::SchedulerConfig {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // `RUST_LOG=damselfly_sched=debug` prints the scheduler's trace, one line per assignment
+    // and finish with the simulated time, as the supernode prints it in the netns benchmark.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let profiles = args.host_up.len().max(args.host_down.len());
     let mut table = Table::new([
         "hosts",

@@ -338,14 +338,7 @@ impl Sim {
             }
             Ev::Sched(event) => self.schedule(event),
             Ev::ToHost { host, task, msg } => self.deliver(host, task, msg),
-            Ev::Transfer { from, host, task, piece } => {
-                let len = self.cfg.layers[task];
-                let size = piece_range(len, piece_size(Some(len)), piece).map_or(0, |(_, s)| s);
-                let mut dues = std::mem::take(&mut self.dues);
-                self.net.start(self.now, from, host, u64::from(size), Cargo::Piece { task, piece }, &mut dues);
-                self.push_dues(&mut dues);
-                self.dues = dues;
-            }
+            Ev::Transfer { from, host, task, piece } => self.start_piece(from, host, task, piece),
             Ev::Due(due) => {
                 if self.net.current(&due).is_none() {
                     return;
@@ -386,6 +379,16 @@ impl Sim {
         };
         let mut dues = std::mem::take(&mut self.dues);
         self.net.start(self.now, self.origin, self.sn, u64::from(size), Cargo::Origin { task, piece }, &mut dues);
+        self.push_dues(&mut dues);
+        self.dues = dues;
+    }
+
+    /// Starts sending piece `piece` of `task` from `from` to `host`.
+    fn start_piece(&mut self, from: NodeId, host: usize, task: usize, piece: u32) {
+        let len = self.cfg.layers[task];
+        let size = piece_range(len, piece_size(Some(len)), piece).map_or(0, |(_, s)| s);
+        let mut dues = std::mem::take(&mut self.dues);
+        self.net.start(self.now, from, host, u64::from(size), Cargo::Piece { task, piece }, &mut dues);
         self.push_dues(&mut dues);
         self.dues = dues;
     }
@@ -435,6 +438,12 @@ impl Sim {
     /// Feeds `event` to the scheduler now and carries out its actions.
     fn schedule(&mut self, event: Event) {
         let kind = event_kind(&event);
+        // The supernode's trace lines (`RUST_LOG=damselfly_sched=debug`), in simulated seconds,
+        // so that a simulated swarm can be read with the same tools as a netns run.
+        let trace = tracing::enabled!(target: "damselfly_sched", tracing::Level::DEBUG);
+        if let (Event::PieceFinished { peer, piece, .. }, true) = (&event, trace) {
+            tracing::debug!(target: "damselfly_sched", t = self.now, child = %peer, piece, "finished");
+        }
         let t0 = Instant::now();
         let actions = self.sched.on_event(Duration::from_secs_f64(self.now), event);
         let took = t0.elapsed();
@@ -451,6 +460,15 @@ impl Sim {
             let Action::Send { peer, task, msg } = action else {
                 continue;
             };
+            if let (Down::Assign(list), true) = (&msg, trace) {
+                for a in list {
+                    let parent = match &a.parent {
+                        Parent::Supernode => "SN".to_string(),
+                        Parent::Peer { id, .. } => id.to_string(),
+                    };
+                    tracing::debug!(target: "damselfly_sched", t = self.now, child = %peer, piece = a.piece, parent, "assign");
+                }
+            }
             if !matches!(msg, Down::Assign(_) | Down::Complete { .. } | Down::Failed { .. }) {
                 continue; // piece tables: the simulated hosts know the piece math
             }
