@@ -107,10 +107,11 @@ impl Shared {
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         tracing::trace!(?event, "scheduler event");
         let sched_trace = tracing::enabled!(target: "damselfly_sched", tracing::Level::DEBUG);
-        if let (Event::PieceFinished { peer, piece, .. }, true) = (&event, sched_trace) {
+        if let (Event::PieceFinished { task, peer, piece }, true) = (&event, sched_trace) {
             // One compact line per transfer for offline analysis of a swarm
             // (`RUST_LOG=info,damselfly_sched=debug`).
-            tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece, "finished");
+            let task = task.short();
+            tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), task, child = %peer, piece, "finished");
         }
         if let Some(d) = core.stats.on_event(now, &event) {
             self.metrics.delivered(d.from_supernode, d.bytes);
@@ -119,13 +120,22 @@ impl Shared {
         for action in actions {
             tracing::trace!(?action, "scheduler action");
             core.stats.on_action(now, &action);
-            if let (Action::Send { peer, msg: Down::Assign(list), .. }, true) = (&action, sched_trace) {
+            if let (Action::Send { peer, task, msg: Down::Assign(list) }, true) = (&action, sched_trace) {
+                let task = task.short();
                 for a in list {
                     let parent = match &a.parent {
                         damselfly_scheduler::Parent::Supernode => "SN".to_string(),
                         damselfly_scheduler::Parent::Peer { id, .. } => id.to_string(),
                     };
-                    tracing::debug!(target: "damselfly_sched", t = now.as_secs_f64(), child = %peer, piece = a.piece, parent, "assign");
+                    tracing::debug!(
+                        target: "damselfly_sched",
+                        t = now.as_secs_f64(),
+                        task,
+                        child = %peer,
+                        piece = a.piece,
+                        parent,
+                        "assign"
+                    );
                 }
             }
             match action {

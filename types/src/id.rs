@@ -71,6 +71,12 @@ impl TaskId {
     pub fn file_name(&self) -> String {
         self.0.replace(':', "_")
     }
+
+    /// The last 12 characters of the id (a digest's hex tail): enough to tell one image's
+    /// blobs apart in a trace or a log line.
+    pub fn short(&self) -> &str {
+        self.0.get(self.0.len().saturating_sub(12)..).unwrap_or(&self.0)
+    }
 }
 
 /// The URL as used for task ids: no user-info (credentials never reach an id), no fragment;
@@ -150,6 +156,14 @@ mod tests {
         assert!(matches!("sha256:abc".parse::<Sha256Digest>(), Err(DigestParseError::Malformed(_))));
         let upper = format!("sha256:{}", d.hex().to_uppercase());
         assert!(upper.parse::<Sha256Digest>().is_err());
+    }
+
+    #[test]
+    fn a_short_task_id_is_the_digest_tail() {
+        let d = Sha256Digest::of(b"hello");
+        let id = TaskId::for_url(&url::Url::parse("http://r/v2/x/blobs/a").unwrap(), Some(&d));
+        assert_eq!(id.short(), &d.to_string()[d.to_string().len() - 12..]);
+        assert_eq!(TaskId::new("abc").short(), "abc");
     }
 
     #[test]

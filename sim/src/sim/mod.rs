@@ -441,8 +441,9 @@ impl Sim {
         // The supernode's trace lines (`RUST_LOG=damselfly_sched=debug`), in simulated seconds,
         // so that a simulated swarm can be read with the same tools as a netns run.
         let trace = tracing::enabled!(target: "damselfly_sched", tracing::Level::DEBUG);
-        if let (Event::PieceFinished { peer, piece, .. }, true) = (&event, trace) {
-            tracing::debug!(target: "damselfly_sched", t = self.now, child = %peer, piece, "finished");
+        if let (Event::PieceFinished { task, peer, piece }, true) = (&event, trace) {
+            let task = task.short();
+            tracing::debug!(target: "damselfly_sched", t = self.now, task, child = %peer, piece, "finished");
         }
         let t0 = Instant::now();
         let actions = self.sched.on_event(Duration::from_secs_f64(self.now), event);
@@ -466,7 +467,15 @@ impl Sim {
                         Parent::Supernode => "SN".to_string(),
                         Parent::Peer { id, .. } => id.to_string(),
                     };
-                    tracing::debug!(target: "damselfly_sched", t = self.now, child = %peer, piece = a.piece, parent, "assign");
+                    tracing::debug!(
+                        target: "damselfly_sched",
+                        t = self.now,
+                        task = task.short(),
+                        child = %peer,
+                        piece = a.piece,
+                        parent,
+                        "assign"
+                    );
                 }
             }
             if !matches!(msg, Down::Assign(_) | Down::Complete { .. } | Down::Failed { .. }) {
