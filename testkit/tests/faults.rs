@@ -136,7 +136,7 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
 
     // Wave 1: 9 blobs, 3 owned by each supernode, each fetched from the origin once.
     let names: Vec<String> = sns.iter().map(|s| s.quic_addr().to_string()).collect();
-    let wave1 = owned_blobs(&names, "/w1", 2 * MIB, 100, [3, 3, 3]);
+    let wave1 = owned_blobs(&names, "/w1", 2 * MIB, 100, &[3, 3, 3]);
     for (path, blob) in &wave1 {
         origin.add(path, blob.clone());
     }
@@ -166,7 +166,7 @@ async fn three_supernodes_share_the_blobs_and_take_over_from_one_killed_mid_pull
 
     // Wave 2: slower blobs, 2 owned by each supernode; the second one is killed once the pulls
     // are under way, so its 2 blobs move to the others.
-    let wave2 = owned_blobs(&names, "/w2", 4 * MIB, 200, [2, 2, 2]);
+    let wave2 = owned_blobs(&names, "/w2", 4 * MIB, 200, &[2, 2, 2]);
     for (path, blob) in &wave2 {
         origin.add_throttled(path, blob.clone(), 4_000_000);
     }
@@ -211,13 +211,16 @@ fn owned_blobs(
     prefix: &str,
     size: usize,
     seed: u64,
-    per_owner: [usize; 3],
+    per_owner: &[usize],
 ) -> Vec<(String, bytes::Bytes)> {
-    let mut left = per_owner;
+    assert_eq!(names.len(), per_owner.len(), "one count per supernode");
+    let mut left = per_owner.to_vec();
     let mut blobs = Vec::new();
-    for seed in seed.. {
+    // Each seed lands on a given supernode with probability 1/n: 64 seeds are plenty, and the
+    // waves' seed ranges (100.., 200.., 300..) stay apart.
+    for seed in seed..seed + 64 {
         if left.iter().all(|&n| n == 0) {
-            break;
+            return blobs;
         }
         let blob = random_bytes(size, seed);
         let owner = rendezvous_order(&sha256_digest(&blob), names.iter().map(String::as_str))[0];
@@ -226,6 +229,7 @@ fn owned_blobs(
             blobs.push((format!("{prefix}/{seed}"), blob));
         }
     }
+    assert!(left.iter().all(|&n| n == 0), "64 seeds from {seed} did not give {per_owner:?}");
     blobs
 }
 

@@ -72,8 +72,9 @@ impl TaskId {
         self.0.replace(':', "_")
     }
 
-    /// The last 12 characters of the id (a digest's hex tail): enough to tell one image's
-    /// blobs apart in a trace or a log line.
+    /// The last 12 bytes of the id (a valid id's last 12 hex digits): enough to tell one
+    /// image's blobs apart in a trace or a log line. The whole id if that would split a UTF-8
+    /// character.
     pub fn short(&self) -> &str {
         self.0.get(self.0.len().saturating_sub(12)..).unwrap_or(&self.0)
     }
@@ -164,6 +165,7 @@ mod tests {
         let id = TaskId::for_url(&url::Url::parse("http://r/v2/x/blobs/a").unwrap(), Some(&d));
         assert_eq!(id.short(), &d.to_string()[d.to_string().len() - 12..]);
         assert_eq!(TaskId::new("abc").short(), "abc");
+        assert_eq!(TaskId::new("éééééééa").short(), "éééééééa", "never splits a character");
     }
 
     #[test]
