@@ -106,7 +106,11 @@ async fn slow_kill_9_halfway_resumes_and_fetches_only_the_missing_pieces() -> an
         missing / MIB,
         (before - have as f64 * piece as f64).max(0.0) / MIB
     );
-    assert!(have >= half.saturating_sub(6), "pieces stored before the kill survive it (have {have})");
+    // Pieces become durable in flusher rounds, at most one per 100 ms under load
+    // (store::durable): what arrived in the last round or two before the kill may be lost. At
+    // the origin's 24 MiB/s that is up to ~19 pieces of 256 KiB, plus a few in the sync itself.
+    let lost_max = ((24 << 20) as f64 * 0.2 / piece as f64).ceil() as u64 + 6;
+    assert!(have >= half.saturating_sub(lost_max), "pieces stored before the kill survive it (have {have} of {half})");
     assert!(after <= missing + window, "fetched {after} bytes after restart for {missing} missing");
     assert!(after >= missing, "every missing piece was fetched: {after} < {missing}");
 
