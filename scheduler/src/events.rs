@@ -14,6 +14,9 @@ use super::{Action, Down, FailReason, PieceMeta, Scheduler, Shared};
 /// Waiting members fully reconsidered per task per tick (a safety net: events offer new
 /// capacity to waiting members as it appears).
 const TICK_REFILL: usize = 256;
+/// At most this many of a parent's other tasks are offered a freed upload slot per event (see
+/// `Scheduler::offer_elsewhere`).
+const OFFER_TASKS: usize = 8;
 
 impl Scheduler {
     pub(super) fn task_started(
@@ -199,12 +202,26 @@ impl Scheduler {
         let mut fresh = Fresh::default();
         let sn_start =
             task.pieces.get(piece as usize).and_then(|ps| ps.sn_copies.iter().find(|c| c.0 == slot)).map(|c| c.1);
+        let mut freed_parent = None;
         if let Some(source) = self.shared.release(task, slot, piece) {
             if let (Source::Supernode, Some(start)) = (&source, sn_start) {
                 self.shared.note_supernode_copy(start, now);
             }
+            if let Source::Peer { gid: Some(gid), .. } = source {
+                freed_parent = Some(gid);
+            }
             fresh.add_source(task, &source);
         }
+        if let Some(gid) = freed_parent {
+            // The parent's slot goes to its other tasks first, in turn, then back to this one:
+            // a slot freed in a task went straight back to the same task, so a host pulling
+            // several blobs served them one after another while the later ones' pieces,
+            // already in the swarm, were not traded.
+            self.offer_elsewhere(now, gid, id, out);
+        }
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
         let Some(m) = task.member_mut(slot) else {
             return;
         };
@@ -377,6 +394,42 @@ impl Scheduler {
             let mut outbox = Outbox::default();
             self.shared.drain(task, &fresh, now, &mut outbox);
             self.shared.refill_waiting(task, TICK_REFILL, now, &mut outbox);
+            flush(task, outbox, out);
+        }
+    }
+
+    /// Offers peer `gid`'s free upload capacity to the waiting members of its tasks other than
+    /// `except`: up to [`OFFER_TASKS`] of them, starting with a different task each time.
+    fn offer_elsewhere(&mut self, now: Duration, gid: u32, except: &TaskId, out: &mut Vec<Action>) {
+        let Some(rec) = self.shared.peers.get_mut(gid) else { return };
+        if rec.tasks.len() < 2 {
+            return;
+        }
+        // A seed of a large cache is in many tasks: look at a few per event, in turn.
+        let count = rec.tasks.len() - 1;
+        let start = rec.next_task % count;
+        rec.next_task = rec.next_task.wrapping_add(1);
+        let others: Vec<TaskId> = rec
+            .tasks
+            .iter()
+            .filter(|t| *t != except)
+            .cycle()
+            .skip(start)
+            .take(count.min(OFFER_TASKS))
+            .cloned()
+            .collect();
+        let max = self.shared.config.max_uploads_per_peer;
+        for id in &others {
+            if self.shared.peers.get(gid).is_none_or(|r| r.bad || self.shared.load_of(r) >= max) {
+                break;
+            }
+            let Some(task) = self.tasks.get_mut(id) else { continue };
+            let Some(pslot) = task.slot_of(gid) else { continue };
+            if task.waiting.is_empty() {
+                continue;
+            }
+            let mut outbox = Outbox::default();
+            self.shared.drain(task, &Fresh { peers: vec![pslot], supernode: false }, now, &mut outbox);
             flush(task, outbox, out);
         }
     }

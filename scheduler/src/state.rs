@@ -166,6 +166,8 @@ pub(super) struct PeerRec {
     pub(super) uploads: Vec<Upload>,
     /// At or over the strike threshold: never chosen as a parent.
     pub(super) bad: bool,
+    /// Where the next offer of a freed upload slot to its other tasks starts (rotates).
+    pub(super) next_task: usize,
 }
 
 /// Peers by global index, with index reuse.
@@ -194,7 +196,7 @@ impl PeerTable {
         if let Some(gid) = self.gid(id) {
             return gid;
         }
-        let rec = PeerRec { id: id.clone(), tasks: BTreeSet::new(), uploads: Vec::new(), bad };
+        let rec = PeerRec { id: id.clone(), tasks: BTreeSet::new(), uploads: Vec::new(), bad, next_task: 0 };
         let gid = match self.free.pop() {
             Some(gid) => {
                 self.recs[gid as usize] = Some(rec);

@@ -917,6 +917,55 @@ fn the_upload_limit_holds_across_tasks() {
     assert!(served[&a] > 0 && served[&b] > 0, "{served:?}");
 }
 
+#[test]
+fn a_freed_upload_slot_goes_to_the_parents_other_task_first() {
+    // A seed of two tasks, a's children first: they take every upload slot. When one of those
+    // uploads ends, the slot goes to b's waiting child at once (no tick), not back to a; the
+    // next one freed in b goes back to a.
+    let mut s = Scheduler::new(SchedulerConfig { link_depth: 1, ..SchedulerConfig::default() });
+    let slots = SchedulerConfig::default().max_uploads_per_peer;
+    let (a, b) = (TaskId::new("a"), TaskId::new("b"));
+    let now = Duration::ZERO;
+    for t in [&a, &b] {
+        s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: None, piece_size: PIECE });
+        for n in 0..16 {
+            s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
+        }
+        let len = 16 * u64::from(PIECE);
+        s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 16, content_length: len });
+        s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(0), addr: addr(0), have: (0..16).collect() });
+    }
+    let from_seed = |actions: &[Action]| -> Vec<(TaskId, PeerId, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { peer, task, msg: Down::Assign(list) } => Some((task, peer, list)),
+                _ => None,
+            })
+            .flat_map(|(task, peer, list)| {
+                list.iter()
+                    .filter(|x| matches!(&x.parent, Parent::Peer { id, .. } if *id == pid(0)))
+                    .map(move |x| (task.clone(), peer.clone(), x.piece))
+            })
+            .collect()
+    };
+    let mut uploads = Vec::new();
+    for i in 1..=slots {
+        let joined = s.on_event(now, Event::PeerJoined { task: a.clone(), peer: pid(i), addr: addr(i), have: vec![] });
+        uploads.extend(from_seed(&joined));
+    }
+    assert_eq!(uploads.len(), slots, "a's children took every slot: {uploads:?}");
+    let joined = s.on_event(now, Event::PeerJoined { task: b.clone(), peer: pid(9), addr: addr(9), have: vec![] });
+    assert!(from_seed(&joined).is_empty(), "the seed is busy");
+    let (task, peer, piece) = uploads.remove(0);
+    let given = from_seed(&s.on_event(now, Event::PieceFinished { task, peer, piece }));
+    assert_eq!(given.iter().map(|(t, ..)| t).collect::<Vec<_>>(), vec![&b], "the freed slot went to b: {given:?}");
+    let (task, peer, piece) = given[0].clone();
+    let given = from_seed(&s.on_event(now, Event::PieceFinished { task, peer, piece }));
+    assert_eq!(given.iter().map(|(t, ..)| t).collect::<Vec<_>>(), vec![&a], "and b's back to a: {given:?}");
+    s.check_invariants();
+}
+
 mod prop {
     //! Random join / land / finish / fail / leave / done / tick sequences, checked against the
     //! swarm's invariants after every event.
