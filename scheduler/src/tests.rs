@@ -862,6 +862,23 @@ fn a_lone_child_gets_every_upload_slot_of_its_parent_and_more_children_share_the
     assert_eq!(from_seed(&second, &pid(2)), 2);
 }
 
+/// Starts `tasks`, each with `pieces` pieces fetched from the origin and held by one seed, p0.
+fn seed_tasks(s: &mut Scheduler, tasks: &[&TaskId], pieces: u32) {
+    let now = Duration::ZERO;
+    for t in tasks {
+        s.on_event(now, Event::TaskStarted { task: (*t).clone(), content_length: None, piece_size: PIECE });
+        for n in 0..pieces {
+            s.on_event(now, Event::PieceLanded { task: (*t).clone(), piece: meta(n) });
+        }
+        let len = u64::from(pieces) * u64::from(PIECE);
+        s.on_event(now, Event::OriginComplete { task: (*t).clone(), total_pieces: pieces, content_length: len });
+        s.on_event(
+            now,
+            Event::PeerJoined { task: (*t).clone(), peer: pid(0), addr: addr(0), have: (0..pieces).collect() },
+        );
+    }
+}
+
 #[test]
 fn the_upload_limit_holds_across_tasks() {
     // One piece per link: the limit then counts pieces (with a deeper link it counts children,
@@ -869,15 +886,7 @@ fn the_upload_limit_holds_across_tasks() {
     let mut s = Scheduler::new(SchedulerConfig { link_depth: 1, ..SchedulerConfig::default() });
     let (a, b) = (TaskId::new("a"), TaskId::new("b"));
     let now = Duration::ZERO;
-    for t in [&a, &b] {
-        s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: None, piece_size: PIECE });
-        for n in 0..8 {
-            s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
-        }
-        let len = 8 * u64::from(PIECE);
-        s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 8, content_length: len });
-        s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(0), addr: addr(0), have: (0..8).collect() });
-    }
+    seed_tasks(&mut s, &[&a, &b], 8);
     // Transfers from the seed p0 in progress, and how many each task got in all.
     let mut from_seed: Vec<(TaskId, PeerId, u32)> = Vec::new();
     let mut served: BTreeMap<TaskId, usize> = BTreeMap::new();
@@ -926,15 +935,7 @@ fn a_freed_upload_slot_goes_to_the_parents_other_task_first() {
     let slots = SchedulerConfig::default().max_uploads_per_peer;
     let (a, b) = (TaskId::new("a"), TaskId::new("b"));
     let now = Duration::ZERO;
-    for t in [&a, &b] {
-        s.on_event(now, Event::TaskStarted { task: t.clone(), content_length: None, piece_size: PIECE });
-        for n in 0..16 {
-            s.on_event(now, Event::PieceLanded { task: t.clone(), piece: meta(n) });
-        }
-        let len = 16 * u64::from(PIECE);
-        s.on_event(now, Event::OriginComplete { task: t.clone(), total_pieces: 16, content_length: len });
-        s.on_event(now, Event::PeerJoined { task: t.clone(), peer: pid(0), addr: addr(0), have: (0..16).collect() });
-    }
+    seed_tasks(&mut s, &[&a, &b], 16);
     let from_seed = |actions: &[Action]| -> Vec<(TaskId, PeerId, u32)> {
         actions
             .iter()
