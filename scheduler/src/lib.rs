@@ -189,6 +189,17 @@ pub enum Parent {
     },
 }
 
+impl Parent {
+    /// The parent as the scheduler trace names it (`RUST_LOG=damselfly_sched=debug`, printed by
+    /// the supernode and the simulator alike): `SN`, or the peer's id.
+    pub fn trace_name(&self) -> &str {
+        match self {
+            Parent::Supernode => "SN",
+            Parent::Peer { id, .. } => id.as_str(),
+        }
+    }
+}
+
 /// One piece a peer should fetch now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Assignment {

@@ -123,10 +123,7 @@ impl Shared {
             if let (Action::Send { peer, task, msg: Down::Assign(list) }, true) = (&action, sched_trace) {
                 let task = task.short();
                 for a in list {
-                    let parent = match &a.parent {
-                        damselfly_scheduler::Parent::Supernode => "SN".to_string(),
-                        damselfly_scheduler::Parent::Peer { id, .. } => id.to_string(),
-                    };
+                    let parent = a.parent.trace_name();
                     tracing::debug!(
                         target: "damselfly_sched",
                         t = now.as_secs_f64(),

@@ -463,10 +463,7 @@ impl Sim {
             };
             if let (Down::Assign(list), true) = (&msg, trace) {
                 for a in list {
-                    let parent = match &a.parent {
-                        Parent::Supernode => "SN".to_string(),
-                        Parent::Peer { id, .. } => id.to_string(),
-                    };
+                    let parent = a.parent.trace_name();
                     tracing::debug!(
                         target: "damselfly_sched",
                         t = self.now,
