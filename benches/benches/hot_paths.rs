@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the hot paths: piece hashing, the dfdaemon's piece store, and one piece
-//! over QUIC (real TLS, the real `serve_piece` and `fetch_piece`).
+//! Micro-benchmarks of the hot paths: piece hashing, the dfdaemon's piece store, one piece over
+//! QUIC (real TLS, the real `serve_piece` and `fetch_piece`), and the ticket check every piece
+//! request goes through.
 //!
 //! ```text
 //! cargo bench -p damselfly-benches --bench hot_paths
@@ -176,6 +177,33 @@ fn quic_piece(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ticket check of a piece request: a ticket seen for the first time (its signature is
+/// verified) against the same ticket again (every later piece of the task from that child).
+fn ticket(c: &mut Criterion) {
+    let ca = ClusterCa::generate().expect("ca");
+    let signer = TicketSigner::from_ca(&ca).expect("signer");
+    let verifier = TicketVerifier::from_ca_cert(&ca.cert_der()).expect("verifier");
+    let task = format!("sha256:{:064x}", 1);
+    let now = std::time::SystemTime::now();
+    let mut g = c.benchmark_group("ticket");
+    let mut expiry = 0u64;
+    g.bench_function("verify_new", |b| {
+        b.iter_batched(
+            || {
+                expiry += 1;
+                signer.issue(&task, "bench-client", now + Duration::from_secs(3600 + expiry))
+            },
+            |t| verifier.verify(Some(&t), &task, "bench-client", now).expect("valid"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let t = signer.issue(&task, "bench-client", now + Duration::from_secs(3600));
+    g.bench_function("verify_again", |b| {
+        b.iter(|| verifier.verify(Some(black_box(&t)), &task, "bench-client", now).expect("valid"))
+    });
+    g.finish();
+}
+
 async fn serve(endpoint: quinn::Endpoint, source: Arc<FileSource>, tickets: Arc<TicketVerifier>) {
     while let Some(incoming) = endpoint.accept().await {
         let (source, tickets) = (source.clone(), tickets.clone());
@@ -197,5 +225,5 @@ async fn serve(endpoint: quinn::Endpoint, source: Arc<FileSource>, tickets: Arc<
     }
 }
 
-criterion_group!(benches, hashing, store, quic_piece);
+criterion_group!(benches, hashing, store, quic_piece, ticket);
 criterion_main!(benches);

@@ -12,12 +12,15 @@
 //! The signed bytes are canonical, independent of protobuf encoding:
 //! `"damselfly-ticket/1\n" task_id "\n" peer_id "\n" expires_unix_ms (decimal)`.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use damselfly_proto::Ticket;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
 
 use crate::tls::ClusterCa;
 
@@ -122,9 +125,18 @@ impl TicketSigner {
     }
 }
 
+/// Signature checks remembered per verifier (see [`TicketVerifier::verify`]); the set is emptied
+/// when full, so it never holds more than this many 32-byte digests.
+const VERIFIED_CACHE: usize = 4096;
+
 /// Checks tickets against the cluster CA certificate (every parent's side).
 pub struct TicketVerifier {
     key: UnparsedPublicKey<Vec<u8>>,
+    /// sha256 of (signed bytes, signature) of tickets whose signature verified. A child sends the
+    /// same ticket with every piece request of a task: the signature is checked once, not per
+    /// piece (an ECDSA P-256 verification costs more than the rest of serving a piece's request).
+    /// The task, peer and expiry are still compared for every request.
+    verified: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for TicketVerifier {
@@ -154,7 +166,7 @@ impl TicketVerifier {
             "1.3.101.112" => &signature::ED25519,
             other => return Err(TicketError::UnsupportedKey(format!("key algorithm {other}"))),
         };
-        Ok(Self { key: UnparsedPublicKey::new(alg, key) })
+        Ok(Self { key: UnparsedPublicKey::new(alg, key), verified: Mutex::default() })
     }
 
     /// Checks that `ticket` lets `peer_id` get pieces of `task_id` at `now`.
@@ -176,9 +188,25 @@ impl TicketVerifier {
         if now_ms > t.expires_unix_ms {
             return Err(TicketError::Expired(Duration::from_millis(now_ms - t.expires_unix_ms)));
         }
-        self.key
-            .verify(&signed_bytes(&t.task_id, &t.peer_id, t.expires_unix_ms), &t.signature)
-            .map_err(|_| TicketError::BadSignature)
+        let signed = signed_bytes(&t.task_id, &t.peer_id, t.expires_unix_ms);
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update((signed.len() as u64).to_be_bytes())
+            .chain_update(&signed)
+            .chain_update(&t.signature)
+            .finalize()
+            .into();
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.contains(&digest) {
+            return Ok(());
+        }
+        drop(verified);
+        self.key.verify(&signed, &t.signature).map_err(|_| TicketError::BadSignature)?;
+        verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(digest);
+        Ok(())
     }
 }
 
@@ -202,6 +230,29 @@ mod tests {
         let later = now + Duration::from_secs(61);
         assert!(matches!(verifier.verify(Some(&t), "sha256:aa", "peer1", later), Err(TicketError::Expired(_))));
         assert_eq!(verifier.verify(None, "sha256:aa", "peer1", now), Err(TicketError::Missing));
+    }
+
+    #[test]
+    fn a_verified_signature_is_remembered_and_everything_else_still_checked() {
+        let (signer, verifier) = pair();
+        let now = SystemTime::now();
+        let t = signer.issue("sha256:aa", "peer1", now + Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(verifier.verify(Some(&t), "sha256:aa", "peer1", now), Ok(()));
+        }
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1, "one signature check for one ticket");
+        // The remembered signature vouches for these exact bytes only.
+        let mut stretched = t.clone();
+        stretched.expires_unix_ms += 3_600_000;
+        assert_eq!(verifier.verify(Some(&stretched), "sha256:aa", "peer1", now), Err(TicketError::BadSignature));
+        let mut renamed = t.clone();
+        renamed.peer_id = "peer2".into();
+        assert_eq!(verifier.verify(Some(&renamed), "sha256:aa", "peer2", now), Err(TicketError::BadSignature));
+        // Expiry, task and peer are compared on every request.
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(verifier.verify(Some(&t), "sha256:aa", "peer1", later), Err(TicketError::Expired(_))));
+        assert!(matches!(verifier.verify(Some(&t), "sha256:bb", "peer1", now), Err(TicketError::Mismatch { .. })));
+        assert!(matches!(verifier.verify(Some(&t), "sha256:aa", "peer2", now), Err(TicketError::Mismatch { .. })));
     }
 
     #[test]
