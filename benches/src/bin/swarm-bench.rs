@@ -105,6 +105,11 @@ struct Args {
     /// The longest wait for `--quiet-below`, seconds.
     #[arg(long, default_value_t = 60.0)]
     quiet_wait: f64,
+    /// Host i starts its pull i times this many milliseconds after host 0 (0: all at once), as
+    /// when a rollout reaches hosts one after another: the first host is then the first to
+    /// register for every blob. Completion times are from each host's own start.
+    #[arg(long, default_value_t = 0)]
+    stagger_ms: u64,
     /// A line describing the machine, date and commit, recorded in every run of the JSON.
     #[arg(long, default_value = "")]
     machine: String,
@@ -877,7 +882,8 @@ impl Bench<'_> {
             let h = self.host(i).clone();
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &h.ns]).arg(&exe).arg("agent");
-            cmd.args(["--start-at-ms", &(start_at as u64).to_string()]);
+            let host_start = start_at + (i as u64 * self.args.stagger_ms) as f64;
+            cmd.args(["--start-at-ms", &(host_start as u64).to_string()]);
             cmd.args(["--out", &run.join(format!("out{i}")).display().to_string()]);
             match (system, &image.torrent) {
                 ("damselfly", _) => {
@@ -946,7 +952,8 @@ impl Bench<'_> {
                         Ok(r) if r.errors.is_empty() => {
                             result.client_cpu += r.client_cpu;
                             let end = r.ends_ms.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-                            result.completion.push(Some((end - start_at) / 1000.0));
+                            let host_start = start_at + (i as u64 * self.args.stagger_ms) as f64;
+                            result.completion.push(Some((end - host_start) / 1000.0));
                         }
                         Ok(r) => {
                             result.completion.push(None);
@@ -1442,12 +1449,16 @@ fn write_results(
             fmt_rate(args.sn_rate),
         ),
     };
+    let stagger = match args.stagger_ms {
+        0 => String::new(),
+        ms => format!(" (host i starts i × {ms} ms after host 0, `--stagger-ms`)"),
+    };
     let mut md = format!(
         "# Swarm benchmark\n\nHosts are network namespaces on one machine, joined by a bridge, capped with `tbf`: \
-         {topology}. Every host fetches every blob of the image at the same moment \
+         {topology}. Every host fetches every blob of the image at the same moment{stagger} \
          (Damselfly: `dfget` per blob through its dfdaemon; direct and cache: `curl` per blob; BitTorrent: one \
          aria2c per host on one private torrent of all the blobs, 256 KiB pieces, opentracker, DHT, LPD and PEX \
-         off, leechers seeding until every host is done). Completion time is from the common start to the host's \
+         off, leechers seeding until every host is done). Completion time is from the host's start to its \
          last blob; the bound is max(F/u_s, F/d_min, N·F/(u_s+Σu_i)). \
          \"origin/seed ÷ F\" is the blob bytes the origin registry served (its access log) over the image size, \
          for BitTorrent the bytes the seeder uploaded (aria2c's count); \"source uplink ÷ F\" is the bytes that \

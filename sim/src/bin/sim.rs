@@ -58,6 +58,12 @@ struct Args {
     /// Hosts join at uniformly random times within this many seconds (0: all at once).
     #[arg(long, default_value_t = 0.0)]
     join_spread: f64,
+    /// Each registration of a host (one per layer) reaches the supernode up to this many
+    /// milliseconds later, at random (0: together, in host order). A real host's downloads of an
+    /// image's blobs are separate requests: in the netns benchmark the first host to register
+    /// differs from blob to blob.
+    #[arg(long, default_value_t = 20.0)]
+    register_jitter_ms: f64,
     /// Scheduler: download window per peer (default: the supernode's).
     #[arg(long)]
     window: Option<usize>,
@@ -129,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     }
     let layers: Vec<String> = args.layers.iter().map(|&l| fmt_bytes(l as f64)).collect();
     let md = format!(
-        "Image: {} ({}), supernode {} up, origin {} up, RTT {} ms, queue on a busy link {} ms, wire efficiency {}, per-piece cost {} ms, joins spread over {} s, seed {}.\n\n{}",
+        "Image: {} ({}), supernode {} up, origin {} up, RTT {} ms, queue on a busy link {} ms, wire efficiency {}, per-piece cost {} ms, joins spread over {} s, registrations of a host spread over {} ms, seed {}.\n\n{}",
         fmt_bytes(args.layers.iter().sum::<u64>() as f64),
         layers.join(" + "),
         fmt_rate(args.sn_up),
@@ -139,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         args.wire_efficiency,
         args.piece_overhead_ms,
         args.join_spread,
+        args.register_jitter_ms,
         args.seed,
         table.to_markdown()
     );
@@ -169,6 +176,7 @@ fn sim_config(args: &Args, hosts: usize, p: usize) -> SimConfig {
         wire_efficiency: args.wire_efficiency,
         piece_overhead: args.piece_overhead_ms / 1000.0,
         join_spread: args.join_spread,
+        register_jitter: args.register_jitter_ms / 1000.0,
         tick: args.tick,
         seed: args.seed,
         scheduler: scheduler_config(args),

@@ -4,9 +4,10 @@
 //!
 //! # What is simulated
 //! - **Hosts** (`0..N`) with an upload and a download rate, each pulling every layer of an image
-//!   at once (one task per layer), like a dfdaemon: it registers, fetches each assigned piece
-//!   from the parent the scheduler names, reports it finished, and reports done once it holds
-//!   every piece and knows the piece count.
+//!   at once (one task per layer), like a dfdaemon: it registers (each layer's registration up
+//!   to `register_jitter` late, at random), fetches each assigned piece from the parent the
+//!   scheduler names, reports it finished, and reports done once it holds every piece and knows
+//!   the piece count.
 //! - **The supernode**: its uplink serves the pieces the scheduler assigns to itself; it fetches
 //!   each task from the origin once, in order, starting when the first host registers, and
 //!   every piece is announced to the scheduler as it lands ([`Event::PieceLanded`]).
@@ -65,6 +66,11 @@ pub struct SimConfig {
     pub piece_overhead: f64,
     /// Hosts join at uniformly spread times in `0..join_spread` (0: all at once).
     pub join_spread: f64,
+    /// Each of a host's registrations (one per layer) reaches the supernode up to this much
+    /// later, uniformly at random: a real host's downloads of an image's blobs are separate
+    /// requests, so the first host to register is not the same for every blob (0: all at once,
+    /// in host order).
+    pub register_jitter: f64,
     /// Interval of [`Event::Tick`].
     pub tick: f64,
     /// Give up after this much simulated time.
@@ -90,6 +96,7 @@ impl Default for SimConfig {
             wire_efficiency: 1.0,
             piece_overhead: 0.0,
             join_spread: 0.0,
+            register_jitter: 0.0,
             tick: 0.5,
             time_limit: 3600.0,
             scheduler: SchedulerConfig::default(),
@@ -152,6 +159,8 @@ pub struct SimResult {
 enum Ev {
     /// A host registers for every layer.
     Join(usize),
+    /// One registration (host, layer) reaches the supernode.
+    Register(usize, usize),
     /// The origin's response headers for a task arrive at the supernode.
     OriginStart(usize),
     /// An event reaches the scheduler.
@@ -197,6 +206,8 @@ struct Sim {
     sn: NodeId,
     origin: NodeId,
     dues: Vec<Due>,
+    /// Draws the registration jitter.
+    jitter: SplitMix,
     result: SimResult,
 }
 
@@ -263,6 +274,7 @@ impl Sim {
             sn,
             origin,
             dues: Vec::new(),
+            jitter: SplitMix(cfg.seed ^ 0x6a09_e667_f3bc_c908),
             result,
             cfg,
         }
@@ -310,23 +322,29 @@ impl Sim {
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Join(host) => {
-                let addr = peer_addr(host);
                 let half = self.hop(host, self.sn);
                 for task in 0..self.tasks.len() {
-                    let event = Event::PeerJoined {
-                        task: self.tasks[task].clone(),
-                        peer: self.peers[host].clone(),
-                        addr,
-                        have: Vec::new(),
+                    let jitter = if self.cfg.register_jitter > 0.0 {
+                        self.jitter.unit() * self.cfg.register_jitter
+                    } else {
+                        0.0
                     };
-                    self.at(self.now + half, Ev::Sched(event));
-                    if !self.origin_started[task] {
-                        self.origin_started[task] = true;
-                        // Registration reaches the supernode, its origin request goes out and
-                        // the response headers come back.
-                        self.at(self.now + half + self.cfg.rtt, Ev::OriginStart(task));
-                    }
+                    self.at(self.now + half + jitter, Ev::Register(host, task));
                 }
+            }
+            Ev::Register(host, task) => {
+                if !self.origin_started[task] {
+                    self.origin_started[task] = true;
+                    // The supernode's origin request goes out and the response headers come back.
+                    self.at(self.now + self.cfg.rtt, Ev::OriginStart(task));
+                }
+                let event = Event::PeerJoined {
+                    task: self.tasks[task].clone(),
+                    peer: self.peers[host].clone(),
+                    addr: peer_addr(host),
+                    have: Vec::new(),
+                };
+                self.schedule(event);
             }
             Ev::OriginStart(task) => {
                 let len = self.cfg.layers[task];
@@ -622,6 +640,36 @@ mod tests {
         let (queued2, queued8) = (p50(2, 0.05, 1.0), p50(8, 0.05, 1.0));
         assert!(queued2 > p50(2, 0.0, 1.0) * 1.2, "queues must cost a window of 2");
         assert!(queued2 > queued8, "window 2: {queued2:.2} s, window 8: {queued8:.2} s");
+    }
+
+    #[test]
+    fn registrations_in_host_order_put_every_first_copy_through_the_first_host() {
+        // Four layers, every host registering for all of them at the same instant in host
+        // order: host 0 is first in every task and holds all of the supernode's links (one per
+        // task), so every first copy goes through its one downlink and uplink. Spread over a few
+        // milliseconds, as real requests arrive, the first registrant differs per task.
+        let p50 = |register_jitter: f64| {
+            let cfg = SimConfig {
+                hosts: 16,
+                layers: vec![16 << 20, 8 << 20, 4 << 20, 4 << 20],
+                host_up: 6.25e6,
+                host_down: 6.25e6,
+                sn_up: 25e6,
+                sn_down: 25e6,
+                origin_up: 25e6,
+                rtt: 0.0002,
+                queue_delay: 0.001,
+                register_jitter,
+                ..SimConfig::default()
+            };
+            let r = run(cfg);
+            let mut c: Vec<f64> = r.completion.iter().flatten().copied().collect();
+            assert_eq!(c.len(), 16);
+            c.sort_by(f64::total_cmp);
+            c[8]
+        };
+        let (in_order, jittered) = (p50(0.0), p50(0.02));
+        assert!(jittered * 1.1 < in_order, "jittered {jittered:.2} s, in order {in_order:.2} s");
     }
 
     #[test]
