@@ -12,7 +12,7 @@
 //! The signed bytes are canonical, independent of protobuf encoding:
 //! `"damselfly-ticket/1\n" task_id "\n" peer_id "\n" expires_unix_ms (decimal)`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,9 +125,12 @@ impl TicketSigner {
     }
 }
 
-/// Signature checks remembered per verifier (see [`TicketVerifier::verify`]); the set is emptied
-/// when full, so it never holds more than this many 32-byte digests.
+/// Signature checks remembered per verifier (see [`TicketVerifier::verify`]); when full, the
+/// expired entries go, and if none had expired all of them, so it never holds more than this
+/// many.
 const VERIFIED_CACHE: usize = 4096;
+/// Longest signature any supported CA key makes (ECDSA P-384, ASN.1 DER: 104 bytes), rounded up.
+const MAX_SIGNATURE: usize = 132;
 
 /// Checks tickets against the cluster CA certificate (every parent's side).
 pub struct TicketVerifier {
@@ -135,8 +138,12 @@ pub struct TicketVerifier {
     /// sha256 of (signed bytes, signature) of tickets whose signature verified. A child sends the
     /// same ticket with every piece request of a task: the signature is checked once, not per
     /// piece (an ECDSA P-256 verification costs more than the rest of serving a piece's request).
-    /// The task, peer and expiry are still compared for every request.
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// The task, peer and expiry are still compared for every request. Each entry keeps its
+    /// ticket's expiry: a full cache drops the expired ones first.
+    verified: Mutex<HashMap<[u8; 32], u64>>,
+    /// Signature verifications done (tests check that a remembered ticket costs none).
+    #[cfg(test)]
+    signature_checks: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for TicketVerifier {
@@ -166,7 +173,12 @@ impl TicketVerifier {
             "1.3.101.112" => &signature::ED25519,
             other => return Err(TicketError::UnsupportedKey(format!("key algorithm {other}"))),
         };
-        Ok(Self { key: UnparsedPublicKey::new(alg, key), verified: Mutex::default() })
+        Ok(Self {
+            key: UnparsedPublicKey::new(alg, key),
+            verified: Mutex::default(),
+            #[cfg(test)]
+            signature_checks: Default::default(),
+        })
     }
 
     /// Checks that `ticket` lets `peer_id` get pieces of `task_id` at `now`.
@@ -188,6 +200,11 @@ impl TicketVerifier {
         if now_ms > t.expires_unix_ms {
             return Err(TicketError::Expired(Duration::from_millis(now_ms - t.expires_unix_ms)));
         }
+        // No signature of the supported keys is longer (ECDSA P-384 in ASN.1: at most 104 bytes):
+        // a longer one is refused before it costs a hash.
+        if t.signature.len() > MAX_SIGNATURE {
+            return Err(TicketError::BadSignature);
+        }
         let signed = signed_bytes(&t.task_id, &t.peer_id, t.expires_unix_ms);
         let digest: [u8; 32] = Sha256::new()
             .chain_update((signed.len() as u64).to_be_bytes())
@@ -196,16 +213,21 @@ impl TicketVerifier {
             .finalize()
             .into();
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        if verified.contains(&digest) {
+        if verified.contains_key(&digest) {
             return Ok(());
         }
         drop(verified);
+        #[cfg(test)]
+        self.signature_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.key.verify(&signed, &t.signature).map_err(|_| TicketError::BadSignature)?;
         verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if verified.len() >= VERIFIED_CACHE {
-            verified.clear();
+            verified.retain(|_, &mut expires| expires >= now_ms);
+            if verified.len() >= VERIFIED_CACHE {
+                verified.clear();
+            }
         }
-        verified.insert(digest);
+        verified.insert(digest, t.expires_unix_ms);
         Ok(())
     }
 }
@@ -240,7 +262,9 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(verifier.verify(Some(&t), "sha256:aa", "peer1", now), Ok(()));
         }
-        assert_eq!(verifier.verified.lock().unwrap().len(), 1, "one signature check for one ticket");
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
+        let checks = || verifier.signature_checks.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(checks(), 1, "one signature check for one ticket, however often it comes");
         // The remembered signature vouches for these exact bytes only.
         let mut stretched = t.clone();
         stretched.expires_unix_ms += 3_600_000;
@@ -253,6 +277,44 @@ mod tests {
         assert!(matches!(verifier.verify(Some(&t), "sha256:aa", "peer1", later), Err(TicketError::Expired(_))));
         assert!(matches!(verifier.verify(Some(&t), "sha256:bb", "peer1", now), Err(TicketError::Mismatch { .. })));
         assert!(matches!(verifier.verify(Some(&t), "sha256:aa", "peer2", now), Err(TicketError::Mismatch { .. })));
+        // A refused signature is not remembered: it is checked (and refused) again.
+        let before = checks();
+        for _ in 0..2 {
+            assert_eq!(verifier.verify(Some(&stretched), "sha256:aa", "peer1", now), Err(TicketError::BadSignature));
+        }
+        assert_eq!(checks(), before + 2);
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
+        // An oversized signature is refused before any work.
+        let mut junk = t.clone();
+        junk.signature = vec![0x30; 4 << 20];
+        assert_eq!(verifier.verify(Some(&junk), "sha256:aa", "peer1", now), Err(TicketError::BadSignature));
+        assert_eq!(checks(), before + 2);
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_tickets_first() {
+        let (signer, verifier) = pair();
+        let now = SystemTime::now();
+        let live = signer.issue("sha256:aa", "peer1", now + Duration::from_secs(3600));
+        verifier.verify(Some(&live), "sha256:aa", "peer1", now).unwrap();
+        // Fill the rest with entries that expired long ago (as a long-running daemon would
+        // accumulate them), then one more verification.
+        {
+            let mut v = verifier.verified.lock().unwrap();
+            for i in 0..(VERIFIED_CACHE - 1) as u64 {
+                let mut k = [0u8; 32];
+                k[..8].copy_from_slice(&i.to_le_bytes());
+                k[31] = 1;
+                v.insert(k, 1);
+            }
+            assert_eq!(v.len(), VERIFIED_CACHE);
+        }
+        let other = signer.issue("sha256:bb", "peer1", now + Duration::from_secs(3600));
+        verifier.verify(Some(&other), "sha256:bb", "peer1", now).unwrap();
+        assert_eq!(verifier.verified.lock().unwrap().len(), 2, "the expired entries went, the live one stayed");
+        let checks = verifier.signature_checks.load(std::sync::atomic::Ordering::Relaxed);
+        verifier.verify(Some(&live), "sha256:aa", "peer1", now).unwrap();
+        assert_eq!(verifier.signature_checks.load(std::sync::atomic::Ordering::Relaxed), checks);
     }
 
     #[test]
