@@ -696,6 +696,11 @@ impl Bench<'_> {
         &self.topo.hosts()[self.sources() + i]
     }
 
+    /// When host `i` starts its pull (epoch ms), the run starting at `start_at`: `--stagger-ms`.
+    fn host_start(&self, start_at: f64, i: usize) -> f64 {
+        start_at + (i as u64 * self.args.stagger_ms) as f64
+    }
+
     /// u_s: the upload of every source host.
     fn sources_up(&self) -> f64 {
         self.topo.hosts()[..self.sources()].iter().map(|h| h.up).sum()
@@ -882,8 +887,7 @@ impl Bench<'_> {
             let h = self.host(i).clone();
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &h.ns]).arg(&exe).arg("agent");
-            let host_start = start_at + (i as u64 * self.args.stagger_ms) as f64;
-            cmd.args(["--start-at-ms", &(host_start as u64).to_string()]);
+            cmd.args(["--start-at-ms", &(self.host_start(start_at, i) as u64).to_string()]);
             cmd.args(["--out", &run.join(format!("out{i}")).display().to_string()]);
             match (system, &image.torrent) {
                 ("damselfly", _) => {
@@ -952,8 +956,7 @@ impl Bench<'_> {
                         Ok(r) if r.errors.is_empty() => {
                             result.client_cpu += r.client_cpu;
                             let end = r.ends_ms.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-                            let host_start = start_at + (i as u64 * self.args.stagger_ms) as f64;
-                            result.completion.push(Some((end - host_start) / 1000.0));
+                            result.completion.push(Some((end - self.host_start(start_at, i)) / 1000.0));
                         }
                         Ok(r) => {
                             result.completion.push(None);

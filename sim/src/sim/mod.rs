@@ -324,11 +324,7 @@ impl Sim {
             Ev::Join(host) => {
                 let half = self.hop(host, self.sn);
                 for task in 0..self.tasks.len() {
-                    let jitter = if self.cfg.register_jitter > 0.0 {
-                        self.jitter.unit() * self.cfg.register_jitter
-                    } else {
-                        0.0
-                    };
+                    let jitter = self.jitter.unit() * self.cfg.register_jitter;
                     self.at(self.now + half + jitter, Ev::Register(host, task));
                 }
             }
