@@ -100,7 +100,7 @@ impl Shared {
             let Some(ps) = task.pieces.get(p as usize) else {
                 continue;
             };
-            if m.held.contains(p) || m.assigned.contains_key(&p) {
+            if m.held.contains(p) || m.assigned.contains_key(&p) || !m.wants(p) {
                 continue;
             }
             total += 1;
@@ -494,6 +494,7 @@ impl Shared {
         let (child, parent) = (task.member(w)?, task.member(p)?);
         let usable = |piece: u32| {
             task.is_landed(piece)
+                && child.wants(piece)
                 && !child.assigned.contains_key(&piece)
                 && !child.failed.get(&piece).is_some_and(|f| f.contains(&parent.id))
                 && !child.avoid.contains(&parent.id)
@@ -515,6 +516,7 @@ impl Shared {
         let held_elsewhere = |p: u32| task.pieces.get(p as usize).is_some_and(|ps| ps.holder_count > 0);
         let pieces = sn_open.iter().copied().filter(|&p| {
             !child.held.contains(p)
+                && child.wants(p)
                 && !child.assigned.contains_key(&p)
                 && (!held_elsewhere(p) || starving(child))
                 && servable(p)

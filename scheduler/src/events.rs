@@ -9,7 +9,7 @@ use damselfly_types::id::{PeerId, TaskId};
 
 use super::assign::Fresh;
 use super::state::{BitSet, Member, Origin, Outbox, Source, TaskInfo, TaskState};
-use super::{Action, Down, FailReason, PieceMeta, Scheduler, Shared};
+use super::{Action, Core, Down, FailReason, PieceMeta, Shared};
 
 /// Waiting members fully reconsidered per task per tick (a safety net: events offer new
 /// capacity to waiting members as it appears).
@@ -18,7 +18,7 @@ const TICK_REFILL: usize = 256;
 /// `Scheduler::offer_elsewhere`).
 const OFFER_TASKS: usize = 8;
 
-impl Scheduler {
+impl Core {
     pub(super) fn task_started(
         &mut self,
         now: Duration,
@@ -75,7 +75,7 @@ impl Scheduler {
         let window = self.shared.config.window_per_peer;
         let lacking: Vec<u32> = task
             .members()
-            .filter(|(_, m)| task.downloading(m) && !m.held.contains(n) && m.assigned.len() < window)
+            .filter(|(_, m)| task.downloading(m) && m.wants(n) && !m.held.contains(n) && m.assigned.len() < window)
             .map(|(s, _)| s)
             .collect();
         for slot in lacking {
@@ -134,6 +134,7 @@ impl Scheduler {
         peer: PeerId,
         addr: SocketAddr,
         have: &[u32],
+        wants: Option<Vec<(u32, u32)>>,
         out: &mut Vec<Action>,
     ) {
         if self.tasks.get(&id).is_some_and(|t| self.shared.slot(t, &peer).is_some()) {
@@ -164,6 +165,7 @@ impl Scheduler {
             avoid: Vec::new(),
             done: false,
             wait_seq: None,
+            wants,
         };
         let slot = task.add_member(member);
         self.shared.refresh_open(task, gid);
@@ -322,10 +324,14 @@ impl Scheduler {
         }
         task.set_waiting(slot, false);
         task.mark_done(slot);
-        let all: Vec<u32> = match task.total_pieces() {
+        let mut all: Vec<u32> = match task.total_pieces() {
             Some(total) => (0..total).collect(),
             None => task.landed.clone(),
         };
+        // In an image swarm: the pieces of the blobs it registered for, not the whole image.
+        if let Some(m) = task.member(slot) {
+            all.retain(|&p| m.wants(p));
+        }
         let bad = task.member(slot).is_some_and(|m| self.shared.is_bad_gid(m.gid));
         if let Some(m) = task.member_mut(slot) {
             for &p in &all {
@@ -541,7 +547,7 @@ impl Scheduler {
 
     /// After an event: reports the task idle when nobody downloads it any more and the origin
     /// finished; forgets a failed task once its last peer left.
-    fn finish(&mut self, id: &TaskId, out: &mut Vec<Action>) {
+    pub(super) fn finish(&mut self, id: &TaskId, out: &mut Vec<Action>) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -562,7 +568,7 @@ impl Scheduler {
 
 impl Shared {
     /// The member slot of `peer` in `task`.
-    fn slot(&self, task: &TaskState, peer: &PeerId) -> Option<u32> {
+    pub(super) fn slot(&self, task: &TaskState, peer: &PeerId) -> Option<u32> {
         self.peers.gid(peer).and_then(|gid| task.slot_of(gid))
     }
 
@@ -571,7 +577,7 @@ impl Shared {
         self.strikes.is_bad(peer)
     }
 
-    fn is_bad_gid(&self, gid: u32) -> bool {
+    pub(super) fn is_bad_gid(&self, gid: u32) -> bool {
         self.peers.get(gid).is_some_and(|r| r.bad)
     }
 
@@ -579,14 +585,29 @@ impl Shared {
     /// drops its holdings, and orphans the assignments it was serving (the children keep them
     /// until they report). Returns the capacity that appeared.
     fn remove_member(&mut self, task: &mut TaskState, slot: u32) -> Fresh {
-        let mut fresh = Fresh::default();
         task.set_waiting(slot, false);
+        let mut fresh = self.release_pieces(task, slot, None);
+        task.take_member(slot);
+        fresh.peers.retain(|&s| s != slot);
+        fresh
+    }
+
+    /// Ends member `slot`'s part in the pieces of `range` (`None`: all of them): ends its
+    /// assignments (freeing its parents' slots), drops its holdings, and orphans the assignments
+    /// it was serving (the children keep them until they report). Returns the capacity that
+    /// appeared.
+    pub(super) fn release_pieces(&mut self, task: &mut TaskState, slot: u32, range: Option<(u32, u32)>) -> Fresh {
+        let mut fresh = Fresh::default();
+        let within = |p: u32| range.is_none_or(|(a, b)| (a..b).contains(&p));
         let Some(m) = task.member(slot) else {
             return fresh;
         };
         let gid = m.gid;
-        let assigned: Vec<u32> = m.assigned.keys().copied().collect();
-        let held: Vec<u32> = m.held.iter().collect();
+        let assigned: Vec<u32> = m.assigned.keys().copied().filter(|&p| within(p)).collect();
+        let held: Vec<u32> = match range {
+            Some((a, b)) => m.held.range(a, b).collect(),
+            None => m.held.iter().collect(),
+        };
         for piece in assigned {
             if let Some(source) = self.release(task, slot, piece) {
                 fresh.add_source(task, &source);
@@ -594,9 +615,15 @@ impl Shared {
         }
         for piece in held {
             fresh.supernode |= task.remove_holder(slot, piece);
+            if range.is_some() {
+                if let Some(m) = task.member_mut(slot) {
+                    m.held_count -= u32::from(m.held.remove(piece));
+                }
+            }
         }
         if let Some(rec) = self.peers.get_mut(gid) {
-            let (mine, rest) = std::mem::take(&mut rec.uploads).into_iter().partition(|u| u.task == task.id);
+            let (mine, rest) =
+                std::mem::take(&mut rec.uploads).into_iter().partition(|u| u.task == task.id && within(u.piece));
             rec.uploads = rest;
             if rec.tasks.len() > 1 {
                 self.dirty.push(gid);
@@ -608,8 +635,6 @@ impl Shared {
                 }
             }
         }
-        task.take_member(slot);
-        fresh.peers.retain(|&s| s != slot);
         fresh
     }
 }
@@ -657,7 +682,7 @@ fn send_state(task: &TaskState, slot: u32, out: &mut Vec<Action>) {
 }
 
 /// Sends the assignments gathered while handling an event: one `Assign` per peer.
-fn flush(task: &TaskState, outbox: Outbox, out: &mut Vec<Action>) {
+pub(super) fn flush(task: &TaskState, outbox: Outbox, out: &mut Vec<Action>) {
     for (slot, list) in outbox.assigns {
         if let Some(m) = task.member(slot) {
             out.push(Action::Send { peer: m.id.clone(), task: task.id.clone(), msg: Down::Assign(list) });

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
 
-use super::Scheduler;
+use super::Core;
 
-impl Scheduler {
+impl Core {
     /// True when a peer of `task` is still downloading it (such a task must not be forgotten).
-    pub fn has_downloaders(&self, task: &TaskId) -> bool {
+    pub(crate) fn has_downloaders(&self, task: &TaskId) -> bool {
         self.tasks.get(task).is_some_and(|t| t.members().any(|(_, m)| !m.done))
     }
 
     /// Forgets `task` and its seeds (no-op for an unknown task). Returns false, changing nothing,
     /// when a peer is still downloading it.
-    pub fn forget_task(&mut self, now: Duration, task: &TaskId) -> bool {
+    pub(crate) fn forget_task(&mut self, now: Duration, task: &TaskId) -> bool {
         if self.has_downloaders(task) {
             return false;
         }
@@ -38,7 +38,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Event, Piece, PieceMeta, SchedulerConfig};
+    use super::super::{Event, Piece, PieceMeta, Scheduler, SchedulerConfig};
     use super::*;
 
     #[test]

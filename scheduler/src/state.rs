@@ -298,6 +298,16 @@ pub(super) struct Member {
     pub(super) done: bool,
     /// Position in the task's waiting queue, if waiting.
     pub(super) wait_seq: Option<u64>,
+    /// In an image swarm, the piece ranges (`start..end`) of the blobs it registered for: it
+    /// is assigned no other piece. `None`: every piece of the task.
+    pub(super) wants: Option<Vec<(u32, u32)>>,
+}
+
+impl Member {
+    /// Whether the member downloads `piece` (see `wants`).
+    pub(super) fn wants(&self, piece: u32) -> bool {
+        self.wants.as_ref().is_none_or(|ranges| ranges.iter().any(|&(a, b)| (a..b).contains(&piece)))
+    }
 }
 
 /// Assignments produced while handling one event, one `Assign` message per peer.
@@ -478,6 +488,16 @@ impl TaskState {
                 } else {
                     p.open_holders -= 1;
                 }
+            }
+        }
+    }
+
+    /// Marks the member as downloading again (an image swarm member that registered another blob).
+    pub(super) fn mark_active(&mut self, slot: u32) {
+        if let Some(m) = self.members.get_mut(slot as usize).and_then(Option::as_mut) {
+            if m.done {
+                m.done = false;
+                self.active += 1;
             }
         }
     }

@@ -323,10 +323,10 @@ impl Swarm {
     }
 }
 
-impl Scheduler {
+impl Core {
     /// Recomputes every derived count and index from the assignments and holdings and checks
     /// that the incremental bookkeeping agrees.
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let max = self.shared.config.max_uploads_per_peer;
         let mut sn_uploads = 0;
         let mut uploads: BTreeMap<u32, usize> = BTreeMap::new();
@@ -341,7 +341,7 @@ impl Scheduler {
                 assert_eq!(m.wait_seq.is_some_and(|seq| task.waiting.contains(&(seq, slot))), m.wait_seq.is_some());
                 assert!(m.assigned.len() <= self.shared.config.window_per_peer);
                 for (&p, source) in &m.assigned {
-                    assert!(task.is_landed(p) && !m.held.contains(p));
+                    assert!(task.is_landed(p) && !m.held.contains(p) && m.wants(p));
                     match source {
                         Source::Supernode => sn_uploads += 1,
                         Source::Peer { gid: Some(g), .. } => *uploads.entry(*g).or_default() += 1,
@@ -1027,6 +1027,7 @@ mod prop {
                 strike_ttl: Duration::from_secs(5 + seed % 20),
                 link_depth: 1 + (seed % 2) as usize,
                 seed,
+                image_swarms: true,
             };
             Self { sw: Swarm::new(cfg), members: BTreeSet::new(), landed: 0, complete: false }
         }

@@ -73,6 +73,10 @@ struct Args {
     /// Scheduler: max concurrent uploads of the supernode (default: the supernode's).
     #[arg(long)]
     sn_uploads: Option<usize>,
+    /// Schedule every blob as a task of its own, not the image's blobs as one swarm (the
+    /// scheduler's `image_swarms` off).
+    #[arg(long)]
+    no_image_swarm: bool,
     /// Print the scheduler's cost per event kind.
     #[arg(long)]
     profile: bool,
@@ -98,6 +102,7 @@ fn scheduler_config(args: &Args) -> damselfly_scheduler::SchedulerConfig {
         max_uploads_per_peer: args.max_uploads.unwrap_or(d.max_uploads_per_peer),
         max_supernode_uploads: args.sn_uploads.unwrap_or(d.max_supernode_uploads),
         link_depth: args.link_depth.unwrap_or(d.link_depth),
+        image_swarms: !args.no_image_swarm,
         ..d
     }
 }
