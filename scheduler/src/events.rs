@@ -634,6 +634,11 @@ impl Shared {
                     *gid = None;
                 }
             }
+            if range.is_some() {
+                // It stays a member: its slots freed, it may take uploads again.
+                self.refresh_open(task, gid);
+                fresh.peers.push(slot);
+            }
         }
         fresh
     }

@@ -88,7 +88,7 @@ struct Swarm {
     /// Claimed blobs not placed yet.
     pending: usize,
     /// Each member's blobs, and whether it is done with each.
-    members: HashMap<PeerId, BTreeMap<TaskId, bool>>,
+    members: BTreeMap<PeerId, BTreeMap<TaskId, bool>>,
 }
 
 /// The core task id of the swarm of `group`.
@@ -264,17 +264,8 @@ impl Scheduler {
             return false;
         }
         let Some((sid, p)) = self.placed(task) else { return false };
-        let seeds: Vec<PeerId> = self.swarms[&sid]
-            .members
-            .iter()
-            .filter(|(_, blobs)| blobs.contains_key(task))
-            .map(|(peer, _)| peer.clone())
-            .collect();
         let mut out = Vec::new();
-        for peer in seeds {
-            self.leave_blob(now, &sid, task, &peer, &mut out);
-        }
-        self.unplace(now, &sid, task, p.span, &mut out);
+        self.drop_blob(now, &sid, task, p.span, None, &mut out);
         self.deferred.extend(out);
         true
     }
@@ -486,12 +477,7 @@ impl Scheduler {
         }
         if mine.is_empty() {
             swarm.members.remove(peer);
-            if let Some(set) = self.peer_swarms.get_mut(peer) {
-                set.remove(sid);
-                if set.is_empty() {
-                    self.peer_swarms.remove(peer);
-                }
-            }
+            self.unlink(peer, sid);
             self.core_event(now, Event::PeerLeft { task: sid.clone(), peer: peer.clone() }, out);
             return;
         }
@@ -563,25 +549,53 @@ impl Scheduler {
             }
             Place::Placed(p) => {
                 let span = p.span;
-                let members: Vec<(PeerId, bool)> = self.swarms[&sid]
-                    .members
-                    .iter()
-                    .filter_map(|(peer, blobs)| Some((peer.clone(), *blobs.get(blob)?)))
-                    .collect();
-                for (peer, done) in members {
-                    if !done {
-                        out.push(Action::Send { peer: peer.clone(), task: blob.clone(), msg: failed.clone() });
-                    }
-                    self.leave_blob(now, &sid, blob, &peer, out);
-                }
-                self.unplace(now, &sid, blob, span, out);
+                self.drop_blob(now, &sid, blob, span, Some(failed), out);
             }
         }
     }
 
-    /// Removes placed `blob`, which nobody is registered for any more, from swarm `sid`.
+    /// Removes placed `blob` from swarm `sid` (its origin fetch failed: `failed` tells its
+    /// downloaders; or the supernode evicted it): every member drops it at once, then the
+    /// members left without a blob leave the swarm.
+    fn drop_blob(
+        &mut self,
+        now: Duration,
+        sid: &TaskId,
+        blob: &TaskId,
+        span: Span,
+        failed: Option<Down>,
+        out: &mut Vec<Action>,
+    ) {
+        let members: Vec<(PeerId, bool)> = self.swarms[sid]
+            .members
+            .iter()
+            .filter_map(|(peer, blobs)| Some((peer.clone(), *blobs.get(blob)?)))
+            .collect();
+        for (peer, done) in &members {
+            if let (false, Some(msg)) = (done, &failed) {
+                out.push(Action::Send { peer: peer.clone(), task: blob.clone(), msg: msg.clone() });
+            }
+        }
+        let mut actions = Vec::new();
+        self.core.remove_range(now, sid, span, &mut actions);
+        self.translate(actions, out);
+        for (peer, _) in members {
+            let Some(swarm) = self.swarms.get_mut(sid) else { break };
+            let Some(mine) = swarm.members.get_mut(&peer) else { continue };
+            mine.remove(blob);
+            if mine.is_empty() {
+                swarm.members.remove(&peer);
+                self.unlink(&peer, sid);
+                self.core_event(now, Event::PeerLeft { task: sid.clone(), peer }, out);
+            } else if mine.values().all(|&d| d) {
+                self.core_event(now, Event::PeerDone { task: sid.clone(), peer }, out);
+            }
+        }
+        self.unplace(now, sid, blob, span, out);
+    }
+
+    /// Forgets placed `blob`, whose pieces the swarm dropped, in swarm `sid`.
     fn unplace(&mut self, now: Duration, sid: &TaskId, blob: &TaskId, span: Span, out: &mut Vec<Action>) {
-        self.core.forget_range(sid, span);
         self.blobs.remove(blob);
         if let Some(swarm) = self.swarms.get_mut(sid) {
             swarm.spans.remove(&span.0);
@@ -599,15 +613,23 @@ impl Scheduler {
         let members: Vec<PeerId> = swarm.members.keys().cloned().collect();
         for peer in members {
             self.core_event(now, Event::PeerLeft { task: sid.clone(), peer: peer.clone() }, out);
-            if let Some(set) = self.peer_swarms.get_mut(&peer) {
-                set.remove(sid);
-                if set.is_empty() {
-                    self.peer_swarms.remove(&peer);
-                }
-            }
+            self.unlink(&peer, sid);
         }
         self.core.forget_task(now, sid);
+        let mut actions = Vec::new();
+        self.core.settle(now, &mut actions);
         self.swarms.remove(sid);
+        self.translate(actions, out);
+    }
+
+    /// `peer` is no longer a member of swarm `sid`.
+    fn unlink(&mut self, peer: &PeerId, sid: &TaskId) {
+        if let Some(set) = self.peer_swarms.get_mut(peer) {
+            set.remove(sid);
+            if set.is_empty() {
+                self.peer_swarms.remove(peer);
+            }
+        }
     }
 
     /// `peer` no longer waits for claimed `blob` to be placed.

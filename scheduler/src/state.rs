@@ -298,15 +298,25 @@ pub(super) struct Member {
     pub(super) done: bool,
     /// Position in the task's waiting queue, if waiting.
     pub(super) wait_seq: Option<u64>,
-    /// In an image swarm, the piece ranges (`start..end`) of the blobs it registered for: it
-    /// is assigned no other piece. `None`: every piece of the task.
+    /// In an image swarm, the piece ranges (`start..end`, disjoint, in order) of the blobs it
+    /// registered for: it is assigned no other piece. `None`: every piece of the task.
     pub(super) wants: Option<Vec<(u32, u32)>>,
 }
 
 impl Member {
     /// Whether the member downloads `piece` (see `wants`).
     pub(super) fn wants(&self, piece: u32) -> bool {
-        self.wants.as_ref().is_none_or(|ranges| ranges.iter().any(|&(a, b)| (a..b).contains(&piece)))
+        let Some(ranges) = &self.wants else { return true };
+        // The last range starting at or before `piece`.
+        let i = ranges.partition_point(|&(a, _)| a <= piece);
+        i > 0 && piece < ranges[i - 1].1
+    }
+
+    /// Adds the range `r` (disjoint from the others) to what the member downloads.
+    pub(super) fn add_wants(&mut self, r: (u32, u32)) {
+        let ranges = self.wants.get_or_insert_with(Vec::new);
+        let i = ranges.partition_point(|&(a, _)| a < r.0);
+        ranges.insert(i, r);
     }
 }
 

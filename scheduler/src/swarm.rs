@@ -43,7 +43,7 @@ impl Core {
         let Some(task) = self.tasks.get_mut(id) else { return };
         let Some(m) = task.member_mut(slot) else { return };
         let bad = self.shared.is_bad_gid(m.gid);
-        m.wants.get_or_insert_with(Vec::new).push(range);
+        m.add_wants(range);
         let mut fresh_held = Vec::new();
         for &p in have.iter().filter(|&&p| (range.0..range.1).contains(&p)) {
             if m.held.insert(p) {
@@ -87,6 +87,40 @@ impl Core {
         let mut outbox = Outbox::default();
         self.shared.drain(task, &fresh, now, &mut outbox);
         self.shared.fill(task, slot, now, &mut outbox);
+        flush(task, outbox, out);
+        self.finish(id, out);
+        self.settle(now, out);
+    }
+
+    /// Removes the pieces of `range` from `task` (their blob failed or was evicted): every
+    /// member drops them (their assignments there end, their holdings go), and they are no
+    /// longer landed. The members stay for their other ranges.
+    pub(crate) fn remove_range(&mut self, now: Duration, id: &TaskId, range: Span, out: &mut Vec<Action>) {
+        let Some(task) = self.tasks.get_mut(id) else { return };
+        let slots: Vec<u32> = task
+            .members()
+            .filter(|(_, m)| m.wants.as_ref().is_some_and(|w| w.contains(&range)))
+            .map(|(s, _)| s)
+            .collect();
+        let mut fresh = Fresh::default();
+        for &slot in &slots {
+            let freed = self.shared.release_pieces(task, slot, Some(range));
+            fresh.peers.extend(freed.peers);
+            fresh.supernode |= freed.supernode;
+            if let Some(m) = task.member_mut(slot) {
+                if let Some(wants) = m.wants.as_mut() {
+                    wants.retain(|&r| r != range);
+                }
+                m.failed.retain(|&p, _| !(range.0..range.1).contains(&p));
+            }
+        }
+        self.forget_range(id, range);
+        let Some(task) = self.tasks.get_mut(id) else { return };
+        let mut outbox = Outbox::default();
+        self.shared.drain(task, &fresh, now, &mut outbox);
+        for slot in slots {
+            self.shared.fill(task, slot, now, &mut outbox);
+        }
         flush(task, outbox, out);
         self.finish(id, out);
         self.settle(now, out);
@@ -136,9 +170,9 @@ impl Core {
         }
     }
 
-    /// Forgets the pieces of `range` of `task` (the supernode evicted their blob): they are no
-    /// longer landed, and no member holds them. Nobody may want the range any more.
-    pub(crate) fn forget_range(&mut self, id: &TaskId, range: Span) {
+    /// Forgets the pieces of `range` of `task`: they are no longer landed, and no member holds
+    /// them. Nobody may want the range any more.
+    fn forget_range(&mut self, id: &TaskId, range: Span) {
         let Some(task) = self.tasks.get_mut(id) else { return };
         let slots: Vec<u32> = task.members().map(|(s, _)| s).collect();
         for slot in slots {
