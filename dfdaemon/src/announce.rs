@@ -135,7 +135,8 @@ pub fn resume(daemon: &Arc<Daemon>, task: &Arc<LocalTask>) {
         return;
     }
     info!(task = %task.id, have = task.held_pieces().len(), "resuming download");
-    let req = DownloadRequest { url, digest, headers: Vec::new() };
+    // A resumed task's group was not recorded: it resumes on its own.
+    let req = DownloadRequest { url, digest, headers: Vec::new(), group: None };
     let (d, t) = (daemon.clone(), task.clone());
     tokio::spawn(async move {
         download::run(d, t.clone(), req).await;
@@ -171,6 +172,8 @@ async fn announce(
         limits: Some(daemon.limits.to_proto()),
         piece_size: table.0,
         content_length: table.1,
+        // A re-announce joins no swarm: it only tells what is here.
+        group: String::new(),
     };
     let up = |kind| pb::ControlUp { kind: Some(kind) };
     let first = pb::Request { kind: Some(pb::request::Kind::Control(up(pb::control_up::Kind::Register(register)))) };

@@ -36,6 +36,11 @@ pub struct DownloadRequest {
     pub digest: Option<String>,
     /// Headers for the origin (credentials included; never logged).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The swarm group the registration names (`Register.group`): downloads of one image pull
+    /// name the same one, and the supernode schedules their blobs as one swarm. Checked by
+    /// `damselfly_types::group::check`. Concurrent downloads of one task are one download: the
+    /// first request's group is the one sent.
+    pub group: Option<String>,
 }
 
 /// Why a piece fetch failed.
@@ -239,6 +244,7 @@ async fn drive_with(
         limits: Some(daemon.limits.to_proto()),
         piece_size,
         content_length,
+        group: req.group.clone().unwrap_or_default(),
     };
     let first = pb::Request {
         kind: Some(pb::request::Kind::Control(pb::ControlUp { kind: Some(pb::control_up::Kind::Register(register)) })),

@@ -37,6 +37,10 @@ pub struct DownloadBody {
     /// ending with the content file's location, not the bytes.
     #[serde(default)]
     pub local: bool,
+    /// Swarm group: downloads of one image that name the same group are scheduled as one swarm
+    /// (a hint, it grants nothing). At most 256 bytes, no control characters; empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Content type of the progress stream of a local download.
@@ -170,9 +174,13 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
+    let group = match checked_group(body.group) {
+        Ok(g) => g,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e, None),
+    };
     let task_id = TaskId::for_url(&url, digest.as_ref());
     let headers = body.headers.into_iter().map(|(n, v)| (n, v.into_bytes())).collect();
-    let req = DownloadRequest { url, digest: digest.map(|d| d.to_string()), headers };
+    let req = DownloadRequest { url, digest: digest.map(|d| d.to_string()), headers, group };
     let task = match daemon.download(&task_id, req) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("local storage error: {e}"), None),
@@ -181,6 +189,19 @@ async fn download(State(daemon): State<Arc<Daemon>>, Json(body): Json<DownloadBo
         return export_task(task).await;
     }
     stream_task(task).await
+}
+
+/// The body's group, checked: `None` for none (absent or empty), the API's error message for one
+/// that fails `damselfly_types::group::check`.
+fn checked_group(group: Option<String>) -> Result<Option<String>, String> {
+    match group {
+        None => Ok(None),
+        Some(g) if g.is_empty() => Ok(None),
+        Some(g) => match damselfly_types::group::check(&g) {
+            Ok(()) => Ok(Some(g)),
+            Err(e) => Err(format!("invalid group: {e}")),
+        },
+    }
 }
 
 /// Answers a local download: progress lines while the task runs, then where its verified
@@ -402,4 +423,35 @@ impl Reader {
 /// The number of the piece holding byte `pos`, once the piece size is known.
 fn piece_at(v: &TaskView, pos: u64) -> Option<u32> {
     (v.piece_size > 0).then(|| (pos / u64::from(v.piece_size)) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_names_a_group_or_none() {
+        let body: DownloadBody = serde_json::from_str(r#"{"url":"http://o/x"}"#).expect("no group");
+        assert_eq!(body.group, None);
+        let body: DownloadBody = serde_json::from_str(r#"{"url":"http://o/x","group":"sha256:ab"}"#).expect("a group");
+        assert_eq!(checked_group(body.group), Ok(Some("sha256:ab".to_owned())));
+        // Empty is none; a client that names none sends no field.
+        assert_eq!(checked_group(Some(String::new())), Ok(None));
+        assert_eq!(checked_group(None), Ok(None));
+        let none =
+            DownloadBody { url: "http://o/x".into(), digest: None, headers: Vec::new(), local: false, group: None };
+        assert!(!serde_json::to_string(&none).expect("serialises").contains("group"));
+    }
+
+    #[test]
+    fn an_invalid_group_is_a_bad_request_that_says_why() {
+        let long = checked_group(Some("g".repeat(damselfly_types::group::MAX_LEN + 1))).unwrap_err();
+        assert!(long.starts_with("invalid group:") && long.contains("256 bytes"), "{long}");
+        let control = checked_group(Some("a\nb".into())).unwrap_err();
+        assert!(control.contains("control characters"), "{control}");
+        assert_eq!(
+            checked_group(Some("g".repeat(damselfly_types::group::MAX_LEN))),
+            Ok(Some("g".repeat(damselfly_types::group::MAX_LEN)))
+        );
+    }
 }

@@ -8,12 +8,16 @@
 //!   split the cache). The engine's `Authorization` travels with the task to the supernode's
 //!   origin fetch. Bodies stream in order as pieces arrive; `Range` gets 206; a full body is
 //!   hashed as it streams and broken off before its last byte when it does not match the digest.
+//! - The blobs of one image pull are one swarm: an image manifest the mirror serves is parsed
+//!   for the blobs it names, and their downloads name the manifest's digest as their group
+//!   ([`groups`]).
 //!
 //! Which upstream: containerd names it in `?ns=<registry>`; otherwise `--registry`. Registries
 //! listed with `--insecure-registry` are reached over plain HTTP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -30,6 +34,8 @@ use crate::download::DownloadRequest;
 use crate::http::{body, wait_started, Gate};
 use crate::storage::{TaskFailure, TaskStatus};
 use crate::Daemon;
+
+mod groups;
 
 /// Response headers passed through from the upstream registry.
 const PASS_HEADERS: &[&str] = &[
@@ -57,12 +63,15 @@ type Pending = Shared<BoxFuture<'static, Result<Arc<Upstream>, String>>>;
 /// A cached manifest: hash of the `Authorization` that fetched it (None: anonymous), answer.
 type CachedManifest = (Option<[u8; 32]>, Arc<Upstream>);
 
-/// Mirror state: requests in flight (coalescing) and manifests cached by digest.
+/// Mirror state: requests in flight (coalescing), manifests cached by digest, and the image
+/// each recently seen blob belongs to.
 #[derive(Default)]
 pub struct MirrorState {
     in_flight: Mutex<HashMap<String, Pending>>,
     /// digest → (hash of the Authorization that fetched it, or None for anonymous; manifest).
     manifests: Mutex<HashMap<String, CachedManifest>>,
+    /// Blob digest → the swarm group of the image manifest that named it ([`groups`]).
+    groups: groups::ImageGroups,
 }
 
 /// The mirror's routes.
@@ -161,6 +170,7 @@ async fn manifest(
         let cached = daemon.mirror.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&d.to_string()).cloned();
         if let Some((owner, m)) = cached {
             if owner.is_none() || owner == auth {
+                remember_blobs(daemon, &m);
                 return respond(&m, method == Method::HEAD);
             }
         }
@@ -185,7 +195,21 @@ async fn manifest(
             daemon.mirror.manifests.lock().unwrap_or_else(|e| e.into_inner()).insert(d.to_string(), (auth, up.clone()));
         }
     }
+    if up.status.is_success() {
+        remember_blobs(daemon, &up);
+    }
     respond(&up, method == Method::HEAD)
+}
+
+/// Remembers the blobs an image manifest being served names, so that their downloads are one
+/// swarm ([`groups`]); anything else, or a manifest that does not parse, is not remembered.
+fn remember_blobs(daemon: &Daemon, manifest: &Upstream) {
+    let content_type =
+        manifest.headers.iter().find(|(n, _)| *n == header::CONTENT_TYPE).and_then(|(_, v)| v.to_str().ok());
+    let blobs = daemon.mirror.groups.remember(Instant::now(), content_type, &manifest.body);
+    if blobs > 0 {
+        tracing::debug!(blobs, "image manifest served: its blobs are one swarm");
+    }
 }
 
 fn respond(up: &Upstream, head: bool) -> Response {
@@ -300,7 +324,8 @@ async fn blob(
         .get(header::AUTHORIZATION)
         .map(|v| vec![("authorization".to_owned(), v.as_bytes().to_vec())])
         .unwrap_or_default();
-    let req = DownloadRequest { url: url.clone(), digest: Some(d.to_string()), headers: auth };
+    let group = daemon.mirror.groups.group_of(Instant::now(), &d);
+    let req = DownloadRequest { url: url.clone(), digest: Some(d.to_string()), headers: auth, group };
     let task = match daemon.download(&task_id, req) {
         Ok(t) => t,
         Err(e) => {

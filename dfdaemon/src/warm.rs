@@ -59,7 +59,8 @@ fn start(daemon: &Arc<Daemon>, warm: pb::Warm) -> Result<Arc<LocalTask>, String>
     let digest: Sha256Digest = warm.digest.parse().map_err(|e| format!("{e}"))?;
     let task_id = TaskId::for_url(&url, Some(&digest));
     let headers = warm.headers.into_iter().map(|h| (h.name, h.value)).collect();
-    let req = DownloadRequest { url, digest: Some(digest.to_string()), headers };
+    // A `Warm` names one blob, not the image it belongs to: no group.
+    let req = DownloadRequest { url, digest: Some(digest.to_string()), headers, group: None };
     daemon.download(&task_id, req).map_err(|e| format!("local storage error: {e}"))
 }
 

@@ -59,6 +59,10 @@ struct Args {
     /// Header for the origin request, 'Name: value'; repeatable (Range is dfget's own).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Swarm group: downloads of one image that name the same group are scheduled as one
+    /// swarm; a hint, grants nothing (ignored when downloading straight from the origin).
+    #[arg(long, value_name = "KEY")]
+    group: Option<String>,
     /// dfdaemon API URL [default: $DFGET_DAEMON or http://127.0.0.1:65001].
     #[arg(
         long,
@@ -146,6 +150,8 @@ pub(crate) struct Request {
     pub(crate) digest: Option<Sha256Digest>,
     /// Headers for the origin request.
     pub(crate) headers: Vec<(String, String)>,
+    /// The swarm group (`--group`), checked; not used by a direct download.
+    pub(crate) group: Option<String>,
     /// Where the content goes.
     pub(crate) output: Output,
 }
@@ -178,6 +184,14 @@ impl Request {
             }
             headers.push((name, value));
         }
+        let group = match args.group.as_deref() {
+            None | Some("") => None,
+            Some(g) => {
+                damselfly_types::group::check(g)
+                    .or_exit_with(Exit::Usage, || format!("--group {g:?} is not a valid group"))?;
+                Some(g.to_owned())
+            }
+        };
         let output = if args.output == Path::new("-") {
             Output::Stdout
         } else if args.output.is_dir() {
@@ -185,7 +199,7 @@ impl Request {
         } else {
             Output::File(args.output.clone())
         };
-        Ok(Self { url, digest, headers, output })
+        Ok(Self { url, digest, headers, group, output })
     }
 
     /// The daemon API's request body; `local`: the answer is the cache file's location.
@@ -195,6 +209,7 @@ impl Request {
             digest: self.digest.map(|d| d.to_string()),
             headers: self.headers.clone(),
             local,
+            group: self.group.clone(),
         }
     }
 }
@@ -272,5 +287,19 @@ mod tests {
         assert_eq!(parse_header("novalue").unwrap_err().exit, Exit::Usage);
         assert!(parse_header("bad name: v").is_err());
         assert!(parse_header("X-A: a\nb").is_err());
+    }
+
+    #[test]
+    fn a_group_is_checked_and_sent_to_the_daemon() {
+        let ui = Ui::new(true, true);
+        let request = |extra: &[&str]| {
+            let argv = ["dfget", "http://origin.example/blob", "-O", "out"].iter().chain(extra);
+            Request::from_args(&Args::try_parse_from(argv).unwrap(), &ui)
+        };
+        assert_eq!(request(&["--group", "sha256:ab"]).unwrap().body(false).group.as_deref(), Some("sha256:ab"));
+        assert_eq!(request(&[]).unwrap().body(false).group, None);
+        assert_eq!(request(&["--group", ""]).unwrap().body(true).group, None);
+        assert_eq!(request(&["--group", "a\tb"]).unwrap_err().exit, Exit::Usage);
+        assert_eq!(request(&["--group", &"g".repeat(257)]).unwrap_err().exit, Exit::Usage);
     }
 }

@@ -101,13 +101,13 @@ pub fn register() -> impl Strategy<Value = Register> {
     (
         (text(), text(), text(), vec(header(), 0..4)),
         (text(), text(), vec(any::<u32>(), 0..MAX_LIST), any::<bool>(), option::of(limits())),
-        (any::<u32>(), option::of(any::<u64>())),
+        (any::<u32>(), option::of(any::<u64>()), text()),
     )
         .prop_map(
             |(
                 (task_id, url, digest, headers),
                 (peer_id, peer_addr, have, announce_only, limits),
-                (piece_size, content_length),
+                (piece_size, content_length, group),
             )| {
                 Register {
                     task_id,
@@ -121,6 +121,7 @@ pub fn register() -> impl Strategy<Value = Register> {
                     limits,
                     piece_size,
                     content_length,
+                    group,
                 }
             },
         )

@@ -127,6 +127,7 @@ impl Core {
         self.finish(id, out);
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn peer_joined(
         &mut self,
         now: Duration,

@@ -134,6 +134,7 @@ pub(crate) async fn control(
         debug!(%remote, task = %task, error = %refusal, "registration not admitted");
         return refuse(&mut send, pb::Failed { status, message: refusal.to_string(), refused }).await;
     }
+    let group = swarm_group(&url, &reg.group);
     let span = tracing::info_span!("control", task = %task, peer = %peer);
     async move {
         peers.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.clone());
@@ -144,6 +145,11 @@ pub(crate) async fn control(
         shared.attach(&peer, &task, tx.clone());
         let writer = tokio::spawn(write_downs(rx, send));
         let renewer = tokio::spawn(renew_tickets(shared.clone(), task.clone(), peer.clone(), tx.clone()));
+        // The blob's image swarm, named right before the registration it belongs to.
+        if let Some(group) = group {
+            debug!(%group, "the registration names an image swarm");
+            shared.handle(Event::Grouped { task: task.clone(), group });
+        }
         // Joined first, so that a fetch failing at once still reaches this peer.
         shared.handle(Event::PeerJoined { task: task.clone(), peer: peer.clone(), addr, have });
         shared.record_host_limits(&peer, reg.limits.as_ref());
@@ -157,6 +163,20 @@ pub(crate) async fn control(
     }
     .instrument(span)
     .await
+}
+
+/// The scheduler's group for a registration naming `group` (empty: none) for content at `url`:
+/// scoped to the origin, so that the keys of two registries never meet. A group that fails the
+/// check is ignored (it is a hint: the download goes on without it).
+fn swarm_group(url: &url::Url, group: &str) -> Option<String> {
+    if group.is_empty() {
+        return None;
+    }
+    if let Err(e) = damselfly_types::group::check(group) {
+        debug!(error = %e, "registration names an invalid group: ignored");
+        return None;
+    }
+    Some(format!("{} {group}", url.origin().ascii_serialization()))
 }
 
 /// A ticket for `peer` to get pieces of `task` for the configured lifetime.
@@ -361,6 +381,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn groups_are_scoped_to_the_origin_and_invalid_ones_ignored() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let a = url("https://registry.example/v2/app/blobs/sha256:00");
+        assert_eq!(swarm_group(&a, "sha256:ab").as_deref(), Some("https://registry.example sha256:ab"));
+        // Two registries' keys never meet; the port is part of the origin, the path is not.
+        let b = url("http://127.0.0.1:5000/v2/app/blobs/sha256:00");
+        assert_eq!(swarm_group(&b, "sha256:ab").as_deref(), Some("http://127.0.0.1:5000 sha256:ab"));
+        assert_eq!(swarm_group(&url("https://registry.example/other"), "k"), swarm_group(&a, "k"));
+        // None named, or one the check refuses: the registration goes on without a group.
+        assert_eq!(swarm_group(&a, ""), None);
+        assert_eq!(swarm_group(&a, "a\nb"), None);
+        assert_eq!(swarm_group(&a, &"g".repeat(damselfly_types::group::MAX_LEN + 1)), None);
+        assert!(swarm_group(&a, &"g".repeat(damselfly_types::group::MAX_LEN)).is_some());
+    }
 
     #[test]
     fn a_peer_whose_pieces_are_cut_otherwise_is_not_a_holder() {

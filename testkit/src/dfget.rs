@@ -77,6 +77,11 @@ impl DfgetRun {
         self.arg("-H").arg(header)
     }
 
+    /// `--group KEY`: the downloads of one image that name the same group are one swarm.
+    pub fn group(self, key: &str) -> Self {
+        self.arg("--group").arg(key)
+    }
+
     /// `--daemon URL`.
     pub fn daemon(self, url: &str) -> Self {
         self.arg("--daemon").arg(url)

@@ -2,8 +2,9 @@
 //! digests ([`id`]), how a file is cut into pieces and the piece record ([`piece`]), byte sizes
 //! for flags and config files ([`size`]), the preheat API's request and job view, shared by the
 //! supernode and `dfget preheat` ([`preheat`]), the repository-name grammar of the distribution spec
-//! ([`repository`]).
+//! ([`repository`]), the swarm groups downloads name ([`group`]).
 
+pub mod group;
 pub mod id;
 pub mod piece;
 pub mod preheat;

@@ -3,7 +3,9 @@
 //!
 //! For every image and every N it runs, on the same namespaces and caps:
 //! - `damselfly`: a supernode on the supernode's host, a dfdaemon per host, every host fetching
-//!   every blob of the image with `dfget` at the same moment;
+//!   every blob of the image with `dfget` at the same moment, each naming the image as its
+//!   `--group` (one image pull is one swarm, as through the registry mirror; `--no-group`: blob
+//!   by blob);
 //! - `direct`: every host fetching every blob straight from the origin registry (`curl`);
 //! - `proxy`: every host fetching through a `docker-registry` pull-through cache on the
 //!   supernode's host (`curl`), cold at the start of each run;
@@ -130,6 +132,10 @@ struct Args {
     /// measured rates with its limits ("Rate-limited hosts").
     #[arg(long = "limited", value_parser = parse_limited)]
     limited: Vec<(usize, PathBuf)>,
+    /// Damselfly's dfgets name no `--group`: each blob is a swarm of its own instead of the
+    /// image being one (to compare the two).
+    #[arg(long)]
+    no_group: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +158,9 @@ enum Role {
         /// Path of dfget.
         #[arg(long, default_value = "dfget")]
         dfget: PathBuf,
+        /// dfget's `--group` for every blob (none: each blob on its own).
+        #[arg(long)]
+        group: Option<String>,
         /// URL@DIGEST of each blob (aria2c: the file's path under the output directory).
         #[arg(long = "blob")]
         blobs: Vec<String>,
@@ -291,18 +300,28 @@ struct RunResult {
     /// Hosts run with their own daemon config (`--limited`), measured against their limits.
     #[serde(default)]
     limited: Vec<LimitedHost>,
+    /// Damselfly: the dfgets named the image as their `--group` (one swarm for the image);
+    /// false with `--no-group`, for the other systems, and in runs from before groups.
+    #[serde(default)]
+    grouped: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match &args.role {
-        Some(Role::Agent { start_at_ms, out, tool, daemon, dfget, blobs, torrent, bt_max_peers }) => {
+        Some(Role::Agent { start_at_ms, out, tool, daemon, dfget, group, blobs, torrent, bt_max_peers }) => {
             if tool == "aria2c" {
                 let torrent = torrent.as_deref().context("--tool aria2c needs --torrent")?;
                 rt.block_on(agent_bittorrent(*start_at_ms, out, torrent, *bt_max_peers, blobs))
             } else {
-                rt.block_on(agent(*start_at_ms, out, tool, daemon, dfget, blobs))
+                rt.block_on(agent(
+                    *start_at_ms,
+                    out,
+                    tool,
+                    Dfget { daemon, path: dfget, group: group.as_deref() },
+                    blobs,
+                ))
             }
         }
         None if args.charts_from.is_some() => redraw(&args),
@@ -345,14 +364,17 @@ fn epoch_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 
-async fn agent(
-    start_at_ms: u64,
-    out: &Path,
-    tool: &str,
-    daemon: &str,
-    dfget: &Path,
-    blobs: &[String],
-) -> anyhow::Result<()> {
+/// How an agent runs dfget.
+struct Dfget<'a> {
+    /// The daemon's URL.
+    daemon: &'a str,
+    /// The binary.
+    path: &'a Path,
+    /// `--group` for every blob.
+    group: Option<&'a str>,
+}
+
+async fn agent(start_at_ms: u64, out: &Path, tool: &str, dfget: Dfget<'_>, blobs: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let wait = start_at_ms as f64 - epoch_ms();
     if wait > 0.0 {
@@ -364,7 +386,7 @@ async fn agent(
         let file = out.join(digest.trim_start_matches("sha256:"));
         let mut cmd = match tool {
             "dfget" => {
-                let mut c = Command::new(dfget);
+                let mut c = Command::new(dfget.path);
                 c.args([
                     url,
                     "-O",
@@ -373,8 +395,11 @@ async fn agent(
                     digest,
                     "--no-progress",
                     "--daemon",
-                    daemon,
+                    dfget.daemon,
                 ]);
+                if let Some(group) = dfget.group {
+                    c.args(["--group", group]);
+                }
                 c
             }
             "curl" => {
@@ -848,6 +873,7 @@ impl Bench<'_> {
             warnings: Vec::new(),
             errors: Vec::new(),
             limited: Vec::new(),
+            grouped: system == "damselfly" && !self.args.no_group,
         };
         let (sn_ns, sn_ip, origin_ip) = (self.sn().ns.clone(), self.sn().ip, self.origin().ip);
         let origin_addr = format!("{origin_ip}:{ORIGIN_PORT}");
@@ -893,6 +919,10 @@ impl Bench<'_> {
                 ("damselfly", _) => {
                     cmd.args(["--tool", "dfget", "--daemon", &format!("http://{}:{DAEMON_HTTP}", h.ip)]);
                     cmd.arg("--dfget").arg(&dfget);
+                    // One image pull is one swarm, as through the registry mirror.
+                    if !self.args.no_group {
+                        cmd.args(["--group", &image.name]);
+                    }
                 }
                 ("bittorrent", Some(t)) => {
                     cmd.args(["--tool", "aria2c", "--bt-max-peers", &bt_max_peers.to_string()]);
@@ -1456,10 +1486,14 @@ fn write_results(
         0 => String::new(),
         ms => format!(" (host i starts i × {ms} ms after host 0, `--stagger-ms`)"),
     };
+    let group = match args.no_group {
+        false => "naming the image as its `--group`, so the image is one swarm",
+        true => "naming no group (`--no-group`): each blob is a swarm of its own",
+    };
     let mut md = format!(
         "# Swarm benchmark\n\nHosts are network namespaces on one machine, joined by a bridge, capped with `tbf`: \
          {topology}. Every host fetches every blob of the image at the same moment{stagger} \
-         (Damselfly: `dfget` per blob through its dfdaemon; direct and cache: `curl` per blob; BitTorrent: one \
+         (Damselfly: `dfget` per blob through its dfdaemon, {group}; direct and cache: `curl` per blob; BitTorrent: one \
          aria2c per host on one private torrent of all the blobs, 256 KiB pieces, opentracker, DHT, LPD and PEX \
          off, leechers seeding until every host is done). Completion time is from the host's start to its \
          last blob; the bound is max(F/u_s, F/d_min, N·F/(u_s+Σu_i)). \

@@ -311,7 +311,8 @@ impl Stats {
                     h.counters.connected = false;
                 }
             }
-            Event::OriginFailed { .. } | Event::Tick => {}
+            // A group changes how the blob is scheduled, not what the page shows of it.
+            Event::OriginFailed { .. } | Event::Tick | Event::Grouped { .. } => {}
         }
         None
     }
