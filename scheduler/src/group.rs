@@ -115,7 +115,7 @@ impl Scheduler {
     pub fn on_event(&mut self, now: Duration, event: Event) -> Vec<Action> {
         let mut out = std::mem::take(&mut self.deferred);
         match event {
-            Event::Grouped { task, group } => self.claim(task, &group),
+            Event::Grouped { task, group } => self.claim(now, task, &group, &mut out),
             Event::TaskStarted { task, content_length, piece_size } if self.blobs.contains_key(&task) => {
                 self.blob_started(now, &task, content_length, piece_size, &mut out)
             }
@@ -343,14 +343,65 @@ impl Scheduler {
     }
 
     /// A registration names `group` for `blob`: an unknown blob is claimed for its swarm.
-    fn claim(&mut self, blob: TaskId, group: &str) {
-        if !self.core.config().image_swarms || self.blobs.contains_key(&blob) || self.core.has_task(&blob) {
+    fn claim(&mut self, now: Duration, blob: TaskId, group: &str, out: &mut Vec<Action>) {
+        if !self.core.config().image_swarms || self.blobs.contains_key(&blob) {
             return;
         }
         let sid = swarm_id(group);
+        if self.core.has_task(&blob) {
+            self.adopt(now, sid, blob, out);
+            return;
+        }
         self.swarms.entry(sid.clone()).or_default().pending += 1;
         self.pending.insert(blob.clone());
         self.blobs.insert(blob, Blob { swarm: sid, place: Place::Pending(Vec::new()) });
+    }
+
+    /// Moves `blob`, known to the core as a task of its own (cached before any registration
+    /// named a group: a preheat, or a supernode restart's restore), into swarm `sid` with what
+    /// landed and its seeds, if nobody downloads it now and its length is known.
+    fn adopt(&mut self, now: Duration, sid: TaskId, blob: TaskId, out: &mut Vec<Action>) {
+        let next = self.swarms.get(&sid).map_or(0, |s| s.next);
+        let fits = |(len, piece_size): (u64, u32)| {
+            let count = len.div_ceil(u64::from(piece_size.max(1)));
+            count > 0 && u64::from(next) + count <= u64::from(MAX_PIECES)
+        };
+        if !self.core.takeable(&blob).is_some_and(fits) {
+            return;
+        }
+        let Some(taken) = self.core.take_task(now, &blob) else { return };
+        let count = taken.content_length.div_ceil(u64::from(taken.piece_size.max(1))) as u32;
+        let swarm = self.swarms.entry(sid.clone()).or_default();
+        let base = swarm.next;
+        swarm.next += count;
+        swarm.spans.insert(base, blob.clone());
+        let span = (base, base + count);
+        let placed = Placed {
+            span,
+            content_length: taken.content_length,
+            piece_size: taken.piece_size,
+            complete: taken.complete,
+        };
+        self.blobs.insert(blob.clone(), Blob { swarm: sid.clone(), place: Place::Placed(placed) });
+        let swarm = self.swarms.get_mut(&sid).expect("the blob's swarm");
+        if !swarm.started {
+            swarm.started = true;
+            let event = Event::TaskStarted { task: sid.clone(), content_length: None, piece_size: taken.piece_size };
+            self.core_event(now, event, out);
+        } else if swarm.complete {
+            swarm.complete = false;
+            self.core.reopen(&sid);
+        }
+        for mut meta in taken.landed.into_iter().filter(|m| m.number < count) {
+            meta.number += base;
+            self.core_event(now, Event::PieceLanded { task: sid.clone(), piece: meta }, out);
+        }
+        for (peer, addr, held) in taken.seeds {
+            let j = Joiner { peer: peer.clone(), addr, have: held };
+            self.enter(now, &sid, &blob, placed, j, out);
+            self.blob_done(now, &blob, &peer, out);
+        }
+        self.complete_if_landed(now, &sid, out);
     }
 
     /// The origin answered for a claimed blob: it is placed after the swarm's other blobs, or

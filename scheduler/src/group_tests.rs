@@ -535,3 +535,45 @@ fn random_image_swarms_keep_their_books() {
         }
     }
 }
+
+#[test]
+fn a_blob_cached_before_any_group_joins_the_swarm_with_its_seeds() {
+    let mut img = Image::new(&[4, 3], SchedulerConfig::default());
+    // Blob 0 was fetched and seeded on its own (a preheat, or restored after a restart).
+    img.start(0);
+    img.land_all(0);
+    img.views.insert((0, 0), View { held: (0..4).collect(), ..View::default() });
+    img.event(Event::PeerJoined { task: blob(0), peer: pid(0), addr: addr(0), have: (0..4).collect() });
+    img.views.get_mut(&(0, 0)).unwrap().done = true;
+    img.event(Event::PeerDone { task: blob(0), peer: pid(0) });
+    // An image pull names a group for it and a new blob: both are one swarm, the seed with it.
+    for i in 1..4 {
+        img.join(i, 0, vec![]);
+        img.join(i, 1, vec![]);
+    }
+    assert_eq!(img.s.swarm_counts(), (2, 1));
+    img.start(1);
+    img.land_all(1);
+    img.run(0);
+    assert!((1..4).all(|i| img.done(i, 0) && img.done(i, 1)));
+    let sum = img.s.task_summary(&blob(0)).unwrap();
+    assert_eq!((sum.landed_pieces, sum.total_pieces, sum.peers.len()), (4, Some(4), 4));
+    // Nobody fetched blob 0 from the supernode: the seed served it.
+    assert!(!img.sn_copies.keys().any(|&(b, _)| b == 0));
+}
+
+#[test]
+fn a_blob_being_downloaded_on_its_own_stays_on_its_own() {
+    let mut img = Image::new(&[4, 3], SchedulerConfig::default());
+    img.start(0);
+    img.views.insert((0, 0), View::default());
+    img.event(Event::PeerJoined { task: blob(0), peer: pid(0), addr: addr(0), have: vec![] });
+    img.join(1, 0, vec![]);
+    img.join(1, 1, vec![]);
+    assert_eq!(img.s.swarm_counts(), (1, 1));
+    img.land_all(0);
+    img.start(1);
+    img.land_all(1);
+    img.run(0);
+    assert!(img.done(0, 0) && img.done(1, 0) && img.done(1, 1));
+}

@@ -222,6 +222,43 @@ impl Core {
     }
 }
 
+/// A task taken out of the core to be placed in an image swarm (`Core::take_task`).
+pub(crate) struct Taken {
+    pub(crate) content_length: u64,
+    pub(crate) piece_size: u32,
+    /// Its landed pieces, in landing order.
+    pub(crate) landed: Vec<PieceMeta>,
+    /// `Some(total pieces)` once the origin fetch completed.
+    pub(crate) complete: Option<u32>,
+    /// Its members, all seeds: id, address, pieces held.
+    pub(crate) seeds: Vec<(PeerId, SocketAddr, Vec<u32>)>,
+}
+
+impl Core {
+    /// The length and piece size of `task`, if nobody downloads it and its origin announced its
+    /// length (a task that may be taken out: see [`Core::take_task`]).
+    pub(crate) fn takeable(&self, id: &TaskId) -> Option<(u64, u32)> {
+        let task = self.tasks.get(id)?;
+        if task.failed() || task.members().any(|(_, m)| !m.done) {
+            return None;
+        }
+        let info = task.info?;
+        Some((info.content_length?, info.piece_size))
+    }
+
+    /// Takes `task` out (see [`Core::takeable`]): what landed and who seeds it, so that it can
+    /// be placed in an image swarm.
+    pub(crate) fn take_task(&mut self, now: Duration, id: &TaskId) -> Option<Taken> {
+        let (content_length, piece_size) = self.takeable(id)?;
+        let task = self.tasks.get(id)?;
+        let landed = task.landed.iter().filter_map(|&p| task.pieces.get(p as usize)?.meta.clone()).collect();
+        let seeds = task.members().map(|(_, m)| (m.id.clone(), m.addr, m.held.iter().collect())).collect();
+        let complete = task.total_pieces();
+        self.forget_task(now, id);
+        Some(Taken { content_length, piece_size, landed, complete, seeds })
+    }
+}
+
 /// The states of the pieces of `range` that exist so far.
 fn range_of(pieces: &[PieceState], range: Span) -> &[PieceState] {
     let end = (range.1 as usize).min(pieces.len());
