@@ -187,6 +187,25 @@ impl Image {
         self.event(Event::OriginComplete { task: blob(b), total_pieces, content_length });
     }
 
+    /// Every peer of `peers` registers for every blob of `blobs`, blob by blob.
+    fn join_all(&mut self, peers: std::ops::Range<usize>, blobs: std::ops::Range<usize>) {
+        for i in peers {
+            for b in blobs.clone() {
+                self.join(i, b, vec![]);
+            }
+        }
+    }
+
+    /// The origin answers for every blob, then every piece lands.
+    fn serve_all(&mut self) {
+        for b in 0..self.sizes.len() {
+            self.start(b);
+        }
+        for b in 0..self.sizes.len() {
+            self.land_all(b);
+        }
+    }
+
     /// Settles every transfer (each fails with probability `fail` in 1024), then reports done
     /// the registrations that hold every piece.
     fn step(&mut self, fail: u32) {
@@ -273,14 +292,8 @@ fn an_image_swarm_delivers_every_blob_with_about_one_supernode_copy() {
 fn a_member_is_assigned_only_the_blobs_it_registered_for() {
     let mut img = Image::new(&[4, 6], SchedulerConfig::default());
     img.join(0, 0, vec![]);
-    for i in 1..4 {
-        img.join(i, 0, vec![]);
-        img.join(i, 1, vec![]);
-    }
-    img.start(0);
-    img.start(1);
-    img.land_all(0);
-    img.land_all(1);
+    img.join_all(1..4, 0..2);
+    img.serve_all();
     img.run(0);
     // `deliver` panics on any message to p0 about blob1.
     assert!(img.done(0, 0) && !img.views.contains_key(&(0, 1)));
@@ -316,10 +329,7 @@ fn peers_that_register_before_the_origin_answers_wait_for_their_blob_to_be_place
 #[test]
 fn a_blob_whose_length_is_unknown_is_a_task_of_its_own() {
     let mut img = Image::new(&[3, 2], SchedulerConfig::default());
-    for i in 0..3 {
-        img.join(i, 0, vec![]);
-        img.join(i, 1, vec![]);
-    }
+    img.join_all(0..3, 0..2);
     img.start(0);
     img.event(Event::TaskStarted { task: blob(1), content_length: None, piece_size: PIECE });
     img.land_all(0);
@@ -333,11 +343,7 @@ fn a_blob_whose_length_is_unknown_is_a_task_of_its_own() {
 #[test]
 fn a_blob_left_or_failed_midway_leaves_the_rest_of_the_swarm_going() {
     let mut img = Image::new(&[6, 6, 4], SchedulerConfig::default());
-    for i in 0..5 {
-        for b in 0..3 {
-            img.join(i, b, vec![]);
-        }
-    }
+    img.join_all(0..5, 0..3);
     for b in 0..3 {
         img.start(b);
     }
@@ -382,10 +388,7 @@ fn a_blob_left_or_failed_midway_leaves_the_rest_of_the_swarm_going() {
 #[test]
 fn an_evicted_blob_is_forgotten_and_the_rest_stays_served() {
     let mut img = Image::new(&[3, 3], SchedulerConfig::default());
-    for i in 0..3 {
-        img.join(i, 0, vec![]);
-        img.join(i, 1, vec![]);
-    }
+    img.join_all(0..3, 0..2);
     img.start(0);
     img.start(1);
     img.land_all(0);
@@ -413,14 +416,8 @@ fn an_evicted_blob_is_forgotten_and_the_rest_stays_served() {
 fn without_image_swarms_every_blob_is_a_task_of_its_own() {
     let cfg = SchedulerConfig { image_swarms: false, ..SchedulerConfig::default() };
     let mut img = Image::new(&[2, 2], cfg);
-    for i in 0..3 {
-        img.join(i, 0, vec![]);
-        img.join(i, 1, vec![]);
-    }
-    img.start(0);
-    img.start(1);
-    img.land_all(0);
-    img.land_all(1);
+    img.join_all(0..3, 0..2);
+    img.serve_all();
     img.run(0);
     assert!((0..3).all(|i| img.done(i, 0) && img.done(i, 1)));
     assert_eq!(img.s.swarm_counts(), (0, 0));
@@ -547,10 +544,7 @@ fn a_blob_cached_before_any_group_joins_the_swarm_with_its_seeds() {
     img.views.get_mut(&(0, 0)).unwrap().done = true;
     img.event(Event::PeerDone { task: blob(0), peer: pid(0) });
     // An image pull names a group for it and a new blob: both are one swarm, the seed with it.
-    for i in 1..4 {
-        img.join(i, 0, vec![]);
-        img.join(i, 1, vec![]);
-    }
+    img.join_all(1..4, 0..2);
     assert_eq!(img.s.swarm_counts(), (2, 1));
     img.start(1);
     img.land_all(1);

@@ -642,6 +642,33 @@ mod tests {
         assert!(queued2 > queued8, "window 2: {queued2:.2} s, window 8: {queued8:.2} s");
     }
 
+    /// The asymmetric benchmark's swarm: 16 hosts at 50 Mbit/s, the supernode and the origin
+    /// at 200, registrations spread over 20 ms.
+    fn asymmetric16(layers: Vec<u64>) -> SimConfig {
+        SimConfig {
+            hosts: 16,
+            layers,
+            host_up: 6.25e6,
+            host_down: 6.25e6,
+            sn_up: 25e6,
+            sn_down: 25e6,
+            origin_up: 25e6,
+            rtt: 0.0002,
+            queue_delay: 0.001,
+            register_jitter: 0.02,
+            ..SimConfig::default()
+        }
+    }
+
+    /// The median completion time of a run of 16 hosts that all finish.
+    fn median_of_16(cfg: SimConfig) -> f64 {
+        let r = run(cfg);
+        let mut c: Vec<f64> = r.completion.iter().flatten().copied().collect();
+        assert_eq!(c.len(), 16);
+        c.sort_by(f64::total_cmp);
+        c[8]
+    }
+
     #[test]
     fn registrations_in_host_order_put_every_first_copy_through_the_first_host() {
         // Four layers, every host registering for all of them at the same instant in host
@@ -650,25 +677,9 @@ mod tests {
         // milliseconds, as real requests arrive, the first registrant differs per task. (Blob by
         // blob: in an image swarm the supernode's links span the blobs.)
         let p50 = |register_jitter: f64| {
-            let cfg = SimConfig {
-                scheduler: SchedulerConfig { image_swarms: false, ..SchedulerConfig::default() },
-                hosts: 16,
-                layers: vec![16 << 20, 8 << 20, 4 << 20, 4 << 20],
-                host_up: 6.25e6,
-                host_down: 6.25e6,
-                sn_up: 25e6,
-                sn_down: 25e6,
-                origin_up: 25e6,
-                rtt: 0.0002,
-                queue_delay: 0.001,
-                register_jitter,
-                ..SimConfig::default()
-            };
-            let r = run(cfg);
-            let mut c: Vec<f64> = r.completion.iter().flatten().copied().collect();
-            assert_eq!(c.len(), 16);
-            c.sort_by(f64::total_cmp);
-            c[8]
+            let scheduler = SchedulerConfig { image_swarms: false, ..SchedulerConfig::default() };
+            let layers = vec![16 << 20, 8 << 20, 4 << 20, 4 << 20];
+            median_of_16(SimConfig { register_jitter, scheduler, ..asymmetric16(layers) })
         };
         let (in_order, jittered) = (p50(0.0), p50(0.02));
         assert!(jittered * 1.1 < in_order, "jittered {jittered:.2} s, in order {in_order:.2} s");
@@ -676,29 +687,10 @@ mod tests {
 
     #[test]
     fn an_image_swarm_of_four_layers_finishes_as_one_blob_does() {
-        // 16 hosts at 50 Mbit/s, the supernode at 200: the asymmetric benchmark's swarm.
         let p50 = |layers: Vec<u64>, image_swarms: bool| {
-            let cfg = SimConfig {
-                hosts: 16,
-                layers,
-                host_up: 6.25e6,
-                host_down: 6.25e6,
-                sn_up: 25e6,
-                sn_down: 25e6,
-                origin_up: 25e6,
-                rtt: 0.0002,
-                queue_delay: 0.001,
-                wire_efficiency: 0.94,
-                piece_overhead: 0.002,
-                register_jitter: 0.02,
-                scheduler: SchedulerConfig { image_swarms, ..SchedulerConfig::default() },
-                ..SimConfig::default()
-            };
-            let r = run(cfg);
-            let mut c: Vec<f64> = r.completion.iter().flatten().copied().collect();
-            assert_eq!(c.len(), 16);
-            c.sort_by(f64::total_cmp);
-            c[8]
+            let scheduler = SchedulerConfig { image_swarms, ..SchedulerConfig::default() };
+            let cfg = SimConfig { wire_efficiency: 0.94, piece_overhead: 0.002, scheduler, ..asymmetric16(layers) };
+            median_of_16(cfg)
         };
         let layers = vec![16 << 20, 8 << 20, 4 << 20, 4 << 20];
         let one = p50(vec![32 << 20], true);
