@@ -96,6 +96,11 @@ fn swarm_id(group: &str) -> TaskId {
     TaskId::new(format!("image:{group}"))
 }
 
+/// The group of the swarm `sid` (see [`swarm_id`]).
+fn group_of(sid: &TaskId) -> Option<String> {
+    sid.as_str().strip_prefix("image:").map(str::to_owned)
+}
+
 impl Scheduler {
     /// A scheduler with no tasks.
     pub fn new(config: SchedulerConfig) -> Self {
@@ -189,6 +194,7 @@ impl Scheduler {
                     piece_size: None,
                     phase: TaskPhase::Pending,
                     peers,
+                    image_swarm: group_of(&blob.swarm),
                 });
             }
             Place::Placed(p) => p,
@@ -203,6 +209,7 @@ impl Scheduler {
             piece_size: Some(p.piece_size),
             phase: if p.complete.is_some() { TaskPhase::Complete } else { TaskPhase::Fetching },
             peers,
+            image_swarm: group_of(&blob.swarm),
         })
     }
 

@@ -282,6 +282,7 @@ fn an_image_swarm_delivers_every_blob_with_about_one_supernode_copy() {
     assert_eq!(img.s.tasks(), vec![blob(0), blob(1), blob(2)]);
     let sum = img.s.task_summary(&blob(2)).unwrap();
     assert_eq!((sum.landed_pieces, sum.total_pieces, sum.peers.len()), (8, Some(8), 6));
+    assert_eq!(sum.image_swarm.as_deref(), Some("img"));
     assert!(sum.peers.iter().all(|p| p.done && p.pieces_held == 8));
     // The supernode sent each piece about once: the swarm passed them on.
     let copies: usize = img.sn_copies.values().sum();
@@ -337,7 +338,7 @@ fn a_blob_whose_length_is_unknown_is_a_task_of_its_own() {
     img.run(0);
     assert!((0..3).all(|i| img.done(i, 0) && img.done(i, 1)));
     let sum = img.s.task_summary(&blob(1)).unwrap();
-    assert_eq!((sum.content_length, sum.peers.len()), (Some(2 * u64::from(PIECE)), 3));
+    assert_eq!((sum.content_length, sum.peers.len(), sum.image_swarm), (Some(2 * u64::from(PIECE)), 3, None));
 }
 
 #[test]

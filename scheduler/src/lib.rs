@@ -452,6 +452,10 @@ pub struct TaskSummary {
     pub phase: TaskPhase,
     /// The task's peers.
     pub peers: Vec<PeerSummary>,
+    /// The image swarm the blob is scheduled in (the group as the supernode scoped it: the
+    /// origin, a space, the key the registrations named), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_swarm: Option<String>,
 }
 
 /// The scheduler of tasks as it sees them: one blob each, or one image swarm holding the
@@ -577,6 +581,7 @@ impl Core {
             piece_size: t.info.map(|i| i.piece_size),
             phase,
             peers,
+            image_swarm: None,
         })
     }
 

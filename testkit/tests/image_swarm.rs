@@ -39,6 +39,18 @@ fn assert_grouped(cluster: &Cluster, image: &TestImage, group: &str) -> anyhow::
     Ok(())
 }
 
+/// Checks that the supernode schedules every blob of `image` in the swarm of `group` (its task
+/// API, `image_swarm`).
+async fn assert_one_swarm(cluster: &Cluster, image: &TestImage, group: &str) -> anyhow::Result<()> {
+    let tasks = cluster.supernode.get_json("/api/v1/tasks").await?;
+    let tasks = tasks.as_array().context("task list")?;
+    for blob in image.blobs() {
+        let task = tasks.iter().find(|t| t["id"] == blob.digest.as_str()).context("the blob's task")?;
+        assert_eq!(task["image_swarm"], group, "blob {} is scheduled in the image's swarm: {task}", blob.digest);
+    }
+    Ok(())
+}
+
 /// Checks that every blob of `image` left `registry` exactly once since `mark`.
 async fn assert_fetched_once(
     registry: &Registry,
@@ -80,6 +92,7 @@ async fn three_daemons_fetch_every_blob_of_an_image_as_one_dfget_group() -> anyh
     }
     assert_fetched_once(&registry, mark, &image).await?;
     assert_grouped(&cluster, &image, &format!("{} {group}", registry.url()))?;
+    assert_one_swarm(&cluster, &image, &format!("{} {group}", registry.url())).await?;
 
     // A group the check refuses: dfget stops before asking anyone (exit 1, bad arguments)...
     let url = format!("{}/v2/{}/blobs/{}", registry.url(), image.name, image.config.digest);
@@ -119,6 +132,7 @@ async fn an_image_pulled_through_three_mirrors_is_one_swarm_named_by_its_manifes
     assert_fetched_once(&registry, mark, &image).await?;
     assert_eq!(sha256_digest(&image.manifest_bytes), image.manifest_digest);
     assert_grouped(&cluster, &image, &format!("{} {}", registry.url(), image.manifest_digest))?;
+    assert_one_swarm(&cluster, &image, &format!("{} {}", registry.url(), image.manifest_digest)).await?;
     Ok(())
 }
 
