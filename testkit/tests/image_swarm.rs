@@ -159,3 +159,51 @@ async fn pull(mirror: String, registry: &Registry, image: &TestImage) -> anyhow:
     futures_util::future::try_join_all(blobs).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_cached_before_a_supernode_restart_is_one_swarm_again() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOpts::default()).await?;
+    let image = TestImage::generate("swarm/again", "v1", &[2 * MIB, MIB + 3, 500 << 10], 23);
+    image.push(&registry, None).await?;
+    let mut cluster = Cluster::start(2, opts()).await?;
+    let group = "swarm/again:v1";
+    let dir = tempfile::tempdir()?;
+    let pull = |cluster: &Cluster, from: usize, tag: &str| {
+        let mut runs = Vec::new();
+        for (i, d) in cluster.daemons.iter().enumerate().skip(from) {
+            for (k, blob) in image.blobs().enumerate() {
+                let url = format!("{}/v2/{}/blobs/{}", registry.url(), image.name, blob.digest);
+                let out = dir.path().join(format!("{tag}-d{i}-b{k}"));
+                runs.push((d.dfget(&url, out.clone()).digest(&blob.digest).group(group), out, blob.digest.clone()));
+            }
+        }
+        runs
+    };
+    let first = pull(&cluster, 0, "first");
+    let calls: Vec<_> = first.iter().map(|(run, _, _)| run.clone()).collect();
+    for (run, output) in calls.iter().zip(run_all(&calls).await?) {
+        ensure_success(&output, &run.to_string())?;
+    }
+    let scoped = format!("{} {group}", registry.url());
+    assert_one_swarm(&cluster, &image, &scoped).await?;
+
+    // The supernode restarts: its cache comes back blob by blob, each a task of its own.
+    cluster.supernode.restart().await?;
+    let mark = registry.mark().await?;
+    // Two new hosts pull the image with the group: the cached blobs join one swarm again, with
+    // the first hosts as their seeds, and nothing leaves the registry.
+    cluster.add_daemon().await?;
+    cluster.add_daemon().await?;
+    let second = pull(&cluster, 2, "second");
+    let calls: Vec<_> = second.iter().map(|(run, _, _)| run.clone()).collect();
+    for (run, output) in calls.iter().zip(run_all(&calls).await?) {
+        ensure_success(&output, &run.to_string())?;
+    }
+    for (_, out, digest) in &second {
+        assert_eq!(format!("sha256:{}", file_sha256(out)?), *digest);
+    }
+    let log = registry.since(mark).await?;
+    assert_eq!(log.blob_bytes_served(), 0, "a restarted supernode serves what it holds: {:?}", log.records());
+    assert_one_swarm(&cluster, &image, &scoped).await?;
+    Ok(())
+}
