@@ -221,6 +221,11 @@ impl Scheduler {
         tasks
     }
 
+    /// Number of known tasks (blobs): `tasks().len()` without listing them.
+    pub fn task_count(&self) -> usize {
+        self.core.task_count() - self.swarms.values().filter(|s| s.started).count() + self.blobs.len()
+    }
+
     /// Number of peers registered for at least one task.
     pub fn peer_count(&self) -> usize {
         let waiting: BTreeSet<&PeerId> = self
@@ -325,7 +330,8 @@ impl Scheduler {
         for mut item in items {
             let n = number(&mut item);
             let Some((&base, blob)) = swarm.spans.range(..=*n).next_back() else { continue };
-            if mine.get(blob) != Some(&false) {
+            let within = self.placed(blob).is_some_and(|(_, p)| *n < p.span.1);
+            if !within || mine.get(blob) != Some(&false) {
                 continue;
             }
             *n -= base;
@@ -403,8 +409,10 @@ impl Scheduler {
             meta.number += base;
             self.core_event(now, Event::PieceLanded { task: sid.clone(), piece: meta }, out);
         }
-        for (peer, addr, held) in taken.seeds {
-            let j = Joiner { peer: peer.clone(), addr, have: held };
+        // Every member of a task that may be taken is done: it holds the whole blob, even the
+        // pieces that had not landed when it got them (from the origin itself).
+        for (peer, addr, _) in taken.seeds {
+            let j = Joiner { peer: peer.clone(), addr, have: (0..count).collect() };
             self.enter(now, &sid, &blob, placed, j, out);
             self.blob_done(now, &blob, &peer, out);
         }
@@ -438,6 +446,8 @@ impl Scheduler {
                 let event = Event::PeerJoined { task: blob.clone(), peer: j.peer, addr: j.addr, have: j.have };
                 self.core_event(now, event, out);
             }
+            // It may have been the last blob the swarm waited for.
+            self.complete_if_landed(now, &sid, out);
             self.drop_if_empty(now, &sid, out);
             return;
         };
@@ -735,6 +745,33 @@ impl Scheduler {
         }
         for blob in &self.pending {
             assert!(matches!(self.blobs[blob].place, Place::Pending(_)));
+        }
+        assert_eq!(self.task_count(), self.tasks().len());
+        // The wrapper's view of every swarm agrees with the core's.
+        for (sid, swarm) in &self.swarms {
+            let Some(task) = self.core.tasks.get(sid) else {
+                assert!(!swarm.started, "{sid} started but unknown to the core");
+                assert!(swarm.members.is_empty());
+                continue;
+            };
+            let core_members: BTreeSet<PeerId> = task.members().map(|(_, m)| m.id.clone()).collect();
+            let wrap_members: BTreeSet<PeerId> = swarm.members.keys().cloned().collect();
+            assert_eq!(core_members, wrap_members, "members of {sid}");
+            for (_, m) in task.members() {
+                let mine = &swarm.members[&m.id];
+                let mut spans: Vec<(u32, u32)> = mine.keys().map(|b| self.placed(b).expect("placed").1.span).collect();
+                spans.sort();
+                assert_eq!(m.wants.clone().unwrap_or_default(), spans, "wants of {} in {sid}", m.id);
+                assert!(m.held.iter().all(|p| m.wants(p)), "{} holds pieces outside its wants", m.id);
+                assert_eq!(m.done, mine.values().all(|&d| d), "done flag of {} in {sid}: {mine:?}", m.id);
+            }
+            let placed_complete =
+                swarm.spans.values().all(|b| self.placed(b).is_some_and(|(_, p)| p.complete.is_some()));
+            let core_complete = matches!(task.origin, super::state::Origin::Complete { .. });
+            assert!(!core_complete || placed_complete, "{sid} Complete while a placed blob is fetched");
+            if swarm.started && swarm.pending == 0 && placed_complete {
+                assert!(core_complete, "{sid} Fetching though every blob landed and none is pending");
+            }
         }
     }
 }

@@ -585,6 +585,11 @@ impl Core {
         })
     }
 
+    /// Number of known tasks.
+    pub(crate) fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Every known task, in id order.
     pub(crate) fn tasks(&self) -> Vec<TaskId> {
         self.tasks.keys().cloned().collect()

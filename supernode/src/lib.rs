@@ -151,7 +151,7 @@ impl Shared {
                 Action::TaskIdle { .. } => {}
             }
         }
-        self.metrics.tasks.set(core.scheduler.tasks().len() as i64);
+        self.metrics.tasks.set(core.scheduler.task_count() as i64);
         self.metrics.peers.set(core.scheduler.peer_count() as i64);
     }
 
