@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
 
+use damselfly_types::piece::piece_count;
+
 use super::state::MAX_PIECES;
 use super::swarm::Span;
 use super::{Action, Core, Down, Event, PeerSummary, SchedulerConfig, TaskPhase, TaskSummary};
@@ -374,39 +376,13 @@ impl Scheduler {
     /// named a group: a preheat, or a supernode restart's restore), into swarm `sid` with what
     /// landed and its seeds, if nobody downloads it now and its length is known.
     fn adopt(&mut self, now: Duration, sid: TaskId, blob: TaskId, out: &mut Vec<Action>) {
-        let next = self.swarms.get(&sid).map_or(0, |s| s.next);
-        let fits = |(len, piece_size): (u64, u32)| {
-            let count = len.div_ceil(u64::from(piece_size.max(1)));
-            count > 0 && u64::from(next) + count <= u64::from(MAX_PIECES)
-        };
-        if !self.core.takeable(&blob).is_some_and(fits) {
+        let Some(count) = self.core.takeable(&blob).and_then(|(len, ps)| self.room(&sid, Some(len), ps)) else {
             return;
-        }
-        let Some(taken) = self.core.take_task(now, &blob) else { return };
-        let count = taken.content_length.div_ceil(u64::from(taken.piece_size.max(1))) as u32;
-        let swarm = self.swarms.entry(sid.clone()).or_default();
-        let base = swarm.next;
-        swarm.next += count;
-        swarm.spans.insert(base, blob.clone());
-        let span = (base, base + count);
-        let placed = Placed {
-            span,
-            content_length: taken.content_length,
-            piece_size: taken.piece_size,
-            complete: taken.complete,
         };
-        self.blobs.insert(blob.clone(), Blob { swarm: sid.clone(), place: Place::Placed(placed) });
-        let swarm = self.swarms.get_mut(&sid).expect("the blob's swarm");
-        if !swarm.started {
-            swarm.started = true;
-            let event = Event::TaskStarted { task: sid.clone(), content_length: None, piece_size: taken.piece_size };
-            self.core_event(now, event, out);
-        } else if swarm.complete {
-            swarm.complete = false;
-            self.core.reopen(&sid);
-        }
+        let Some(taken) = self.core.take_task(now, &blob) else { return };
+        let placed = self.place(now, &sid, &blob, (taken.content_length, taken.piece_size, count), taken.complete, out);
         for mut meta in taken.landed.into_iter().filter(|m| m.number < count) {
-            meta.number += base;
+            meta.number += placed.span.0;
             self.core_event(now, Event::PieceLanded { task: sid.clone(), piece: meta }, out);
         }
         // Every member of a task that may be taken is done: it holds the whole blob, even the
@@ -417,6 +393,43 @@ impl Scheduler {
             self.blob_done(now, &blob, &peer, out);
         }
         self.complete_if_landed(now, &sid, out);
+    }
+
+    /// The number of pieces of a blob of `content_length` in `piece_size` pieces, if it can be
+    /// placed in swarm `sid`: its length is known, it has pieces, and they fit.
+    fn room(&self, sid: &TaskId, content_length: Option<u64>, piece_size: u32) -> Option<u32> {
+        let count = piece_count(content_length?, piece_size);
+        let next = self.swarms.get(sid).map_or(0, |s| s.next);
+        (count > 0 && u64::from(next) + u64::from(count) <= u64::from(MAX_PIECES)).then_some(count)
+    }
+
+    /// Places `blob` (its length, piece size and number of pieces, checked by
+    /// [`Scheduler::room`]) after the other blobs of swarm `sid`, starting or reopening the
+    /// swarm in the core.
+    fn place(
+        &mut self,
+        now: Duration,
+        sid: &TaskId,
+        blob: &TaskId,
+        (content_length, piece_size, count): (u64, u32, u32),
+        complete: Option<u32>,
+        out: &mut Vec<Action>,
+    ) -> Placed {
+        let swarm = self.swarms.entry(sid.clone()).or_default();
+        let base = swarm.next;
+        swarm.next += count;
+        swarm.spans.insert(base, blob.clone());
+        let placed = Placed { span: (base, base + count), content_length, piece_size, complete };
+        if !swarm.started {
+            swarm.started = true;
+            let event = Event::TaskStarted { task: sid.clone(), content_length: None, piece_size };
+            self.core_event(now, event, out);
+        } else if swarm.complete {
+            swarm.complete = false;
+            self.core.reopen(sid);
+        }
+        self.blobs.insert(blob.clone(), Blob { swarm: sid.clone(), place: Place::Placed(placed) });
+        placed
     }
 
     /// The origin answered for a claimed blob: it is placed after the swarm's other blobs, or
@@ -434,12 +447,10 @@ impl Scheduler {
             return;
         }
         let Some(Blob { swarm: sid, place: Place::Pending(joiners) }) = self.blobs.remove(blob) else { return };
-        let swarm = self.swarms.get_mut(&sid).expect("a claimed blob's swarm");
-        swarm.pending -= 1;
-        let count = content_length
-            .map(|len| len.div_ceil(u64::from(piece_size.max(1))))
-            .filter(|&n| n > 0 && u64::from(swarm.next) + n <= u64::from(MAX_PIECES));
-        let (Some(count), Some(len)) = (count, content_length) else {
+        if let Some(swarm) = self.swarms.get_mut(&sid) {
+            swarm.pending -= 1;
+        }
+        let (Some(count), Some(len)) = (self.room(&sid, content_length, piece_size), content_length) else {
             // On its own, as if never claimed.
             self.core_event(now, Event::TaskStarted { task: blob.clone(), content_length, piece_size }, out);
             for j in joiners {
@@ -451,21 +462,7 @@ impl Scheduler {
             self.drop_if_empty(now, &sid, out);
             return;
         };
-        let base = swarm.next;
-        swarm.next += count as u32;
-        swarm.spans.insert(base, blob.clone());
-        let span = (base, base + count as u32);
-        let placed = Placed { span, content_length: len, piece_size, complete: None };
-        self.blobs.insert(blob.clone(), Blob { swarm: sid.clone(), place: Place::Placed(placed) });
-        let swarm = self.swarms.get_mut(&sid).expect("the blob's swarm");
-        if !swarm.started {
-            swarm.started = true;
-            let event = Event::TaskStarted { task: sid.clone(), content_length: None, piece_size };
-            self.core_event(now, event, out);
-        } else if swarm.complete {
-            swarm.complete = false;
-            self.core.reopen(&sid);
-        }
+        let placed = self.place(now, &sid, blob, (len, piece_size, count), None, out);
         for j in joiners {
             self.enter(now, &sid, blob, placed, j, out);
         }

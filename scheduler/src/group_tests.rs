@@ -1,13 +1,14 @@
 //! Image swarms (module `group`), driven by an in-memory swarm of several blobs: every message is
 //! checked against what the peers registered for and know, in each blob's own piece numbers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use damselfly_types::id::{PeerId, TaskId};
 
 use super::state::SplitMix64;
+use super::tests::View;
 use super::*;
 
 const PIECE: u32 = 1 << 20;
@@ -31,17 +32,6 @@ fn meta(b: usize, n: u32) -> PieceMeta {
     sha256[0] = b as u8;
     sha256[1..5].copy_from_slice(&n.to_le_bytes());
     PieceMeta { number: n, piece: Piece { offset: u64::from(n) * u64::from(PIECE), size: PIECE, sha256 } }
-}
-
-/// What one peer knows and holds of one blob.
-#[derive(Default, Debug)]
-struct View {
-    held: BTreeSet<u32>,
-    known: BTreeSet<u32>,
-    info: bool,
-    total: Option<u32>,
-    failed: bool,
-    done: bool,
 }
 
 /// One transfer in progress.

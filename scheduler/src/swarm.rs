@@ -9,8 +9,8 @@ use damselfly_types::id::{PeerId, TaskId};
 
 use super::assign::Fresh;
 use super::events::flush;
-use super::state::{Origin, Outbox, PieceState};
-use super::{Action, Core, Down, PeerSummary, PieceMeta};
+use super::state::{Origin, Outbox, PieceState, TaskState};
+use super::{Action, Core, Down, PeerSummary, PieceMeta, Shared};
 
 /// A range of piece numbers, `start..end`.
 pub(crate) type Span = (u32, u32);
@@ -77,13 +77,7 @@ impl Core {
     pub(crate) fn drop_wants(&mut self, now: Duration, id: &TaskId, peer: &PeerId, range: Span, out: &mut Vec<Action>) {
         let Some(slot) = self.tasks.get(id).and_then(|t| self.shared.slot(t, peer)) else { return };
         let Some(task) = self.tasks.get_mut(id) else { return };
-        let fresh = self.shared.release_pieces(task, slot, Some(range));
-        if let Some(m) = task.member_mut(slot) {
-            if let Some(wants) = m.wants.as_mut() {
-                wants.retain(|&r| r != range);
-            }
-            m.failed.retain(|&p, _| !(range.0..range.1).contains(&p));
-        }
+        let fresh = self.shared.unwant(task, slot, range);
         let mut outbox = Outbox::default();
         self.shared.drain(task, &fresh, now, &mut outbox);
         self.shared.fill(task, slot, now, &mut outbox);
@@ -104,15 +98,9 @@ impl Core {
             .collect();
         let mut fresh = Fresh::default();
         for &slot in &slots {
-            let freed = self.shared.release_pieces(task, slot, Some(range));
+            let freed = self.shared.unwant(task, slot, range);
             fresh.peers.extend(freed.peers);
             fresh.supernode |= freed.supernode;
-            if let Some(m) = task.member_mut(slot) {
-                if let Some(wants) = m.wants.as_mut() {
-                    wants.retain(|&r| r != range);
-                }
-                m.failed.retain(|&p, _| !(range.0..range.1).contains(&p));
-            }
         }
         self.forget_range(id, range);
         let Some(task) = self.tasks.get_mut(id) else { return };
@@ -219,6 +207,21 @@ impl Core {
             })
             .collect();
         (landed, peers)
+    }
+}
+
+impl Shared {
+    /// Member `slot` of `task` no longer wants the pieces of `range`: its part in them ends
+    /// (`release_pieces`) and so do its failure reports there. Returns the capacity that appeared.
+    fn unwant(&mut self, task: &mut TaskState, slot: u32, range: Span) -> Fresh {
+        let fresh = self.release_pieces(task, slot, Some(range));
+        if let Some(m) = task.member_mut(slot) {
+            if let Some(wants) = m.wants.as_mut() {
+                wants.retain(|&r| r != range);
+            }
+            m.failed.retain(|&p, _| !(range.0..range.1).contains(&p));
+        }
+        fresh
     }
 }
 

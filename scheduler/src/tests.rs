@@ -42,15 +42,15 @@ enum Outcome {
     Keep,
 }
 
-/// What one peer was told and holds.
+/// What one peer was told and holds (of one task; `group_tests`: of one blob).
 #[derive(Default, Debug)]
-struct View {
-    held: BTreeSet<u32>,
-    known: BTreeSet<u32>,
-    info: bool,
-    total: Option<u32>,
-    failed: bool,
-    done: bool,
+pub(super) struct View {
+    pub(super) held: BTreeSet<u32>,
+    pub(super) known: BTreeSet<u32>,
+    pub(super) info: bool,
+    pub(super) total: Option<u32>,
+    pub(super) failed: bool,
+    pub(super) done: bool,
 }
 
 /// An in-memory swarm around one scheduler and one task.
