@@ -132,8 +132,8 @@ pub struct SchedulerConfig {
     /// Schedules the blobs that registrations group together ([`Event::Grouped`]: the layers of
     /// one image pull) as one swarm, as BitTorrent does a torrent of several files. Default on:
     /// 16 hosts at 50 Mbit/s and a 200 Mbit/s supernode pulling 128 MiB in 4 layers finish at
-    /// p50 1.15-1.18x the bound against 1.22-1.23x blob by blob (one blob of that size:
-    /// 1.10-1.12x); the simulator says 1.107 against 1.179 (DESIGN.md, "Image swarms").
+    /// p50 1.11-1.18x the bound (median 1.15) against 1.22-1.23x blob by blob (one blob of that
+    /// size: 1.10-1.12x); the simulator says 1.107 against 1.179 (DESIGN.md, "Image swarms").
     pub image_swarms: bool,
 }
 
